@@ -1,0 +1,87 @@
+//! Actions that change stored state and reply once it is committed: join_group, leave_group,
+//! read.
+
+use rusqlite::{OptionalExtension, params};
+use serde_json::json;
+
+use super::{ClientFrame, Ctx, Refusal, Step};
+use crate::frames;
+use crate::rooms::{self, RoomError};
+
+fn room_reply(
+    action: String,
+    chat_id: String,
+    result: Result<(), RoomError>,
+) -> tokio_tungstenite::tungstenite::Utf8Bytes {
+    match result {
+        Ok(()) => frames::json(json!({"action": action, "code": 200, "chat_id": chat_id})),
+        Err(RoomError::NoSuchRoom) => frames::error(404, &format!("unknown room: {chat_id}"), None),
+        Err(RoomError::Store(e)) => frames::error(500, &format!("not saved: {e}"), None),
+    }
+}
+
+pub fn join(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
+    let chat_id = frame.chat_id.as_deref().ok_or_else(|| Refusal::new(400, "chat_id is required"))?.to_string();
+    if !ctx.app.directory.room_exists(&chat_id) {
+        return Err(Refusal::new(404, format!("unknown room: {chat_id}")));
+    }
+    let (app, uid, action) = (ctx.app.clone(), ctx.uid, frame.action.to_string());
+    Ok(Step::Later(Box::pin(async move {
+        let result = rooms::join(&app, &chat_id, uid).await;
+        room_reply(action, chat_id, result)
+    })))
+}
+
+pub fn leave(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
+    let chat_id = frame.chat_id.as_deref().ok_or_else(|| Refusal::new(400, "chat_id is required"))?.to_string();
+    if !ctx.app.directory.room_exists(&chat_id) {
+        return Err(Refusal::new(404, format!("unknown room: {chat_id}")));
+    }
+    let (app, uid, action) = (ctx.app.clone(), ctx.uid, frame.action.to_string());
+    Ok(Step::Later(Box::pin(async move {
+        let result = rooms::leave(&app, &chat_id, uid).await;
+        room_reply(action, chat_id, result)
+    })))
+}
+
+/// Moves the user's read position forward (never back, never past the newest message) and
+/// tells the user's other connections.
+pub fn read(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
+    let chat_id = frame.chat_id.as_deref().ok_or_else(|| Refusal::new(400, "chat_id is required"))?.to_string();
+    let seq = frame.seq.ok_or_else(|| Refusal::new(400, "seq is required"))?;
+    let seq = i64::try_from(seq).map_err(|_| Refusal::new(400, "seq is too large"))?;
+    let (app, conn, uid) = (ctx.app.clone(), ctx.conn.clone(), ctx.uid);
+    Ok(Step::Later(Box::pin(async move {
+        let id = chat_id.clone();
+        let moved = app
+            .store
+            .write(move |db| {
+                Ok(db
+                    .query_row(
+                        "UPDATE participants SET read_seq = MAX(read_seq,
+                             MIN(?3, (SELECT last_seq FROM conversations WHERE chat_id = ?2)))
+                         WHERE uid = ?1 AND chat_id = ?2 RETURNING read_seq",
+                        params![uid, id, seq],
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .optional()?)
+            })
+            .await;
+        match moved {
+            Ok(Some(read_seq)) => {
+                let frame = frames::json(json!({"action": "read", "code": 200, "chat_id": chat_id, "seq": read_seq}));
+                app.registry.for_each_of(uid, |other| {
+                    if other.id != conn.id {
+                        other.send(&frame);
+                    }
+                });
+                frame
+            }
+            Ok(None) => {
+                app.metrics.error(403);
+                frames::error(403, &format!("not a participant of {chat_id}"), None)
+            }
+            Err(e) => frames::error(500, &format!("not saved: {e}"), None),
+        }
+    })))
+}

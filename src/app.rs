@@ -1,0 +1,41 @@
+//! The state every part of a running daemon shares.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Auth, Claims};
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::Store;
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub directory: Arc<Directory>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub auth: Auth,
+    pub started: Instant,
+    /// Cancelled on SIGTERM: stop accepting, close sessions with 1001.
+    pub shutdown: CancellationToken,
+    /// WebSocket sessions, waited for on shutdown.
+    pub sessions: TaskTracker,
+}
+
+impl App {
+    /// The claims of a token that is well signed, unexpired and not revoked.
+    pub fn authenticate(&self, token: &str) -> Option<Claims> {
+        let claims = self.auth.decode(token)?;
+        self.token_still_valid(&claims).then_some(claims)
+    }
+
+    /// False once the token has expired or its user logged out since it was issued.
+    pub fn token_still_valid(&self, claims: &Claims) -> bool {
+        claims.exp > crate::auth::now_secs() && self.directory.token_gen(claims.uid) == Some(claims.tgen)
+    }
+}

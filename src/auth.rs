@@ -1,0 +1,139 @@
+//! Access tokens (HS256 JWT with an absolute expiry and a revocation generation), password
+//! hashing (bcrypt, on blocking threads) and the admin secret.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::store::StoreResult;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub uid: u64,
+    pub name: String,
+    /// The user's token generation when issued; logout moves the user's on.
+    pub tgen: u64,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    pub ttl: u64,
+    bcrypt_cost: u32,
+    /// Checked against when the user does not exist, so that a miss takes as long as a
+    /// wrong password.
+    dummy_hash: String,
+    admin_token: Option<String>,
+}
+
+impl Auth {
+    pub fn new(
+        secret: &[u8],
+        ttl: u64,
+        bcrypt_cost: u32,
+        admin_token: Option<String>,
+    ) -> Result<Auth, bcrypt::BcryptError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        Ok(Auth {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl,
+            bcrypt_cost,
+            dummy_hash: bcrypt::hash("imd-no-such-user", bcrypt_cost)?,
+            admin_token: admin_token.filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// A new token for `uid`; returns it with its lifetime in seconds.
+    pub fn issue(&self, uid: u64, name: &str, tgen: u64) -> (String, u64) {
+        let now = now_secs();
+        let claims = Claims { uid, name: name.to_string(), tgen, iat: now, exp: now + self.ttl };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default();
+        (token, self.ttl)
+    }
+
+    /// The claims of a well-signed, unexpired token (revocation is checked by the caller).
+    pub fn decode(&self, token: &str) -> Option<Claims> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok().map(|data| data.claims)
+    }
+
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        self.admin_token.as_ref().is_some_and(|secret| bool::from(secret.as_bytes().ct_eq(token.as_bytes())))
+    }
+
+    pub async fn hash_password(&self, password: String) -> Option<String> {
+        let cost = self.bcrypt_cost;
+        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost).ok()).await.ok().flatten()
+    }
+
+    /// Checks a password against a stored hash, or against a dummy one when there is none.
+    pub async fn check_password(&self, password: String, hash: Option<String>) -> bool {
+        let exists = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
+        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        exists && matches
+    }
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The JWT secret kept in the database, generated on first use.
+pub fn stored_secret(conn: &Connection) -> StoreResult<String> {
+    let existing: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'jwt_secret'", [], |r| r.get(0)).optional()?;
+    if let Some(secret) = existing {
+        return Ok(secret);
+    }
+    let secret: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
+    conn.execute("INSERT INTO meta (key, value) VALUES ('jwt_secret', ?1)", [&secret])?;
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(ttl: u64) -> Auth {
+        Auth::new(b"test-secret", ttl, 4, Some("admin-secret".into())).unwrap()
+    }
+
+    #[test]
+    fn issued_tokens_decode_and_others_do_not() {
+        let auth = auth(60);
+        let (token, ttl) = auth.issue(7, "alice", 3);
+        assert_eq!(ttl, 60);
+        let claims = auth.decode(&token).expect("valid token");
+        assert_eq!((claims.uid, claims.name.as_str(), claims.tgen), (7, "alice", 3));
+        let other = Auth::new(b"other-secret", 60, 4, None).unwrap();
+        assert!(other.decode(&token).is_none(), "a token signed with another secret is refused");
+        assert!(auth.decode("garbage").is_none());
+    }
+
+    #[test]
+    fn expired_tokens_are_refused() {
+        let auth = auth(0);
+        let (token, _) = auth.issue(1, "a", 0);
+        // exp == now and leeway 0: expired (jsonwebtoken requires exp > now).
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(auth.decode(&token).is_none());
+    }
+
+    #[test]
+    fn admin_token_matches_exactly() {
+        let auth = auth(60);
+        assert!(auth.is_admin_token("admin-secret"));
+        assert!(!auth.is_admin_token("admin-secre"));
+        assert!(!Auth::new(b"s", 60, 4, Some(String::new())).unwrap().is_admin_token(""));
+    }
+}

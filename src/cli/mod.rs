@@ -1,0 +1,141 @@
+//! The `imd` command line: start, stop, status, user.
+
+mod control;
+mod user;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::Config;
+use crate::server;
+
+#[derive(Parser)]
+#[command(name = "imd", version, about = "Instant-messaging daemon: HTTP and WebSocket on one port, SQLite underneath")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the daemon on PORT (0: any free port).
+    Start {
+        port: u16,
+        /// Detach: write the pid and log files, return once listening.
+        #[arg(short = 'd', long = "daemon")]
+        daemon: bool,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Stop the daemon on PORT (SIGTERM) and wait until it has exited.
+    Stop {
+        port: u16,
+        /// Pid file (default ./imd-PORT.pid).
+        #[arg(long, env = "IMD_PID_FILE")]
+        pid_file: Option<PathBuf>,
+        /// Seconds to wait for the exit.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Tell whether a daemon runs on PORT; exit 0 when it does.
+    Status {
+        port: u16,
+        /// Pid file (default ./imd-PORT.pid).
+        #[arg(long, env = "IMD_PID_FILE")]
+        pid_file: Option<PathBuf>,
+    },
+    /// Account tools that work on the database directly.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Set a user's role.
+    Role {
+        name: String,
+        role: Role,
+        /// SQLite database file.
+        #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
+        db: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+/// Runs the command line; returns the exit code.
+pub fn run() -> i32 {
+    match Cli::parse().command {
+        Command::Start { port, daemon, config } => start(port, daemon, config),
+        Command::Stop { port, pid_file, timeout } => control::stop(port, pid_file, timeout),
+        Command::Status { port, pid_file } => control::status(port, pid_file),
+        Command::User { command: UserCommand::Role { name, role, db } } => user::set_role(&db, &name, role),
+    }
+}
+
+fn start(port: u16, daemon: bool, mut config: Config) -> i32 {
+    let listener = match server::bind(&config.host, port) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("imd: cannot listen on {}:{port}: {e}", config.host);
+            return 1;
+        }
+    };
+    // Relative paths are taken from where the command ran, also after detaching.
+    config.db = absolute(&config.db);
+    config.pid_file = config.pid_file.as_deref().map(absolute);
+    config.log_file = config.log_file.as_deref().map(absolute);
+    if daemon {
+        return control::start_detached(port, config, listener);
+    }
+    init_logging();
+    if let Some(pid_file) = &config.pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            eprintln!("imd: cannot write {}: {e}", pid_file.display());
+            return 1;
+        }
+    }
+    let pid_file = config.pid_file.clone();
+    let result = server::run(config, listener, |addr| {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on {addr}");
+        let _ = out.flush();
+    });
+    if let Some(pid_file) = pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("imd: {e}");
+            1
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Logs to stderr (the log file, once detached); `IMD_LOG` sets the filter (default info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMD_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,64 @@
+//! Settings of a running daemon, from the command line or `IMD_*` environment variables.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+#[derive(Args, Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "IMD_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// SQLite database file.
+    #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
+    pub db: PathBuf,
+
+    /// HS256 secret for access tokens (default: generated once and kept in the database).
+    #[arg(long, env = "IMD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "IMD_TOKEN_TTL", default_value_t = 86_400)]
+    pub token_ttl: u64,
+
+    /// Shared secret accepted as an admin credential (broadcast).
+    #[arg(long, env = "IMD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Pid file (default with -d: ./imd-PORT.pid).
+    #[arg(long, env = "IMD_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
+
+    /// Log file (default with -d: ./imd-PORT.log; in the foreground logs go to stderr).
+    #[arg(long, env = "IMD_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Largest WebSocket message accepted; larger ones close the connection with 1009.
+    #[arg(long, env = "IMD_MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub max_frame_bytes: usize,
+
+    /// Messages per second per connection (0 turns the limit off).
+    #[arg(long, env = "IMD_RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+
+    /// Burst allowance of the rate limit.
+    #[arg(long, env = "IMD_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
+
+    /// bcrypt cost for new passwords.
+    #[arg(long, env = "IMD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
+
+    /// Seconds of silence before the server pings a connection; two intervals drop it.
+    #[arg(long, env = "IMD_PING_INTERVAL", default_value_t = 30)]
+    pub ping_interval: u64,
+
+    /// Bound of each connection's outbound queue, in bytes.
+    #[arg(long, env = "IMD_OUTBOX_BYTES", default_value_t = 1 << 20)]
+    pub outbox_bytes: usize,
+
+    /// Benchmarks only: keep messages in memory, never on disk (measures durability's cost).
+    #[arg(long, env = "IMD_NO_STORE", hide = true)]
+    pub no_store: bool,
+}

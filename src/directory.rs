@@ -1,0 +1,175 @@
+//! The in-memory directory: users, room members, shops and service handlers, loaded from the
+//! database at start and updated after each committed change, so the message path never
+//! reads SQLite.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use rusqlite::Connection;
+
+use crate::store::StoreResult;
+
+pub struct UserEntry {
+    pub name: Arc<str>,
+    /// Tokens from an older generation are revoked.
+    pub token_gen: AtomicU64,
+}
+
+pub struct Shop {
+    pub owner_uid: u64,
+    pub agents: Arc<Vec<u64>>,
+}
+
+#[derive(Default)]
+pub struct Directory {
+    users: DashMap<u64, UserEntry>,
+    /// Members of each room; replaced whole on change so readers share a snapshot.
+    rooms: DashMap<Arc<str>, Arc<HashSet<u64>>>,
+    shops: DashMap<u64, Shop>,
+    /// The agent handling each service conversation.
+    handlers: DashMap<Arc<str>, u64>,
+}
+
+impl Directory {
+    pub fn load(conn: &Connection) -> StoreResult<Directory> {
+        let directory = Directory::default();
+        let mut users = conn.prepare("SELECT uid, username, token_gen FROM users")?;
+        for row in users.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?, r.get::<_, u64>(2)?)))? {
+            let (uid, name, token_gen) = row?;
+            directory.add_user(uid, &name, token_gen);
+        }
+        let mut rooms = conn.prepare("SELECT chat_id FROM rooms")?;
+        for chat_id in rooms.query_map([], |r| r.get::<_, String>(0))? {
+            directory.rooms.insert(Arc::from(chat_id?), Arc::new(HashSet::new()));
+        }
+        let mut members = conn.prepare("SELECT chat_id, uid FROM room_members")?;
+        for row in members.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+            let (chat_id, uid) = row?;
+            directory.add_member(&chat_id, uid);
+        }
+        let mut shops = conn.prepare("SELECT shop_id, owner_uid FROM shops")?;
+        for row in shops.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?)))? {
+            let (shop_id, owner_uid) = row?;
+            directory.add_shop(shop_id, owner_uid);
+        }
+        let mut agents = conn.prepare("SELECT shop_id, uid FROM shop_agents")?;
+        for row in agents.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?)))? {
+            let (shop_id, uid) = row?;
+            directory.add_agent(shop_id, uid);
+        }
+        let mut handlers =
+            conn.prepare("SELECT chat_id, handler_uid FROM conversations WHERE handler_uid IS NOT NULL")?;
+        for row in handlers.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+            let (chat_id, agent) = row?;
+            directory.handlers.insert(Arc::from(chat_id), agent);
+        }
+        Ok(directory)
+    }
+
+    // Users.
+
+    pub fn add_user(&self, uid: u64, name: &str, token_gen: u64) {
+        self.users.insert(uid, UserEntry { name: Arc::from(name), token_gen: AtomicU64::new(token_gen) });
+    }
+
+    pub fn user_exists(&self, uid: u64) -> bool {
+        self.users.contains_key(&uid)
+    }
+
+    pub fn username(&self, uid: u64) -> Option<Arc<str>> {
+        self.users.get(&uid).map(|u| u.name.clone())
+    }
+
+    pub fn token_gen(&self, uid: u64) -> Option<u64> {
+        self.users.get(&uid).map(|u| u.token_gen.load(Ordering::Acquire))
+    }
+
+    pub fn set_token_gen(&self, uid: u64, token_gen: u64) {
+        if let Some(user) = self.users.get(&uid) {
+            user.token_gen.fetch_max(token_gen, Ordering::AcqRel);
+        }
+    }
+
+    // Rooms.
+
+    pub fn add_room(&self, chat_id: &str, owner_uid: u64) {
+        self.rooms.insert(Arc::from(chat_id), Arc::new(HashSet::from([owner_uid])));
+    }
+
+    pub fn room_exists(&self, chat_id: &str) -> bool {
+        self.rooms.contains_key(chat_id)
+    }
+
+    pub fn room_members(&self, chat_id: &str) -> Option<Arc<HashSet<u64>>> {
+        self.rooms.get(chat_id).map(|m| m.clone())
+    }
+
+    pub fn is_member(&self, chat_id: &str, uid: u64) -> bool {
+        self.rooms.get(chat_id).is_some_and(|m| m.contains(&uid))
+    }
+
+    pub fn add_member(&self, chat_id: &str, uid: u64) {
+        if let Some(mut members) = self.rooms.get_mut(chat_id) {
+            if !members.contains(&uid) {
+                let mut next = (**members).clone();
+                next.insert(uid);
+                *members = Arc::new(next);
+            }
+        }
+    }
+
+    pub fn remove_member(&self, chat_id: &str, uid: u64) {
+        if let Some(mut members) = self.rooms.get_mut(chat_id) {
+            if members.contains(&uid) {
+                let mut next = (**members).clone();
+                next.remove(&uid);
+                *members = Arc::new(next);
+            }
+        }
+    }
+
+    // Shops and service conversations.
+
+    pub fn add_shop(&self, shop_id: u64, owner_uid: u64) {
+        self.shops.insert(shop_id, Shop { owner_uid, agents: Arc::new(Vec::new()) });
+    }
+
+    pub fn shop_owner(&self, shop_id: u64) -> Option<u64> {
+        self.shops.get(&shop_id).map(|s| s.owner_uid)
+    }
+
+    pub fn shop_agents(&self, shop_id: u64) -> Option<Arc<Vec<u64>>> {
+        self.shops.get(&shop_id).map(|s| s.agents.clone())
+    }
+
+    pub fn is_agent(&self, shop_id: u64, uid: u64) -> bool {
+        self.shops.get(&shop_id).is_some_and(|s| s.agents.contains(&uid))
+    }
+
+    pub fn add_agent(&self, shop_id: u64, uid: u64) {
+        if let Some(mut shop) = self.shops.get_mut(&shop_id) {
+            if !shop.agents.contains(&uid) {
+                let mut next = (*shop.agents).clone();
+                next.push(uid);
+                shop.agents = Arc::new(next);
+            }
+        }
+    }
+
+    pub fn remove_agent(&self, shop_id: u64, uid: u64) {
+        if let Some(mut shop) = self.shops.get_mut(&shop_id) {
+            let next: Vec<u64> = shop.agents.iter().copied().filter(|&a| a != uid).collect();
+            shop.agents = Arc::new(next);
+        }
+    }
+
+    pub fn handler(&self, chat_id: &str) -> Option<u64> {
+        self.handlers.get(chat_id).map(|h| *h)
+    }
+
+    pub fn set_handler(&self, chat_id: &str, agent_uid: u64) {
+        self.handlers.insert(Arc::from(chat_id), agent_uid);
+    }
+}

@@ -1,0 +1,82 @@
+//! Delivery of committed messages: encode each frame once, then queue the same bytes to every
+//! connection of every recipient, the sender's other connections and, last, the sender's ack.
+//! Runs on the store's writer thread, in commit order, so every recipient sees a
+//! conversation's messages in seq order.
+
+use std::sync::Arc;
+
+use crate::directory::Directory;
+use crate::frames;
+use crate::metrics::Metrics;
+use crate::registry::{Connection, Registry};
+use crate::store::{Accepted, Committed, Kind, Origin, StoreError};
+
+#[derive(Clone)]
+pub struct Fanout {
+    pub registry: Arc<Registry>,
+    pub directory: Arc<Directory>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Fanout {
+    pub fn deliver(&self, committed: Committed) {
+        let Committed { message, duplicate, origin } = committed;
+        let origin_conn = match &origin {
+            Origin::Connection(conn) => Some(conn.id),
+            Origin::Http(_) => None,
+        };
+        let mut delivered = 0usize;
+        if !duplicate {
+            let from_name = match self.directory.username(message.from_uid) {
+                Some(name) => name,
+                None => Arc::from("system"),
+            };
+            let frame = frames::message(&message, &from_name);
+            let mut send = |conn: &Arc<Connection>| {
+                if Some(conn.id) != origin_conn && conn.send(&frame) {
+                    delivered += 1;
+                }
+            };
+            match message.kind {
+                Kind::System => self.registry.for_each(&mut send),
+                Kind::Group => {
+                    if let Some(members) = self.directory.room_members(&message.chat_id) {
+                        for &uid in members.iter().filter(|&&uid| uid != message.from_uid) {
+                            self.registry.for_each_of(uid, &mut send);
+                        }
+                    }
+                    self.registry.for_each_of(message.from_uid, &mut send);
+                }
+                Kind::Single | Kind::Service => {
+                    if let Some(to) = message.to_uid.filter(|&to| to != message.from_uid) {
+                        self.registry.for_each_of(to, &mut send);
+                    }
+                    self.registry.for_each_of(message.from_uid, &mut send);
+                }
+            }
+            self.metrics.frames_delivered.inc_by(delivered as u64);
+        }
+        match origin {
+            Origin::Connection(conn) => {
+                conn.send(&frames::ack(&message, duplicate));
+            }
+            Origin::Http(reply) => {
+                let _ = reply.send(Ok(Accepted { id: message.id, seq: message.seq, delivered }));
+            }
+        }
+    }
+
+    /// Tells the origin that its message could not be stored.
+    pub fn refuse(&self, origin: Origin, msg_id: Option<&str>, error: StoreError) {
+        tracing::warn!("message not stored: {error}");
+        self.metrics.error(500);
+        match origin {
+            Origin::Connection(conn) => {
+                conn.send(&frames::error(500, &format!("message not stored: {error}"), msg_id));
+            }
+            Origin::Http(reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Messages over HTTP: system broadcast, history, conversation list.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::envelope::{ApiError, ApiResult};
+use super::params::Params;
+use crate::app::App;
+use crate::chat_id::{self, ChatId};
+use crate::frames;
+use crate::store::{self, Kind, NewMessage, Origin, StoredMessage};
+
+/// `POST /message/sendPublicMessage`: an admin's broadcast to everyone.
+pub async fn broadcast(app: &App, params: Params) -> ApiResult {
+    let from_uid = admin_uid(app, &params).await?;
+    let text = params.get("data").unwrap_or("");
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("`data` (the text to broadcast) is required"));
+    }
+    let body = RawValue::from_string(Value::String(text.to_string()).to_string())
+        .map_err(|_| ApiError::bad_request("`data` is not valid text"))?;
+    let (reply, accepted) = oneshot::channel();
+    app.store
+        .submit(NewMessage {
+            kind: Kind::System,
+            chat_id: Arc::from(chat_id::SYSTEM),
+            from_uid,
+            to_uid: None,
+            msg_id: None,
+            msg_type: "text".into(),
+            body,
+            service: None,
+            origin: Origin::Http(reply),
+        })
+        .await?;
+    let accepted = accepted.await.map_err(|_| ApiError::new(503, "the server is shutting down"))??;
+    Ok(json!({"id": accepted.id, "seq": accepted.seq, "delivered": accepted.delivered}))
+}
+
+/// The uid behind an admin credential (0 for the `--admin-token` secret), or 401/403.
+async fn admin_uid(app: &App, params: &Params) -> Result<u64, ApiError> {
+    let token = params.token().ok_or_else(|| ApiError::unauthorized("an admin credential is required"))?;
+    if app.auth.is_admin_token(token) {
+        return Ok(0);
+    }
+    let claims = app
+        .authenticate(token)
+        .ok_or_else(|| ApiError::unauthorized("the access token is invalid, expired or revoked"))?;
+    let uid = claims.uid;
+    // The role is read fresh: `imd user role` changes it in the database directly.
+    let user = app.store.read(move |conn| store::queries::user_by_uid(conn, uid)).await?;
+    match user {
+        Some(user) if user.role == "admin" => Ok(uid),
+        _ => Err(ApiError::forbidden("only admins may broadcast")),
+    }
+}
+
+/// Whether `uid` may read the conversation; 404 for one that cannot exist.
+fn check_reader(app: &App, uid: u64, chat_id: &str) -> Result<(), ApiError> {
+    let parsed =
+        chat_id::parse(chat_id).ok_or_else(|| ApiError::not_found(format!("no such conversation: {chat_id}")))?;
+    let allowed = match parsed {
+        ChatId::System => true,
+        ChatId::Single(a, b) => {
+            if !app.directory.user_exists(a) || !app.directory.user_exists(b) {
+                return Err(ApiError::not_found(format!("no such conversation: {chat_id}")));
+            }
+            uid == a || uid == b
+        }
+        ChatId::Group => {
+            let members = app.directory.room_members(chat_id).ok_or_else(|| ApiError::not_found("no such room"))?;
+            members.contains(&uid)
+        }
+        ChatId::Service { shop_id, customer_uid } => {
+            let owner = app.directory.shop_owner(shop_id).ok_or_else(|| ApiError::not_found("no such shop"))?;
+            uid == customer_uid || uid == owner || app.directory.is_agent(shop_id, uid)
+        }
+    };
+    if allowed { Ok(()) } else { Err(ApiError::forbidden(format!("not a participant of {chat_id}"))) }
+}
+
+/// A stored message in the shape of its live frame.
+fn message_json(app: &App, message: &StoredMessage) -> Value {
+    let name = app.directory.username(message.from_uid);
+    frames::message_json(message, name.as_deref().unwrap_or("system"))
+}
+
+pub async fn history(app: &App, params: Params) -> ApiResult {
+    let claims = params.user(app)?;
+    let chat_id = params.require("chat_id")?.to_string();
+    check_reader(app, claims.uid, &chat_id)?;
+    let before = params.number("before")?.map(|b| b as i64);
+    let limit = params.number("limit")?.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be 1-200"));
+    }
+    let id = chat_id.clone();
+    let (page, has_more) = app.store.read(move |conn| store::queries::history(conn, &id, before, limit as i64)).await?;
+    let messages: Vec<Value> = page.iter().map(|m| message_json(app, m)).collect();
+    Ok(json!({"chat_id": chat_id, "messages": messages, "has_more": has_more}))
+}
+
+pub async fn conversations(app: &App, params: Params) -> ApiResult {
+    let claims = params.user(app)?;
+    let uid = claims.uid;
+    let rows = app.store.read(move |conn| store::queries::conversations_of(conn, uid)).await?;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "chat_id": row.chat_id,
+                "chat_type": row.kind,
+                "last_seq": row.last_seq,
+                "read_seq": row.read_seq,
+                "unread": (row.last_seq - row.read_seq).max(0),
+                "last": row.last.as_ref().map(|m| message_json(app, m)),
+            })
+        })
+        .collect();
+    Ok(json!({"conversations": list}))
+}

@@ -1,0 +1,101 @@
+//! Request parameters: the query string and a form or JSON body, merged into one map, and the
+//! access token from `Authorization: Bearer` or `?access_token=`.
+
+use std::collections::HashMap;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, header};
+use serde_json::Value;
+
+use super::envelope::ApiError;
+use crate::app::App;
+use crate::auth::Claims;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Default)]
+pub struct Params {
+    values: HashMap<String, String>,
+    bearer: Option<String>,
+}
+
+impl Params {
+    pub async fn from_request(req: Request<Incoming>) -> Result<Params, ApiError> {
+        let mut params = Params::default();
+        if let Some(query) = req.uri().query() {
+            params.values.extend(form_urlencoded::parse(query.as_bytes()).into_owned());
+        }
+        params.bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(|t| t.trim().to_string());
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.starts_with("application/json"));
+        let body = Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| ApiError::new(413, format!("request body over {MAX_BODY} bytes")))?
+            .to_bytes();
+        let body_is_json = is_json.unwrap_or_else(|| body.first() == Some(&b'{'));
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(params);
+        }
+        if body_is_json {
+            let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(&body) else {
+                return Err(ApiError::bad_request("the body is not a JSON object"));
+            };
+            for (key, value) in fields {
+                let text = match value {
+                    Value::Null => continue,
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                params.values.insert(key, text);
+            }
+        } else {
+            params.values.extend(form_urlencoded::parse(&body).into_owned());
+        }
+        Ok(params)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    pub fn require(&self, key: &str) -> Result<&str, ApiError> {
+        self.get(key).filter(|v| !v.is_empty()).ok_or_else(|| ApiError::bad_request(format!("`{key}` is required")))
+    }
+
+    /// An optional unsigned number.
+    pub fn number(&self, key: &str) -> Result<Option<u64>, ApiError> {
+        match self.get(key).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("`{key}` must be a whole number"))),
+        }
+    }
+
+    pub fn require_number(&self, key: &str) -> Result<u64, ApiError> {
+        self.number(key)?.ok_or_else(|| ApiError::bad_request(format!("`{key}` is required")))
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.bearer.as_deref().or_else(|| self.get("access_token")).filter(|t| !t.is_empty())
+    }
+
+    /// The signed-in user, or 401.
+    pub fn user(&self, app: &App) -> Result<Claims, ApiError> {
+        let token = self.token().ok_or_else(|| ApiError::unauthorized("an access token is required"))?;
+        app.authenticate(token).ok_or_else(|| ApiError::unauthorized("the access token is invalid, expired or revoked"))
+    }
+}

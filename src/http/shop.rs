@@ -1,0 +1,80 @@
+//! Shops and their customer-service agents.
+
+use rusqlite::params;
+use serde_json::json;
+
+use super::envelope::{ApiError, ApiResult};
+use super::params::Params;
+use super::room::user_list;
+use crate::app::App;
+
+pub async fn create(app: &App, params: Params) -> ApiResult {
+    let claims = params.user(app)?;
+    let name = params.require("name")?.trim().to_string();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err(ApiError::bad_request("`name` must be 1-64 characters"));
+    }
+    let owner = claims.uid;
+    let shop_id = app
+        .store
+        .write(move |conn| {
+            conn.execute(
+                "INSERT INTO shops (name, owner_uid, created_at) VALUES (?1, ?2, ?3)",
+                params![name, owner, crate::now_ms()],
+            )?;
+            Ok(conn.last_insert_rowid() as u64)
+        })
+        .await?;
+    app.directory.add_shop(shop_id, owner);
+    Ok(json!({"shop_id": shop_id}))
+}
+
+/// The shop and agent named in the request, after checking that the caller owns the shop.
+fn owned_shop_and_agent(app: &App, params: &Params) -> Result<(u64, u64), ApiError> {
+    let claims = params.user(app)?;
+    let shop_id = params.require_number("shop_id")?;
+    let uid = params.require_number("uid")?;
+    let owner = app.directory.shop_owner(shop_id).ok_or_else(|| ApiError::not_found("no such shop"))?;
+    if owner != claims.uid {
+        return Err(ApiError::forbidden("only the shop's owner may change its agents"));
+    }
+    if !app.directory.user_exists(uid) {
+        return Err(ApiError::not_found(format!("no such user: {uid}")));
+    }
+    Ok((shop_id, uid))
+}
+
+pub async fn add_agent(app: &App, params: Params) -> ApiResult {
+    let (shop_id, uid) = owned_shop_and_agent(app, &params)?;
+    app.store
+        .write(move |conn| {
+            conn.execute("INSERT OR IGNORE INTO shop_agents (shop_id, uid) VALUES (?1, ?2)", params![shop_id, uid])?;
+            Ok(())
+        })
+        .await?;
+    app.directory.add_agent(shop_id, uid);
+    Ok(json!({"shop_id": shop_id, "uid": uid}))
+}
+
+pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
+    let (shop_id, uid) = owned_shop_and_agent(app, &params)?;
+    app.directory.remove_agent(shop_id, uid);
+    app.store
+        .write(move |conn| {
+            conn.execute("DELETE FROM shop_agents WHERE shop_id = ?1 AND uid = ?2", params![shop_id, uid])?;
+            Ok(())
+        })
+        .await?;
+    Ok(json!({"shop_id": shop_id, "uid": uid}))
+}
+
+pub fn agents(app: &App, params: Params) -> ApiResult {
+    let claims = params.user(app)?;
+    let shop_id = params.require_number("shop_id")?;
+    let owner = app.directory.shop_owner(shop_id).ok_or_else(|| ApiError::not_found("no such shop"))?;
+    let agents = app.directory.shop_agents(shop_id).unwrap_or_default();
+    if owner != claims.uid && !agents.contains(&claims.uid) {
+        return Err(ApiError::forbidden("only the shop's owner and agents may list its agents"));
+    }
+    Ok(json!({"shop_id": shop_id, "agents": user_list(app, &agents)}))
+}

@@ -1,0 +1,28 @@
+//! imd: an instant-messaging daemon. HTTP and WebSocket on one port, SQLite underneath.
+//!
+//! A message travels: `ws::session` reads a frame, `actions` checks it and turns it into a
+//! `store::NewMessage`, the `store` writer commits it in a batch, and `fanout` pushes the
+//! encoded frame into the `registry`'s connections' outboxes, which `ws::session` writes out.
+
+pub mod actions;
+pub mod app;
+pub mod auth;
+pub mod chat_id;
+pub mod cli;
+pub mod config;
+pub mod directory;
+pub mod fanout;
+pub mod frames;
+pub mod http;
+pub mod metrics;
+pub mod registry;
+pub mod rooms;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod ws;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

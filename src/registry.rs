@@ -1,0 +1,86 @@
+//! Who is online: every open WebSocket connection, by user.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::metrics::Metrics;
+use crate::ws::outbox::Outbox;
+
+/// One open WebSocket connection (a device of a user).
+pub struct Connection {
+    pub id: u64,
+    pub uid: u64,
+    pub device: Box<str>,
+    pub outbox: Outbox,
+}
+
+impl Connection {
+    /// Queues a frame for this connection; false if it is gone or overflowed.
+    pub fn send(&self, frame: &Utf8Bytes) -> bool {
+        self.outbox.push(frame)
+    }
+}
+
+pub struct Registry {
+    by_uid: DashMap<u64, Vec<Arc<Connection>>>,
+    next_id: AtomicU64,
+    outbox_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(outbox_bytes: usize, metrics: Arc<Metrics>) -> Registry {
+        Registry { by_uid: DashMap::new(), next_id: AtomicU64::new(1), outbox_bytes, metrics }
+    }
+
+    pub fn add(&self, uid: u64, device: &str) -> Arc<Connection> {
+        let conn = Arc::new(Connection {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            uid,
+            device: device.into(),
+            outbox: Outbox::new(self.outbox_bytes),
+        });
+        self.by_uid.entry(uid).or_default().push(conn.clone());
+        self.metrics.online_connections.inc();
+        conn
+    }
+
+    pub fn remove(&self, conn: &Connection) {
+        conn.outbox.close();
+        let mut removed = false;
+        self.by_uid.remove_if_mut(&conn.uid, |_, conns| {
+            let before = conns.len();
+            conns.retain(|c| c.id != conn.id);
+            removed = conns.len() != before;
+            conns.is_empty()
+        });
+        if removed {
+            self.metrics.online_connections.dec();
+        }
+    }
+
+    pub fn is_online(&self, uid: u64) -> bool {
+        self.by_uid.contains_key(&uid)
+    }
+
+    /// Calls `f` with each connection of `uid`.
+    pub fn for_each_of(&self, uid: u64, mut f: impl FnMut(&Arc<Connection>)) {
+        if let Some(conns) = self.by_uid.get(&uid) {
+            conns.iter().for_each(&mut f);
+        }
+    }
+
+    /// Calls `f` with every open connection.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Connection>)) {
+        for entry in self.by_uid.iter() {
+            entry.value().iter().for_each(&mut f);
+        }
+    }
+
+    pub fn online_connections(&self) -> usize {
+        self.metrics.online_connections.get().max(0) as usize
+    }
+}

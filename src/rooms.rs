@@ -1,0 +1,100 @@
+//! Group rooms: creation and membership, shared by the HTTP routes and the WebSocket actions.
+//! Each change is committed first, then mirrored into the directory.
+
+use rusqlite::{OptionalExtension, params};
+
+use crate::app::App;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum RoomError {
+    NoSuchRoom,
+    Store(StoreError),
+}
+
+impl From<StoreError> for RoomError {
+    fn from(e: StoreError) -> Self {
+        RoomError::Store(e)
+    }
+}
+
+/// Creates a room owned (and joined) by `owner_uid`; returns its chat id
+/// `2_<uid>_<yymmddHHMMSS>`, with `_2`, `_3`, … for more rooms of that user in one second.
+pub async fn create(app: &App, owner_uid: u64, name: Option<String>) -> Result<String, RoomError> {
+    let chat_id = app
+        .store
+        .write(move |conn| {
+            let stamp: String = conn.query_row("SELECT strftime('%Y%m%d%H%M%S', 'now')", [], |r| r.get(0))?;
+            let base = format!("2_{owner_uid}_{}", &stamp[2..]);
+            let mut chat_id = base.clone();
+            let mut taken = conn.prepare_cached("SELECT 1 FROM rooms WHERE chat_id = ?1")?;
+            let mut suffix = 1;
+            while taken.query_row([&chat_id], |_| Ok(())).optional()?.is_some() {
+                suffix += 1;
+                chat_id = format!("{base}_{suffix}");
+            }
+            let now = crate::now_ms();
+            conn.execute(
+                "INSERT INTO rooms (chat_id, owner_uid, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![chat_id, owner_uid, name, now],
+            )?;
+            conn.execute(
+                "INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES (?1, 2, 0, ?2)",
+                params![chat_id, now],
+            )?;
+            conn.execute(
+                "INSERT INTO room_members (chat_id, uid, joined_at) VALUES (?1, ?2, ?3)",
+                params![chat_id, owner_uid, now],
+            )?;
+            conn.execute(
+                "INSERT INTO participants (uid, chat_id, read_seq) VALUES (?1, ?2, 0)",
+                params![owner_uid, chat_id],
+            )?;
+            Ok(chat_id)
+        })
+        .await?;
+    app.directory.add_room(&chat_id, owner_uid);
+    Ok(chat_id)
+}
+
+/// Adds `uid` to the room. A new member's read position starts at the room's newest message.
+pub async fn join(app: &App, chat_id: &str, uid: u64) -> Result<(), RoomError> {
+    if !app.directory.room_exists(chat_id) {
+        return Err(RoomError::NoSuchRoom);
+    }
+    let room = chat_id.to_string();
+    app.store
+        .write(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO room_members (chat_id, uid, joined_at) VALUES (?1, ?2, ?3)",
+                params![room, uid, crate::now_ms()],
+            )?;
+            conn.execute(
+                "INSERT OR IGNORE INTO participants (uid, chat_id, read_seq)
+                 SELECT ?1, chat_id, last_seq FROM conversations WHERE chat_id = ?2",
+                params![uid, room],
+            )?;
+            Ok(())
+        })
+        .await?;
+    app.directory.add_member(chat_id, uid);
+    Ok(())
+}
+
+/// Removes `uid` from the room; leaving a room one is not in is not an error.
+pub async fn leave(app: &App, chat_id: &str, uid: u64) -> Result<(), RoomError> {
+    if !app.directory.room_exists(chat_id) {
+        return Err(RoomError::NoSuchRoom);
+    }
+    // Out of the directory first, so no delivery reaches the user once the reply is out.
+    app.directory.remove_member(chat_id, uid);
+    let room = chat_id.to_string();
+    app.store
+        .write(move |conn| {
+            conn.execute("DELETE FROM room_members WHERE chat_id = ?1 AND uid = ?2", params![room, uid])?;
+            conn.execute("DELETE FROM participants WHERE chat_id = ?1 AND uid = ?2", params![room, uid])?;
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The daemon's life: open the store, serve the listener until SIGTERM/SIGINT, then drain:
+//! stop accepting, close sessions with 1001, commit what is queued, exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::auth::{self, Auth};
+use crate::config::Config;
+use crate::directory::Directory;
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::Store;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long sessions get to close on shutdown before the store is closed regardless.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `host:port` with a backlog deep enough for bursts of connects.
+pub fn bind(host: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("no address for {host}")))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Runs the daemon on a bound listener until it is told to stop. `on_ready` is called once
+/// the database is open and connections are being accepted.
+pub fn run(config: Config, listener: std::net::TcpListener, on_ready: impl FnOnce(SocketAddr)) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("imd-worker").build()?;
+    runtime.block_on(serve(config, listener, on_ready))
+}
+
+async fn serve(
+    config: Config,
+    listener: std::net::TcpListener,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::new());
+    let db = Store::prepare(&config.db)?;
+    let directory = Arc::new(Directory::load(&db)?);
+    let secret = match &config.jwt_secret {
+        Some(secret) if !secret.is_empty() => secret.clone(),
+        _ => auth::stored_secret(&db)?,
+    };
+    let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?;
+    let registry = Arc::new(Registry::new(config.outbox_bytes, metrics.clone()));
+    let fanout = Fanout { registry: registry.clone(), directory: directory.clone(), metrics: metrics.clone() };
+    let (store, writer) = Store::start(db, &config.db, !config.no_store, fanout, metrics.clone())?;
+    if config.no_store {
+        tracing::warn!("--no-store: messages are NOT written to disk (benchmarks only)");
+    }
+    let app = Arc::new(App {
+        config,
+        store,
+        directory,
+        registry,
+        metrics,
+        auth,
+        started: Instant::now(),
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+    });
+
+    let listener = TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(stop_on_signal(app.shutdown.clone()));
+    tracing::info!("imd listening on {addr}, database {}", app.config.db.display());
+    on_ready(addr);
+
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(crate::http::serve_connection(app.clone(), stream));
+                }
+                Err(e) => {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: closing {} connections", app.registry.online_connections());
+    app.sessions.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, app.sessions.wait()).await.is_err() {
+        tracing::warn!("some sessions did not close in time");
+    }
+    app.store.close().await;
+    tokio::task::spawn_blocking(move || writer.join()).await?;
+    tracing::info!("imd stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+    let Ok(mut interrupt) = signal(SignalKind::interrupt()) else { return };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    shutdown.cancel();
+}

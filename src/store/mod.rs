@@ -1,0 +1,188 @@
+//! SQLite storage. One writer thread owns the only writing connection and commits many
+//! commands per transaction (group commit); reads run on a small pool of read-only
+//! connections on tokio's blocking threads. Nothing here blocks an async worker.
+
+mod messages;
+pub mod queries;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{mpsc, oneshot};
+
+pub use messages::{Accepted, Kind, NewMessage, Origin, ServiceRoute, StoredMessage};
+pub use queries::{ConversationRow, SyncBatch, UserRow};
+pub use writer::Committed;
+
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+
+/// How many commands may wait for the writer before senders are made to wait.
+const QUEUE_DEPTH: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Work the writer thread runs inside its batch transaction.
+type Job = Box<dyn FnOnce(&Connection) -> JobDone + Send>;
+
+/// What a job leaves behind: whether it succeeded (else its savepoint is rolled back) and
+/// what to run once the batch has committed (or failed to).
+pub(crate) struct JobDone {
+    ok: bool,
+    complete: Box<dyn FnOnce(StoreResult<()>) + Send>,
+}
+
+pub(crate) enum Command {
+    Message(Box<NewMessage>),
+    Job(Job),
+    /// Commit what came before, then stop.
+    Close,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    commands: mpsc::Sender<Command>,
+    readers: Arc<ReaderPool>,
+}
+
+/// Joins the writer thread on shutdown.
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits until every queued command is committed and the thread has stopped (after
+    /// `Store::close`, or once every `Store` handle is dropped).
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Store {
+    /// Opens the database for writing, creating it and applying migrations as needed. The
+    /// caller may read start-up state from the connection before handing it to `start`.
+    pub fn prepare(path: &Path) -> StoreResult<Connection> {
+        let conn = open_connection(path, false)?;
+        schema::migrate(&conn)?;
+        Ok(conn)
+    }
+
+    /// Starts the writer thread on a prepared connection.
+    pub fn start(
+        conn: Connection,
+        path: &Path,
+        durable: bool,
+        fanout: Fanout,
+        metrics: Arc<Metrics>,
+    ) -> StoreResult<(Store, WriterThread)> {
+        let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer = writer::Writer::new(conn, durable, fanout, metrics)?;
+        let handle = std::thread::Builder::new()
+            .name("imd-store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Refused(format!("cannot start the writer thread: {e}")))?;
+        let readers = Arc::new(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
+        Ok((Store { commands, readers }, WriterThread(handle)))
+    }
+
+    /// Asks the writer to commit what is queued and stop; later commands are refused.
+    pub async fn close(&self) {
+        let _ = self.commands.send(Command::Close).await;
+    }
+
+    /// Queues a message; the writer commits it, then delivers it and answers its origin.
+    pub async fn submit(&self, message: NewMessage) -> StoreResult<()> {
+        self.commands.send(Command::Message(Box::new(message))).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs `work` inside the writer's next batch transaction and returns its result once that
+    /// transaction has committed. A failing `work` is rolled back alone.
+    pub async fn write<R, F>(&self, work: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = work(conn);
+            let ok = result.is_ok();
+            JobDone {
+                ok,
+                complete: Box::new(move |committed| {
+                    let _ = tx.send(committed.and(result));
+                }),
+            }
+        });
+        self.commands.send(Command::Job(job)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read on a pooled read-only connection, off the async workers.
+    pub async fn read<R, F>(&self, work: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take()?;
+            let result = work(&conn);
+            readers.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Read-only connections, reused between reads. WAL lets them read while the writer writes.
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn take(&self) -> StoreResult<Connection> {
+        if let Some(conn) = self.idle.lock().map_err(|_| StoreError::Closed)?.pop() {
+            return Ok(conn);
+        }
+        open_connection(&self.path, true)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < 8 {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+/// Opens a connection with the settings every connection shares.
+pub fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    if !read_only {
+        // WAL: readers never block the writer. FULL: a commit is on disk before its acks go out.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    Ok(conn)
+}

@@ -1,0 +1,335 @@
+//! The writer thread: takes every queued command, runs them all in one transaction, commits
+//! once (group commit), then answers and delivers each in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use super::messages::{Kind, NewMessage, Origin, StoredMessage};
+use super::queries::{MESSAGE_COLUMNS, message_from_row};
+use super::{Command, JobDone, StoreError, StoreResult};
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+
+/// Most commands in one transaction; bounds the latency a batch adds to its first message.
+const MAX_BATCH: usize = 4096;
+
+/// A message the writer has committed (or found to be a resend), ready for delivery.
+pub struct Committed {
+    pub message: StoredMessage,
+    pub duplicate: bool,
+    pub origin: Origin,
+}
+
+pub(super) struct Writer {
+    conn: Connection,
+    /// False only for benchmarks: messages get ids and seqs but are not written.
+    durable: bool,
+    fanout: Fanout,
+    metrics: Arc<Metrics>,
+    /// last_seq of every conversation seen so far; the table row is updated once per batch.
+    last_seq: HashMap<Arc<str>, i64>,
+    next_id: i64,
+}
+
+/// Counters that many messages of one batch move; written once before the commit.
+#[derive(Default)]
+struct BatchUpdates {
+    last_seq: HashMap<Arc<str>, i64>,
+    read_seq: HashMap<(u64, Arc<str>), i64>,
+}
+
+enum Outcome {
+    Message(StoreResult<(StoredMessage, bool)>, Origin, Option<Box<str>>),
+    Job(Box<dyn FnOnce(StoreResult<()>) + Send>),
+}
+
+impl Writer {
+    pub(super) fn new(conn: Connection, durable: bool, fanout: Fanout, metrics: Arc<Metrics>) -> StoreResult<Writer> {
+        let next_id = max_message_id(&conn)? + 1;
+        Ok(Writer { conn, durable, fanout, metrics, last_seq: HashMap::new(), next_id })
+    }
+
+    pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut closing = false;
+        while !closing {
+            let Some(first) = commands.blocking_recv() else { break };
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                if matches!(command, Command::Close) {
+                    closing = true;
+                    break;
+                }
+                batch.push(command);
+                if batch.len() < MAX_BATCH {
+                    next = commands.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.run_batch(&mut batch);
+            }
+        }
+        commands.close();
+        tracing::info!("store writer stopped");
+    }
+
+    fn run_batch(&mut self, batch: &mut Vec<Command>) {
+        let started = Instant::now();
+        let size = batch.len();
+        let mut outcomes = Vec::with_capacity(size);
+        let mut updates = BatchUpdates::default();
+        let mut result = self.conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from);
+        for command in batch.drain(..) {
+            match command {
+                Command::Message(message) => {
+                    let stored = match &result {
+                        Ok(()) => self.insert(&message_fields(&message), &mut updates),
+                        Err(e) => Err(clone_error(e)),
+                    };
+                    let NewMessage { origin, msg_id, .. } = *message;
+                    outcomes.push(Outcome::Message(stored, origin, msg_id));
+                }
+                Command::Close => {}
+                Command::Job(job) => {
+                    if result.is_ok() {
+                        result = updates.flush(&self.conn);
+                    }
+                    outcomes.push(Outcome::Job(self.run_job(job)));
+                }
+            }
+        }
+        if result.is_ok() {
+            result = updates.flush(&self.conn);
+        }
+        let result = result.and_then(|()| self.conn.execute_batch("COMMIT").map_err(StoreError::from));
+        if let Err(e) = &result {
+            tracing::error!("store batch of {size} failed: {e}");
+            let _ = self.conn.execute_batch("ROLLBACK");
+            // Seqs and ids handed out in this batch were not kept: forget them.
+            self.last_seq.clear();
+            self.next_id = max_message_id(&self.conn).unwrap_or(self.next_id) + 1;
+        }
+        self.metrics.store_batch_size.observe(size as f64);
+        self.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Job(complete) => complete(result.as_ref().map(|_| ()).map_err(clone_error)),
+                Outcome::Message(stored, origin, msg_id) => match (&result, stored) {
+                    (Ok(()), Ok((message, duplicate))) => {
+                        if !duplicate {
+                            self.metrics.messages_stored.inc();
+                        }
+                        self.fanout.deliver(Committed { message, duplicate, origin });
+                    }
+                    (Err(e), _) => self.fanout.refuse(origin, msg_id.as_deref(), clone_error(e)),
+                    (Ok(()), Err(e)) => self.fanout.refuse(origin, msg_id.as_deref(), e),
+                },
+            }
+        }
+    }
+
+    fn run_job(&mut self, job: super::Job) -> Box<dyn FnOnce(StoreResult<()>) + Send> {
+        if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
+            let e = clone_error(&StoreError::from(e));
+            return Box::new(move |_| tracing::error!("job not run: {e}"));
+        }
+        let JobDone { ok, complete } = job(&self.conn);
+        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
+        if let Err(e) = self.conn.execute_batch(end) {
+            tracing::error!("savepoint: {e}");
+        }
+        complete
+    }
+
+    /// Assigns id and seq and inserts one message; returns the original for a resent msg_id.
+    fn insert(&mut self, m: &MessageFields<'_>, updates: &mut BatchUpdates) -> StoreResult<(StoredMessage, bool)> {
+        let seq = self.current_seq(m)? + 1;
+        let message = StoredMessage {
+            id: self.next_id,
+            kind: m.kind,
+            chat_id: m.chat_id.clone(),
+            seq,
+            from_uid: m.from_uid,
+            to_uid: m.to_uid,
+            msg_id: m.msg_id.map(Into::into),
+            msg_type: m.msg_type.into(),
+            body: m.body.to_owned(),
+            ts: crate::now_ms(),
+            shop_id: m.service.map(|s| s.shop_id),
+            agent_uid: m.service.and_then(|s| s.agent_uid),
+        };
+        if self.durable {
+            let inserted = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO messages (id, chat_id, seq, from_uid, to_uid, msg_id, msg_type, body, ts, shop_id, agent_uid)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    message.id,
+                    &*message.chat_id,
+                    message.seq,
+                    message.from_uid,
+                    message.to_uid,
+                    message.msg_id.as_deref(),
+                    &*message.msg_type,
+                    message.body.get(),
+                    message.ts,
+                    message.shop_id,
+                    message.agent_uid,
+                ]);
+            if let Err(e) = inserted {
+                if is_unique_violation(&e) {
+                    if let Some(msg_id) = m.msg_id {
+                        if let Some(original) = find_by_client_id(&self.conn, m.from_uid, msg_id)? {
+                            return Ok((original, true));
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
+            if let Some(route) = m.service {
+                record_service_route(&self.conn, &message.chat_id, route)?;
+            }
+        }
+        self.next_id += 1;
+        self.last_seq.insert(message.chat_id.clone(), seq);
+        updates.last_seq.insert(message.chat_id.clone(), seq);
+        // What a user sends, that user has read.
+        updates.read_seq.insert((message.from_uid, message.chat_id.clone()), seq);
+        Ok((message, false))
+    }
+
+    /// The conversation's newest seq, creating the conversation on its first message.
+    fn current_seq(&mut self, m: &MessageFields<'_>) -> StoreResult<i64> {
+        if let Some(seq) = self.last_seq.get(m.chat_id) {
+            return Ok(*seq);
+        }
+        let stored: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT last_seq FROM conversations WHERE chat_id = ?1")?
+            .query_row([&**m.chat_id], |row| row.get(0))
+            .optional()?;
+        let seq = match stored {
+            Some(seq) => seq,
+            None if self.durable => {
+                create_conversation(&self.conn, m)?;
+                0
+            }
+            None => 0,
+        };
+        self.last_seq.insert(m.chat_id.clone(), seq);
+        Ok(seq)
+    }
+}
+
+/// The fields of a `NewMessage` the writer reads (its origin travels separately).
+struct MessageFields<'a> {
+    kind: Kind,
+    chat_id: &'a Arc<str>,
+    from_uid: u64,
+    to_uid: Option<u64>,
+    msg_id: Option<&'a str>,
+    msg_type: &'a str,
+    body: &'a RawValue,
+    service: Option<&'a super::ServiceRoute>,
+}
+
+fn message_fields(m: &NewMessage) -> MessageFields<'_> {
+    MessageFields {
+        kind: m.kind,
+        chat_id: &m.chat_id,
+        from_uid: m.from_uid,
+        to_uid: m.to_uid,
+        msg_id: m.msg_id.as_deref(),
+        msg_type: &m.msg_type,
+        body: &m.body,
+        service: m.service.as_ref(),
+    }
+}
+
+impl BatchUpdates {
+    fn flush(&mut self, conn: &Connection) -> StoreResult<()> {
+        let mut set_last = conn.prepare_cached("UPDATE conversations SET last_seq = ?2 WHERE chat_id = ?1")?;
+        for (chat_id, seq) in self.last_seq.drain() {
+            set_last.execute(params![&*chat_id, seq])?;
+        }
+        let mut set_read = conn
+            .prepare_cached("UPDATE participants SET read_seq = MAX(read_seq, ?3) WHERE uid = ?1 AND chat_id = ?2")?;
+        for ((uid, chat_id), seq) in self.read_seq.drain() {
+            set_read.execute(params![uid, &*chat_id, seq])?;
+        }
+        Ok(())
+    }
+}
+
+fn create_conversation(conn: &Connection, m: &MessageFields<'_>) -> StoreResult<()> {
+    let (shop_id, customer) = match m.service {
+        Some(route) => (Some(route.shop_id), Some(route.customer_uid)),
+        None => (None, None),
+    };
+    conn.prepare_cached(
+        "INSERT INTO conversations (chat_id, kind, last_seq, shop_id, customer_uid, created_at) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
+    )?
+    .execute(params![&**m.chat_id, m.kind as i64, shop_id, customer, crate::now_ms()])?;
+    let mut add =
+        conn.prepare_cached("INSERT OR IGNORE INTO participants (uid, chat_id, read_seq) VALUES (?1, ?2, 0)")?;
+    match m.kind {
+        Kind::Single => {
+            add.execute(params![m.from_uid, &**m.chat_id])?;
+            if let Some(to) = m.to_uid {
+                add.execute(params![to, &**m.chat_id])?;
+            }
+        }
+        Kind::Service => {
+            if let Some(customer) = customer {
+                add.execute(params![customer, &**m.chat_id])?;
+            }
+        }
+        Kind::Group | Kind::System => {}
+    }
+    Ok(())
+}
+
+/// Remembers who handles a service conversation, and makes sure the agents who must see it
+/// through sync take part in it.
+fn record_service_route(conn: &Connection, chat_id: &str, route: &super::ServiceRoute) -> StoreResult<()> {
+    let mut add =
+        conn.prepare_cached("INSERT OR IGNORE INTO participants (uid, chat_id, read_seq) VALUES (?1, ?2, 0)")?;
+    if let Some(agent) = route.agent_uid {
+        conn.prepare_cached("UPDATE conversations SET handler_uid = ?2 WHERE chat_id = ?1 AND handler_uid IS NOT ?2")?
+            .execute(params![chat_id, agent])?;
+        add.execute(params![agent, chat_id])?;
+    }
+    for agent in &route.all_agents {
+        add.execute(params![agent, chat_id])?;
+    }
+    Ok(())
+}
+
+fn find_by_client_id(conn: &Connection, from_uid: u64, msg_id: &str) -> StoreResult<Option<StoredMessage>> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE from_uid = ?1 AND msg_id = ?2");
+    Ok(conn.prepare_cached(&sql)?.query_row(params![from_uid, msg_id], message_from_row).optional()?)
+}
+
+fn max_message_id(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |row| row.get(0))?)
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+/// Errors are answered to many waiters; keep the text.
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Closed => StoreError::Closed,
+        other => StoreError::Refused(other.to_string()),
+    }
+}

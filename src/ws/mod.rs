@@ -1,0 +1,63 @@
+//! WebSocket: the upgrade of an HTTP request on `/`, then one session task per connection.
+
+pub mod outbox;
+mod rate;
+mod session;
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use crate::app::App;
+use crate::http::{ApiError, Body, envelope};
+
+/// Answers `GET /?access_token=…`: 401 before the upgrade for a bad token, else 101 and a
+/// session task on the upgraded connection.
+pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+    let headers = req.headers();
+    let wants_upgrade =
+        headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
+    let (true, Some(accept)) = (wants_upgrade, key) else {
+        return refusal(ApiError::bad_request(
+            "this endpoint takes a WebSocket upgrade: ws://HOST:PORT/?access_token=JWT",
+        ));
+    };
+    let query: Vec<(String, String)> =
+        req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let Some(token) = param("access_token").filter(|t| !t.is_empty()) else {
+        return refusal(ApiError::unauthorized("an access_token is required"));
+    };
+    let Some(claims) = app.authenticate(token) else {
+        return refusal(ApiError::unauthorized("the access token is invalid, expired or revoked"));
+    };
+    let device: String = param("device").or_else(|| param("fromSource")).unwrap_or("web").chars().take(32).collect();
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tracker = app.sessions.clone();
+    tracker.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => session::run(app, TokioIo::new(upgraded), claims, device).await,
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
+
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
+
+fn refusal(e: ApiError) -> Response<Body> {
+    envelope(e.code, &e.message, serde_json::Value::Null)
+}

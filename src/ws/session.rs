@@ -1,0 +1,234 @@
+//! One WebSocket connection: the `connected` frame and offline sync, then a loop that reads
+//! client frames, writes queued frames (all that are queued, one flush), pings idle peers,
+//! and closes with the contract's codes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+use super::outbox::OutboxState;
+use super::rate::RateLimit;
+use crate::actions::{self, Step};
+use crate::app::App;
+use crate::auth::Claims;
+use crate::frames;
+use crate::registry::Connection;
+use crate::store::queries;
+
+/// Socket read buffer per connection: small, because most connections are mostly idle.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes gathered before tungstenite writes to the socket (a flush always writes).
+const WRITE_BUFFER: usize = 16 * 1024;
+/// How long a closing handshake may take before the socket is just dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a session ends.
+enum End {
+    /// The peer went away or the socket failed: nothing more to write.
+    Gone,
+    /// Close with this code after writing what is queued.
+    Close(CloseCode, &'static str),
+}
+
+struct Session<S> {
+    app: Arc<App>,
+    conn: Arc<Connection>,
+    claims: Claims,
+    ws: WebSocketStream<S>,
+    rate: RateLimit,
+    last_heard: Instant,
+}
+
+pub async fn run<S>(app: Arc<App>, io: S, claims: Claims, device: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max = app.config.max_frame_bytes;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(app.config.outbox_bytes + WRITE_BUFFER + max)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let conn = app.registry.add(claims.uid, &device);
+    app.metrics.connections_total.inc();
+    let rate = RateLimit::new(app.config.rate_limit, app.config.rate_burst);
+    let mut session = Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, last_heard: Instant::now() };
+    let end = session.serve().await;
+    session.finish(end).await;
+    app.registry.remove(&conn);
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn serve(&mut self) -> End {
+        if let Err(end) = self.sync().await {
+            return end;
+        }
+        let interval = Duration::from_secs(self.app.config.ping_interval.max(1));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        let mut outgoing = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.app.shutdown.cancelled() => return End::Close(CloseCode::Away, "server shutting down"),
+                _ = self.conn.outbox.ready() => {
+                    if let Err(end) = self.write_queued(&mut outgoing).await {
+                        return end;
+                    }
+                }
+                incoming = self.ws.next() => {
+                    if let Err(end) = self.on_incoming(incoming).await {
+                        return end;
+                    }
+                }
+                _ = ping.tick() => {
+                    let idle = self.last_heard.elapsed();
+                    if idle >= 2 * interval {
+                        tracing::debug!(uid = self.conn.uid, "dropping a connection that stopped answering pings");
+                        return End::Gone;
+                    }
+                    if idle >= interval && self.ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `connected`, then every stored message the user has not read, then `sync_done`.
+    async fn sync(&mut self) -> Result<(), End> {
+        let uid = self.claims.uid;
+        let connected =
+            json!({"action": "connected", "uid": uid, "username": self.claims.name, "device": &*self.conn.device});
+        self.feed(frames::json(connected)).await?;
+        let missed = match self.app.store.read(move |db| queries::sync_for(db, uid)).await {
+            Ok(batch) => batch.messages,
+            Err(e) => {
+                tracing::error!(uid, "sync failed: {e}");
+                Vec::new()
+            }
+        };
+        for message in &missed {
+            let name = self.app.directory.username(message.from_uid);
+            self.feed(frames::message(message, name.as_deref().unwrap_or("system"))).await?;
+        }
+        self.feed(frames::json(json!({"action": "sync_done", "count": missed.len()}))).await?;
+        self.ws.flush().await.map_err(|_| End::Gone)
+    }
+
+    async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), End> {
+        self.ws.feed(Message::Text(frame)).await.map_err(|_| End::Gone)
+    }
+
+    /// Writes everything queued with one flush. A peer too slow to take it all overflows the
+    /// queue, which ends the wait even mid-write.
+    async fn write_queued(&mut self, outgoing: &mut Vec<Message>) -> Result<(), End> {
+        match self.conn.outbox.drain_into(outgoing) {
+            OutboxState::Open => {}
+            OutboxState::Overflowed => return Err(End::Close(CloseCode::Policy, "too slow: outbound queue full")),
+            OutboxState::Closed => return Err(End::Gone),
+        }
+        if outgoing.is_empty() {
+            return Ok(());
+        }
+        let ws = &mut self.ws;
+        let write = async {
+            for frame in outgoing.drain(..) {
+                ws.feed(frame).await?;
+            }
+            ws.flush().await
+        };
+        let result = tokio::select! {
+            written = write => written.map_err(|_| End::Gone),
+            _ = self.conn.outbox.overflowed() => Err(End::Close(CloseCode::Policy, "too slow: outbound queue full")),
+        };
+        outgoing.clear();
+        result
+    }
+
+    async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Result<(), End> {
+        let message = match incoming {
+            None => return Err(End::Gone),
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(_))) => {
+                let limit = self.app.config.max_frame_bytes;
+                self.refuse(frames::error(413, &format!("frame larger than {limit} bytes"), None), 413);
+                return Err(End::Close(CloseCode::Size, "frame too large"));
+            }
+            Some(Err(_)) => return Err(End::Gone),
+        };
+        self.last_heard = Instant::now();
+        match message {
+            Message::Text(text) => self.on_text(&text).await,
+            Message::Binary(_) => {
+                self.refuse(frames::error(400, "binary frames are not supported: send JSON text frames", None), 400);
+                Ok(())
+            }
+            // tungstenite queued the pong; send it now.
+            Message::Ping(_) => self.ws.flush().await.map_err(|_| End::Gone),
+            Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        if !self.app.token_still_valid(&self.claims) {
+            let refusal = actions::refusal(text, 401, "the access token expired or was revoked: log in again");
+            self.refuse(refusal, 401);
+            return Err(End::Close(CloseCode::Policy, "token expired"));
+        }
+        if !self.rate.allow(Instant::now()) {
+            self.refuse(actions::refusal(text, 429, "rate limited: slow down"), 429);
+            return Ok(());
+        }
+        let ctx = actions::Ctx { app: &self.app, conn: &self.conn, uid: self.claims.uid };
+        match actions::handle(&ctx, text) {
+            Step::Reply(frame) => {
+                self.conn.send(&frame);
+            }
+            Step::Store(message) => {
+                if self.app.store.submit(message).await.is_err() {
+                    self.refuse(frames::error(503, "the server is shutting down", None), 503);
+                }
+            }
+            Step::Later(reply) => {
+                let conn = self.conn.clone();
+                tokio::spawn(async move {
+                    let frame = reply.await;
+                    conn.send(&frame);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, frame: Utf8Bytes, code: u16) {
+        self.app.metrics.error(code);
+        self.conn.send(&frame);
+    }
+
+    /// Writes what is still queued and closes with the reason's code, within a grace period.
+    async fn finish(&mut self, end: End) {
+        let End::Close(code, reason) = end else { return };
+        let mut outgoing = Vec::new();
+        self.conn.outbox.drain_into(&mut outgoing);
+        let ws = &mut self.ws;
+        let close = async {
+            for frame in outgoing {
+                ws.feed(frame).await?;
+            }
+            ws.close(Some(CloseFrame { code, reason: reason.into() })).await
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
+    }
+}
