@@ -111,22 +111,22 @@ impl Directory {
     }
 
     pub fn add_member(&self, chat_id: &str, uid: u64) {
-        if let Some(mut members) = self.rooms.get_mut(chat_id) {
-            if !members.contains(&uid) {
-                let mut next = (**members).clone();
-                next.insert(uid);
-                *members = Arc::new(next);
-            }
+        if let Some(mut members) = self.rooms.get_mut(chat_id)
+            && !members.contains(&uid)
+        {
+            let mut next = (**members).clone();
+            next.insert(uid);
+            *members = Arc::new(next);
         }
     }
 
     pub fn remove_member(&self, chat_id: &str, uid: u64) {
-        if let Some(mut members) = self.rooms.get_mut(chat_id) {
-            if members.contains(&uid) {
-                let mut next = (**members).clone();
-                next.remove(&uid);
-                *members = Arc::new(next);
-            }
+        if let Some(mut members) = self.rooms.get_mut(chat_id)
+            && members.contains(&uid)
+        {
+            let mut next = (**members).clone();
+            next.remove(&uid);
+            *members = Arc::new(next);
         }
     }
 
@@ -149,12 +149,12 @@ impl Directory {
     }
 
     pub fn add_agent(&self, shop_id: u64, uid: u64) {
-        if let Some(mut shop) = self.shops.get_mut(&shop_id) {
-            if !shop.agents.contains(&uid) {
-                let mut next = (*shop.agents).clone();
-                next.push(uid);
-                shop.agents = Arc::new(next);
-            }
+        if let Some(mut shop) = self.shops.get_mut(&shop_id)
+            && !shop.agents.contains(&uid)
+        {
+            let mut next = (*shop.agents).clone();
+            next.push(uid);
+            shop.agents = Arc::new(next);
         }
     }
 

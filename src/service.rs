@@ -28,10 +28,11 @@ pub fn route(
         Some(ChatId::Service { shop_id, customer_uid }) => Some((shop_id, customer_uid)),
         _ => shop_id.zip(to_uid),
     };
-    if let Some((shop, customer)) = named {
-        if customer != sender && app.directory.is_agent(shop, sender) {
-            return agent_reply(app, shop, customer, sender);
-        }
+    if let Some((shop, customer)) = named
+        && customer != sender
+        && app.directory.is_agent(shop, sender)
+    {
+        return agent_reply(app, shop, customer, sender);
     }
     // Otherwise the sender is the customer: the shop comes from shop_id, or from the sender's
     // own conversation.

@@ -38,7 +38,8 @@ fn content(frame: &ClientFrame<'_>) -> Result<Content, Refusal> {
     if is_string && raw == "\"\"" {
         return Err(Refusal::new(400, "empty text"));
     }
-    if !is_string && !(msg_type != "text" && raw.starts_with('{')) {
+    let is_object = raw.starts_with('{');
+    if !(is_string || (is_object && msg_type != "text")) {
         let expected = if msg_type == "text" { "a string" } else { "a string or an object" };
         return Err(Refusal::new(400, format!("msg must be {expected} for msg_type {msg_type}")));
     }

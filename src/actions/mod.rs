@@ -74,11 +74,11 @@ pub fn handle(ctx: &Ctx<'_>, text: &str) -> Step {
         let message = format!("unknown action: {}", frame.action);
         return Step::Reply(refuse(ctx, 404, &message, frame.msg_id.as_deref()));
     };
-    if let (Some(given), Some(kind)) = (frame.chat_type, kind) {
-        if given != kind as u64 {
-            let message = format!("chat_type {given} does not match action {}", frame.action);
-            return Step::Reply(refuse(ctx, 400, &message, frame.msg_id.as_deref()));
-        }
+    if let (Some(given), Some(kind)) = (frame.chat_type, kind)
+        && given != kind as u64
+    {
+        let message = format!("chat_type {given} does not match action {}", frame.action);
+        return Step::Reply(refuse(ctx, 400, &message, frame.msg_id.as_deref()));
     }
     match handler(ctx, &frame) {
         Ok(step) => step,

@@ -106,11 +106,11 @@ fn start(port: u16, daemon: bool, mut config: Config) -> i32 {
         return control::start_detached(port, config, listener);
     }
     init_logging();
-    if let Some(pid_file) = &config.pid_file {
-        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
-            eprintln!("imd: cannot write {}: {e}", pid_file.display());
-            return 1;
-        }
+    if let Some(pid_file) = &config.pid_file
+        && let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id()))
+    {
+        eprintln!("imd: cannot write {}: {e}", pid_file.display());
+        return 1;
     }
     let pid_file = config.pid_file.clone();
     let result = server::run(config, listener, |addr| {

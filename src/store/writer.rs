@@ -185,12 +185,11 @@ impl Writer {
                     message.agent_uid,
                 ]);
             if let Err(e) = inserted {
-                if is_unique_violation(&e) {
-                    if let Some(msg_id) = m.msg_id {
-                        if let Some(original) = find_by_client_id(&self.conn, m.from_uid, msg_id)? {
-                            return Ok((original, true));
-                        }
-                    }
+                if is_unique_violation(&e)
+                    && let Some(msg_id) = m.msg_id
+                    && let Some(original) = find_by_client_id(&self.conn, m.from_uid, msg_id)?
+                {
+                    return Ok((original, true));
                 }
                 return Err(e.into());
             }
