@@ -34,14 +34,16 @@ fn content(frame: &ClientFrame<'_>) -> Result<Content, Refusal> {
     }
     let msg = frame.msg.ok_or_else(|| Refusal::new(400, "msg is required"))?;
     let raw = msg.get();
-    let is_string = raw.starts_with('"');
-    if is_string && raw == "\"\"" {
-        return Err(Refusal::new(400, "empty text"));
-    }
-    let is_object = raw.starts_with('{');
-    if !(is_string || (is_object && msg_type != "text")) {
-        let expected = if msg_type == "text" { "a string" } else { "a string or an object" };
-        return Err(Refusal::new(400, format!("msg must be {expected} for msg_type {msg_type}")));
+    // Text is a non-empty string; every other msg_type carries an object.
+    if msg_type == "text" {
+        if !raw.starts_with('"') {
+            return Err(Refusal::new(400, "msg must be a string for msg_type text"));
+        }
+        if raw == "\"\"" {
+            return Err(Refusal::new(400, "empty text"));
+        }
+    } else if !raw.starts_with('{') {
+        return Err(Refusal::new(400, format!("msg must be a JSON object for msg_type {msg_type}")));
     }
     Ok(Content { msg_id: msg_id.map(Into::into), msg_type: msg_type.into(), body: msg.to_owned() })
 }
