@@ -86,7 +86,7 @@ pub fn start_detached(port: u16, mut config: Config, listener: std::net::TcpList
 
 pub fn stop(port: u16, pid_file: Option<PathBuf>, timeout: u64) -> i32 {
     let pid_file = pid_file.unwrap_or_else(|| default_pid_file(port));
-    let pid = read_pid(&pid_file).or_else(|| health(port).and_then(|h| h["pid"].as_i64()).map(|p| p as i32));
+    let pid = read_pid(&pid_file).or_else(|| health(port).and_then(|h| h["data"]["pid"].as_i64()).map(|p| p as i32));
     let Some(pid) = pid.filter(|&pid| alive(pid)) else {
         eprintln!("imd not running on port {port}");
         return 1;

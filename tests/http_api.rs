@@ -1,0 +1,510 @@
+//! The HTTP API: envelope, routing errors, /health, /metrics, /message/history and
+//! /message/conversations (PROTOCOL.md 2; BEHAVIOUR.md "HTTP").
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, Ws, http, http_raw};
+use serde_json::{Value, json};
+
+fn ok_data(status: u16, body: &Value) -> Value {
+    assert_eq!(status, 200, "expected 200: {body}");
+    assert_eq!(body["code"], 200, "envelope code: {body}");
+    assert_eq!(body["message"], "success", "envelope message: {body}");
+    assert!(body.get("data").is_some(), "envelope needs data: {body}");
+    body["data"].clone()
+}
+
+fn assert_error(status: u16, body: &Value, code: u16) {
+    assert_eq!(status, code, "expected HTTP {code}: {body}");
+    assert_eq!(body["code"], code, "envelope code: {body}");
+    assert!(
+        body.get("data").is_some() && body["data"].is_null(),
+        "error data must be null: {body}"
+    );
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "error needs a message: {body}");
+}
+
+fn chat_id(a: u64, b: u64) -> String {
+    format!("1_{}_{}", a.min(b), a.max(b))
+}
+
+async fn send_text(ws: &mut Ws, to: u64, msg_id: &str, text: &str) -> Value {
+    let ack = ws
+        .request(
+            json!({"action": "single_chat", "chat_type": 1, "msg_type": "text",
+                        "msg_id": msg_id, "to_uid": to, "msg": text}),
+        )
+        .await;
+    assert_eq!(ack["action"], "ack", "{ack}");
+    assert_eq!(ack["code"], 200, "{ack}");
+    ack
+}
+
+/// Sum of all samples of `name` (with or without labels) in Prometheus text; None if absent.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = value {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+async fn metrics(server: &Server) -> String {
+    let (status, text) = http_raw(server.addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200, "/metrics: {text}");
+    text
+}
+
+#[tokio::test]
+async fn envelope_status_equals_code() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .post_json(
+            "/user/register",
+            json!({"username": "alice", "password": "secret-pw"}),
+            None,
+        )
+        .await;
+    let data = ok_data(status, &body);
+    assert!(data.is_object(), "{body}");
+    let obj = body.as_object().expect("object");
+    for key in ["code", "message", "data"] {
+        assert!(obj.contains_key(key), "envelope lacks {key}: {body}");
+    }
+
+    // Errors: 400, 401, 409 each with status == code and data null.
+    let (status, body) = server
+        .post_json(
+            "/user/register",
+            json!({"username": "x", "password": "secret-pw"}),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 400);
+    let (status, body) = server
+        .post_json(
+            "/user/login",
+            json!({"username": "alice", "password": "nope-nope"}),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 401);
+    let (status, body) = server
+        .post_json(
+            "/user/register",
+            json!({"username": "alice", "password": "secret-pw"}),
+            None,
+        )
+        .await;
+    assert_error(status, &body, 409);
+    let (status, body) = server.get("/message/conversations", None).await;
+    assert_error(status, &body, 401);
+    let (status, body) = server.get("/message/history?chat_id=1_1_2", None).await;
+    assert_error(status, &body, 401);
+}
+
+#[tokio::test]
+async fn unknown_path_is_404_and_wrong_method_is_405() {
+    let server = Server::start().await;
+    for path in ["/nope", "/user/nope", "/message", "/user/me/extra"] {
+        let (status, body) = server.get(path, None).await;
+        assert_error(status, &body, 404);
+    }
+    let (status, body) = server.post_json("/does/not/exist", json!({}), None).await;
+    assert_error(status, &body, 404);
+
+    let (status, body) = server.get("/user/register", None).await;
+    assert_error(status, &body, 405);
+    let (status, body) = server.get("/user/login", None).await;
+    assert_error(status, &body, 405);
+    let (status, body) = server.post_json("/user/me", json!({}), None).await;
+    assert_error(status, &body, 405);
+    let (status, body) = server.post_json("/message/history", json!({}), None).await;
+    assert_error(status, &body, 405);
+    let (status, body) = http(server.addr, "DELETE", "/health", None, None).await;
+    assert_error(status, &body, 405);
+}
+
+#[tokio::test]
+async fn health_reports_ok_pid_uptime_online() {
+    let server = Server::start().await;
+    let (status, body) = server.get("/health", None).await;
+    let data = ok_data(status, &body);
+    assert_eq!(data["status"], "ok", "{body}");
+    assert_eq!(
+        data["pid"].as_u64(),
+        server.child.id().map(u64::from),
+        "{body}"
+    );
+    assert!(data["uptime_secs"].as_u64().is_some(), "{body}");
+    assert_eq!(data["online"].as_u64(), Some(0), "{body}");
+
+    let (_, token) = server.register("alice").await;
+    let (_ws, _) = server.connect(&token).await;
+    let (_ws2, _) = server.connect_device(&token, "mobile").await;
+    let (status, body) = server.get("/health", None).await;
+    assert_eq!(ok_data(status, &body)["online"].as_u64(), Some(2), "{body}");
+}
+
+#[tokio::test]
+async fn get_root_without_upgrade_is_400() {
+    let server = Server::start().await;
+    let (status, body) = server.get("/", None).await;
+    assert_error(status, &body, 400);
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400() {
+    let server = Server::start().await;
+    for text in ["{\"username\":", "not json", "[1,2,3]", "42"] {
+        let (status, body) = http(
+            server.addr,
+            "POST",
+            "/user/register",
+            Some(("application/json", text.to_string())),
+            None,
+        )
+        .await;
+        assert_error(status, &body, 400);
+    }
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/user/login",
+        Some(("application/json", "{\"username\": \"a\", ".to_string())),
+        None,
+    )
+    .await;
+    assert_error(status, &body, 400);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let server = Server::start().await;
+    let big = "x".repeat(70 * 1024);
+    let text = json!({"username": "alice", "password": big}).to_string();
+    let (status, body) = http(
+        server.addr,
+        "POST",
+        "/user/register",
+        Some(("application/json", text)),
+        None,
+    )
+    .await;
+    assert_error(status, &body, 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_and_count_messages() {
+    let server = Server::start().await;
+    let (_, ta) = server.register("alice").await;
+    let (b, tb) = server.register("bob").await;
+    let (mut wa, _) = server.connect(&ta).await;
+    let (mut wb, _) = server.connect(&tb).await;
+
+    let before = metrics(&server).await;
+    let stored_before = metric_value(&before, "imd_messages_stored_total").unwrap_or(0.0);
+    let delivered_before = metric_value(&before, "imd_frames_delivered_total").unwrap_or(0.0);
+    let online = metric_value(&before, "imd_online_connections");
+    assert_eq!(
+        online,
+        Some(2.0),
+        "imd_online_connections with two connections:\n{before}"
+    );
+
+    send_text(&mut wa, b, "m-1", "hello").await;
+    let got = wb.recv_action("single_chat").await;
+    assert_eq!(got["msg"], "hello");
+    // An error frame, so that the error counter has something to count.
+    let err = wa.request(json!({"action": "no_such_action"})).await;
+    assert_eq!(err["action"], "error", "{err}");
+
+    // The counters may be updated just after the ack; poll with a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let text = metrics(&server).await;
+        let stored = metric_value(&text, "imd_messages_stored_total").unwrap_or(0.0);
+        let delivered = metric_value(&text, "imd_frames_delivered_total").unwrap_or(0.0);
+        if stored > stored_before && delivered > delivered_before {
+            assert!(stored >= stored_before + 1.0, "{text}");
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "imd_messages_stored_total / imd_frames_delivered_total did not go up:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    for name in [
+        "imd_online_connections",
+        "imd_messages_stored_total",
+        "imd_frames_delivered_total",
+        "imd_errors_total",
+        "imd_store_batch_size",
+        "imd_store_commit_seconds",
+    ] {
+        assert!(
+            after.contains(&format!("# TYPE {name}")),
+            "no # TYPE line for {name}:\n{after}"
+        );
+        assert!(
+            after
+                .lines()
+                .any(|l| !l.starts_with('#') && l.starts_with(name)),
+            "no sample for {name}:\n{after}"
+        );
+    }
+    assert!(
+        metric_value(&after, "imd_errors_total").unwrap_or(0.0) >= 1.0,
+        "{after}"
+    );
+    // Histograms in the text format.
+    assert!(after.contains("imd_store_batch_size_bucket"), "{after}");
+    assert!(after.contains("imd_store_commit_seconds_bucket"), "{after}");
+    assert!(
+        metric_value(&after, "imd_store_batch_size_count").unwrap_or(0.0) >= 1.0,
+        "{after}"
+    );
+}
+
+/// Sends `n` messages a -> b (acked one by one) and returns the acks.
+async fn send_many(ws: &mut Ws, to: u64, n: usize) -> Vec<Value> {
+    let mut acks = Vec::new();
+    for i in 1..=n {
+        acks.push(send_text(ws, to, &format!("h-{i}"), &format!("m{i}")).await);
+    }
+    acks
+}
+
+fn seqs(messages: &Value) -> Vec<u64> {
+    messages
+        .as_array()
+        .unwrap_or_else(|| panic!("messages must be an array: {messages}"))
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap_or_else(|| panic!("seq: {m}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn history_pages_backwards() {
+    let server = Server::start().await;
+    let (a, ta) = server.register("alice").await;
+    let (b, tb) = server.register("bob").await;
+    let (mut wa, _) = server.connect(&ta).await;
+    let acks = send_many(&mut wa, b, 7).await;
+    let chat = chat_id(a, b);
+    assert_eq!(acks[0]["chat_id"], chat.as_str());
+
+    // Default limit (50) returns everything, ascending.
+    let (status, body) = server
+        .get(&format!("/message/history?chat_id={chat}"), Some(&ta))
+        .await;
+    let data = ok_data(status, &body);
+    assert_eq!(data["chat_id"], chat.as_str(), "{body}");
+    assert_eq!(seqs(&data["messages"]), vec![1, 2, 3, 4, 5, 6, 7], "{body}");
+    assert_eq!(data["has_more"], false, "{body}");
+    for (m, ack) in data["messages"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .zip(&acks)
+    {
+        assert_eq!(
+            m["id"], ack["id"],
+            "history id matches the ack: {m} vs {ack}"
+        );
+        assert_eq!(m["seq"], ack["seq"], "{m}");
+        assert_eq!(m["msg"], format!("m{}", ack["seq"]), "{m}");
+    }
+
+    // The newest page first.
+    let (status, body) = server
+        .get(
+            &format!("/message/history?chat_id={chat}&limit=3"),
+            Some(&ta),
+        )
+        .await;
+    let data = ok_data(status, &body);
+    assert_eq!(seqs(&data["messages"]), vec![5, 6, 7], "{body}");
+    assert_eq!(data["has_more"], true, "{body}");
+
+    // Then backwards with `before`; the recipient may read it too.
+    let (status, body) = server
+        .get(
+            &format!("/message/history?chat_id={chat}&before=5&limit=3"),
+            Some(&tb),
+        )
+        .await;
+    let data = ok_data(status, &body);
+    assert_eq!(seqs(&data["messages"]), vec![2, 3, 4], "{body}");
+    assert_eq!(data["has_more"], true, "{body}");
+
+    let (status, body) = server
+        .get(
+            &format!("/message/history?chat_id={chat}&before=2&limit=3"),
+            Some(&tb),
+        )
+        .await;
+    let data = ok_data(status, &body);
+    assert_eq!(seqs(&data["messages"]), vec![1], "{body}");
+    assert_eq!(data["has_more"], false, "{body}");
+
+    // Exactly filling a page: before=4, limit=3 -> 1,2,3 and nothing more.
+    let (status, body) = server
+        .get(
+            &format!("/message/history?chat_id={chat}&before=4&limit=3"),
+            Some(&ta),
+        )
+        .await;
+    let data = ok_data(status, &body);
+    assert_eq!(seqs(&data["messages"]), vec![1, 2, 3], "{body}");
+    assert_eq!(data["has_more"], false, "{body}");
+
+    // Token in the query string works too.
+    let (status, body) = server
+        .get(
+            &format!("/message/history?chat_id={chat}&limit=200&access_token={ta}"),
+            None,
+        )
+        .await;
+    assert_eq!(seqs(&ok_data(status, &body)["messages"]).len(), 7, "{body}");
+}
+
+#[tokio::test]
+async fn history_refuses_bad_limits_strangers_and_bad_ids() {
+    let server = Server::start().await;
+    let (a, ta) = server.register("alice").await;
+    let (b, _) = server.register("bob").await;
+    let (_, tc) = server.register("carol").await;
+    let (mut wa, _) = server.connect(&ta).await;
+    send_many(&mut wa, b, 2).await;
+    let chat = chat_id(a, b);
+
+    for limit in ["0", "201", "-1", "abc"] {
+        let (status, body) = server
+            .get(
+                &format!("/message/history?chat_id={chat}&limit={limit}"),
+                Some(&ta),
+            )
+            .await;
+        assert_error(status, &body, 400);
+    }
+    let (status, body) = server
+        .get(
+            &format!("/message/history?chat_id={chat}&limit=200"),
+            Some(&ta),
+        )
+        .await;
+    ok_data(status, &body);
+    let (status, body) = server
+        .get(
+            &format!("/message/history?chat_id={chat}&limit=1"),
+            Some(&ta),
+        )
+        .await;
+    assert_eq!(seqs(&ok_data(status, &body)["messages"]), vec![2], "{body}");
+
+    // Not a participant.
+    let (status, body) = server
+        .get(&format!("/message/history?chat_id={chat}"), Some(&tc))
+        .await;
+    assert_error(status, &body, 403);
+
+    // Malformed chat ids.
+    for bad in ["garbage", "1_abc", "1_x_y", "9_1_2"] {
+        let (status, body) = server
+            .get(&format!("/message/history?chat_id={bad}"), Some(&ta))
+            .await;
+        assert_error(status, &body, 404);
+    }
+}
+
+#[tokio::test]
+async fn conversations_list_unread_and_read_positions() {
+    let server = Server::start().await;
+    let (a, ta) = server.register("alice").await;
+    let (b, tb) = server.register("bob").await;
+    let (mut wa, _) = server.connect(&ta).await;
+    send_many(&mut wa, b, 3).await;
+    let chat = chat_id(a, b);
+
+    let conv_of = |body: &Value| -> Value {
+        let list = body["data"]["conversations"]
+            .as_array()
+            .unwrap_or_else(|| panic!("conversations must be an array: {body}"));
+        assert_eq!(list.len(), 1, "{body}");
+        list[0].clone()
+    };
+
+    let (status, body) = server.get("/message/conversations", Some(&tb)).await;
+    ok_data(status, &body);
+    let c = conv_of(&body);
+    assert_eq!(c["chat_id"], chat.as_str(), "{c}");
+    assert_eq!(c["chat_type"], 1, "{c}");
+    assert_eq!(c["last_seq"], 3, "{c}");
+    assert_eq!(c["read_seq"], 0, "{c}");
+    assert_eq!(c["unread"], 3, "{c}");
+    let last = &c["last"];
+    assert!(
+        last["msg"] == "m3" || *last == "m3",
+        "last must be the newest message: {c}"
+    );
+    if last.is_object() {
+        assert_eq!(last["seq"], 3, "{c}");
+    }
+
+    // The sender's own messages are never unread for the sender.
+    let (status, body) = server.get("/message/conversations", Some(&ta)).await;
+    ok_data(status, &body);
+    let c = conv_of(&body);
+    assert_eq!(c["chat_id"], chat.as_str(), "{c}");
+    assert_eq!(c["last_seq"], 3, "{c}");
+    assert_eq!(c["read_seq"], 3, "{c}");
+    assert_eq!(c["unread"], 0, "{c}");
+
+    // Reading moves unread down.
+    let (mut wb, synced) = server.connect(&tb).await;
+    assert_eq!(synced.len(), 3);
+    let reply = wb
+        .request(json!({"action": "read", "chat_id": chat, "seq": 2}))
+        .await;
+    assert_eq!(reply["code"], 200, "{reply}");
+    let (status, body) = server.get("/message/conversations", Some(&tb)).await;
+    ok_data(status, &body);
+    let c = conv_of(&body);
+    assert_eq!(c["read_seq"], 2, "{c}");
+    assert_eq!(c["unread"], 1, "{c}");
+
+    let reply = wb
+        .request(json!({"action": "read", "chat_id": chat, "seq": 3}))
+        .await;
+    assert_eq!(reply["code"], 200, "{reply}");
+    let (status, body) = server
+        .get(&format!("/message/conversations?access_token={tb}"), None)
+        .await;
+    ok_data(status, &body);
+    let c = conv_of(&body);
+    assert_eq!(c["read_seq"], 3, "{c}");
+    assert_eq!(c["unread"], 0, "{c}");
+
+    // A user with no conversations gets an empty list.
+    let (_, tc) = server.register("carol").await;
+    let (status, body) = server.get("/message/conversations", Some(&tc)).await;
+    let data = ok_data(status, &body);
+    assert_eq!(data["conversations"], json!([]), "{body}");
+}
