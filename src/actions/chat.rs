@@ -21,7 +21,8 @@ struct Content {
 }
 
 fn content(frame: &ClientFrame<'_>) -> Result<Content, Refusal> {
-    let msg_id = frame.msg_id.as_deref();
+    // The old service's clients send "msg_id":"" on every frame: that is no id, not a key.
+    let msg_id = frame.msg_id.as_deref().filter(|id| !id.is_empty());
     if msg_id.is_some_and(|id| id.chars().count() > MAX_MSG_ID) {
         return Err(Refusal::new(400, format!("msg_id is longer than {MAX_MSG_ID} characters")));
     }

@@ -1,0 +1,412 @@
+//! The old PHP/Swoole service's action names (`exit_group`, `service_user_chat`,
+//! `service_review_chat`) and an end-to-end replay of that service's README flow with form
+//! bodies (PROTOCOL.md 3.1).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use util::*;
+
+#[tokio::test]
+async fn exit_group_works_as_leave_group() {
+    let server = Server::start().await;
+    let (alice, alice_t) = server.register("alice").await;
+    let (_bob, bob_t) = server.register("bob").await;
+    let room = create_room(&server, &alice_t).await;
+    let (mut a, _) = server.connect(&alice_t).await;
+    let (mut b, _) = server.connect(&bob_t).await;
+
+    let r = reply(&mut b, json!({"action": "join_group", "chat_type": 2, "chat_id": room})).await;
+    assert_eq!(r["code"], 200, "{r}");
+    let ack = reply(&mut a, group_frame(&room, "a-1", "welcome bob")).await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    let f = b.recv_action("group_chat").await;
+    assert_eq!(f["id"], ack["id"], "{f}");
+
+    let r = reply(&mut b, json!({"action": "exit_group", "chat_type": 2, "chat_id": room})).await;
+    assert!(r["action"] == "leave_group" || r["action"] == "exit_group", "reply to exit_group: {r}");
+    assert_eq!(r["code"], 200, "{r}");
+    assert_eq!(r["chat_id"], json!(room), "{r}");
+
+    // Bob is out: not listed, gets nothing, may not post.
+    let (status, body) = server.get(&format!("/room/members?chat_id={room}"), Some(&alice_t)).await;
+    let data = ok(status, &body, "members after exit_group");
+    let uids: Vec<u64> = data["members"].as_array().unwrap().iter().map(|m| m["uid"].as_u64().unwrap()).collect();
+    assert_eq!(uids, vec![alice], "bob left by exit_group: {body}");
+    let ack = reply(&mut a, group_frame(&room, "a-2", "bye bob")).await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    b.expect_nothing_pending().await;
+    let err = reply(&mut b, group_frame(&room, "b-1", "wait")).await;
+    assert_eq!(err["action"], "error", "{err}");
+    assert_eq!(err["code"], 403, "{err}");
+}
+
+#[tokio::test]
+async fn service_user_chat_works_as_a_customer_service_chat() {
+    let server = Server::start().await;
+    let (_owner, owner_t) = server.register("owner").await;
+    let (g1, g1_t) = server.register("agent1").await;
+    let (cust, cust_t) = server.register("customer").await;
+    let shop = create_shop(&server, &owner_t).await;
+    add_agent(&server, &owner_t, shop, g1).await;
+    let (mut g, _) = server.connect(&g1_t).await;
+    let (mut c, _) = server.connect(&cust_t).await;
+    let chat_id = format!("3_{shop}_{cust}");
+
+    let ack = reply(
+        &mut c,
+        json!({"action": "service_user_chat", "chat_type": 3, "msg_type": "text", "msg_id": "u-1",
+               "shop_id": shop, "msg": "hello, shop service."}),
+    )
+    .await;
+    assert_eq!(ack["action"], "ack", "{ack}");
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
+    assert_eq!(ack["agent_uid"], json!(g1), "{ack}");
+    let f = g.recv_action("service_chat").await;
+    assert_service(&f, &chat_id, shop, &ack, cust, "hello, shop service.");
+    assert_eq!(f["agent_uid"], json!(g1), "{f}");
+
+    // shop_id as a string of digits, without chat_type.
+    let ack = reply(
+        &mut c,
+        json!({"action": "service_user_chat", "msg_type": "text", "msg_id": "u-2",
+               "shop_id": shop.to_string(), "msg": "are you there?"}),
+    )
+    .await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
+    assert_eq!(ack["agent_uid"], json!(g1), "{ack}");
+    let f = g.recv_action("service_chat").await;
+    assert_service(&f, &chat_id, shop, &ack, cust, "are you there?");
+    c.expect_nothing_pending().await;
+    g.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
+    let server = Server::start().await;
+    let (_owner, owner_t) = server.register("owner").await;
+    let (g1, g1_t) = server.register("agent1").await;
+    let (cust, cust_t) = server.register("customer").await;
+    let (other, other_t) = server.register("other").await;
+    let shop = create_shop(&server, &owner_t).await;
+    add_agent(&server, &owner_t, shop, g1).await;
+    let (mut g, _) = server.connect(&g1_t).await;
+    let (mut c, _) = server.connect(&cust_t).await;
+    let chat_id = format!("3_{shop}_{cust}");
+
+    let ack = reply(
+        &mut c,
+        json!({"action": "service_user_chat", "chat_type": 3, "msg_type": "text", "msg_id": "u-1",
+               "shop_id": shop, "msg": "my order is late"}),
+    )
+    .await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    g.recv_action("service_chat").await;
+
+    // Numbers.
+    let ack = reply(
+        &mut g,
+        json!({"action": "service_review_chat", "chat_type": 3, "msg_type": "text", "msg_id": "r-1",
+               "to_uid": cust, "shop_id": shop, "msg": "let me check"}),
+    )
+    .await;
+    assert_eq!(ack["action"], "ack", "{ack}");
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
+    let f = c.recv_action("service_chat").await;
+    assert_service(&f, &chat_id, shop, &ack, g1, "let me check");
+
+    // Strings of digits.
+    let ack = reply(
+        &mut g,
+        json!({"action": "service_review_chat", "chat_type": 3, "msg_type": "text", "msg_id": "r-2",
+               "to_uid": cust.to_string(), "shop_id": shop.to_string(), "msg": "it ships today"}),
+    )
+    .await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
+    let f = c.recv_action("service_chat").await;
+    assert_service(&f, &chat_id, shop, &ack, g1, "it ships today");
+
+    // With the chat_id, as the new name does.
+    let ack = reply(
+        &mut g,
+        json!({"action": "service_review_chat", "chat_type": 3, "msg_type": "text", "msg_id": "r-3",
+               "chat_id": chat_id, "msg": "anything else?"}),
+    )
+    .await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
+    let f = c.recv_action("service_chat").await;
+    assert_service(&f, &chat_id, shop, &ack, g1, "anything else?");
+    c.expect_nothing_pending().await;
+    g.expect_nothing_pending().await;
+
+    // Somebody who is not an agent of the shop cannot use it to reach the customer: the frame
+    // is refused, or (being a `service_chat` with a `shop_id` from a non-agent) it becomes that
+    // user's own customer message to the shop. Either way the customer gets nothing.
+    let (mut o, _) = server.connect(&other_t).await;
+    let r = reply(
+        &mut o,
+        json!({"action": "service_review_chat", "chat_type": 3, "msg_type": "text", "msg_id": "x-1",
+               "to_uid": cust, "shop_id": shop, "msg": "I am staff, trust me"}),
+    )
+    .await;
+    if r["action"] == "error" {
+        assert_eq!(r["code"], 403, "{r}");
+    } else {
+        assert_eq!(r["code"], 200, "{r}");
+        assert_eq!(
+            r["chat_id"],
+            json!(format!("3_{shop}_{other}")),
+            "a non-agent's service_review_chat landed in a conversation not its own: {r}"
+        );
+    }
+    c.expect_nothing_pending().await;
+}
+
+/// The old README sends `"msg_id":""` in every frame: an empty msg_id names no message, so it
+/// must not make the next message a duplicate (which would silently drop every message an old
+/// client sends after its first).
+#[tokio::test]
+async fn empty_msg_id_of_old_clients_is_not_a_dedup_key() {
+    let server = Server::start().await;
+    let (alice, alice_t) = server.register("alice").await;
+    let (bob, bob_t) = server.register("bob").await;
+    let (mut a, _) = server.connect(&alice_t).await;
+    let (mut b, _) = server.connect(&bob_t).await;
+    let pair = format!("1_{}_{}", alice.min(bob), alice.max(bob));
+    let mut ids = Vec::new();
+    for text in ["hello", "hello again"] {
+        let ack = reply(
+            &mut a,
+            json!({"action": "single_chat", "chat_type": 1, "msg_type": "text", "msg_id": "",
+                   "chat_id": "", "to_uid": bob, "msg": text}),
+        )
+        .await;
+        assert_eq!(ack["action"], "ack", "{ack}");
+        assert_eq!(ack["code"], 200, "{ack}");
+        assert_eq!(ack["chat_id"], json!(pair), "{ack}");
+        assert_ne!(ack["duplicate"], json!(true), "an empty msg_id is no id: {text:?} was dropped: {ack}");
+        let f = b.recv_action("single_chat").await;
+        assert_eq!(f["id"], ack["id"], "{f}");
+        assert_eq!(f["msg"], text, "{f}");
+        ids.push(ack["id"].clone());
+    }
+    assert_ne!(ids[0], ids[1], "two messages, two ids");
+    b.expect_nothing_pending().await;
+}
+
+/// The flow of the old service's README (register and log in with form bodies, connect with
+/// `?access_token=`, a 1:1 text message in its frame shape, then rooms, customer service and a
+/// broadcast posted as `data=...`), run against imd.
+#[tokio::test]
+async fn swoole_readme_flow_with_form_bodies() {
+    let admin = "readme-admin-secret";
+    let server = Server::start_with(&["--admin-token", admin]).await;
+
+    // 2.1 register (curl -X POST -d "username=a&password=123456" .../user/register)
+    let mut uids = Vec::new();
+    for name in ["alice", "bob", "carol", "dave"] {
+        let (status, body) =
+            server.post_form("/user/register", &[("username", name), ("password", "123456")], None).await;
+        let data = ok(status, &body, "register (form)");
+        assert_eq!(data["username"], name, "{body}");
+        assert!(data["access_token"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+        assert!(data["expires_in"].as_u64().is_some(), "{body}");
+        uids.push(data["uid"].as_u64().unwrap_or_else(|| panic!("uid: {body}")));
+    }
+    let (alice, bob, carol, dave) = (uids[0], uids[1], uids[2], uids[3]);
+    let (status, body) =
+        server.post_form("/user/register", &[("username", "alice"), ("password", "123456")], None).await;
+    assert_eq!(status, 409, "name taken: {body}");
+
+    // 2.2 log in for an access_token (form)
+    let mut tokens = Vec::new();
+    for (name, uid) in [("alice", alice), ("bob", bob), ("carol", carol), ("dave", dave)] {
+        let (status, body) = server.post_form("/user/login", &[("username", name), ("password", "123456")], None).await;
+        let data = ok(status, &body, "login (form)");
+        assert_eq!(data["token_type"], "Bearer", "{body}");
+        assert_eq!(data["uid"], json!(uid), "{body}");
+        assert_eq!(data["username"], name, "{body}");
+        assert!(data["expires_in"].as_u64().is_some(), "{body}");
+        tokens.push(data["access_token"].as_str().unwrap_or_else(|| panic!("token: {body}")).to_string());
+    }
+    let (alice_t, bob_t, carol_t, dave_t) = (&tokens[0], &tokens[1], &tokens[2], &tokens[3]);
+    let (status, body) = server.post_form("/user/login", &[("username", "alice"), ("password", "1234567")], None).await;
+    assert_eq!(status, 401, "wrong password: {body}");
+
+    // 3. ws://HOST:PORT?access_token=...
+    let mut a = open(&server, alice_t, alice, "alice").await;
+    let mut b = open(&server, bob_t, bob, "bob").await;
+
+    // 4. the README's frame (empty msg_id and chat_id; see also
+    // empty_msg_id_of_old_clients_is_not_a_dedup_key).
+    let readme_frame = json!({"action": "single_chat", "chat_type": 1, "msg_type": "text", "msg_id": "",
+                              "chat_id": "", "to_uid": bob, "msg": "hello"});
+    let pair = format!("1_{}_{}", alice.min(bob), alice.max(bob));
+    let ack = reply(&mut a, readme_frame).await;
+    assert_eq!(ack["action"], "ack", "{ack}");
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["chat_id"], json!(pair), "{ack}");
+    let f = b.recv_action("single_chat").await;
+    assert_eq!(f["chat_type"], 1, "{f}");
+    assert_eq!(f["chat_id"], json!(pair), "{f}");
+    assert_eq!(f["id"], ack["id"], "{f}");
+    assert_eq!(f["seq"], ack["seq"], "{f}");
+    assert_eq!(f["from_uid"], json!(alice), "{f}");
+    assert_eq!(f["uid"], json!(alice), "uid repeats from_uid: {f}");
+    assert_eq!(f["from_name"], "alice", "{f}");
+    assert_eq!(f["to_uid"], json!(bob), "{f}");
+    assert_eq!(f["msg_type"], "text", "{f}");
+    assert_eq!(f["msg"], "hello", "{f}");
+    b.expect_nothing_pending().await;
+
+    // Rooms: create and join with form bodies, then a group message.
+    let (status, body) = server.post_form("/room/create", &[("name", "readme room")], Some(alice_t)).await;
+    let data = ok(status, &body, "room/create (form)");
+    let room = data["chat_id"].as_str().unwrap_or_else(|| panic!("chat_id: {body}")).to_string();
+    assert!(room.starts_with(&format!("2_{alice}_")), "{room}");
+    let (status, body) = server.post_form("/room/join", &[("chat_id", &room)], Some(bob_t)).await;
+    let data = ok(status, &body, "room/join (form)");
+    assert_eq!(data["chat_id"], json!(room), "{body}");
+    let ack = reply(
+        &mut a,
+        json!({"action": "group_chat", "chat_type": 2, "msg_type": "text", "msg_id": "c-2",
+               "chat_id": room, "msg": "hello, everyone."}),
+    )
+    .await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    let f = b.recv_action("group_chat").await;
+    assert_eq!(f["id"], ack["id"], "{f}");
+    assert_eq!(f["chat_type"], 2, "{f}");
+    assert_eq!(f["chat_id"], json!(room), "{f}");
+    assert_eq!(f["msg"], "hello, everyone.", "{f}");
+
+    // Customer service: dave's shop, carol its agent, bob a customer.
+    let (status, body) = server.post_form("/shop/create", &[("name", "readme shop")], Some(dave_t)).await;
+    let data = ok(status, &body, "shop/create (form)");
+    let shop = data["shop_id"].as_u64().unwrap_or_else(|| panic!("shop_id: {body}"));
+    let (status, body) = server
+        .post_form("/shop/agent/add", &[("shop_id", &shop.to_string()), ("uid", &carol.to_string())], Some(dave_t))
+        .await;
+    ok(status, &body, "shop/agent/add (form)");
+    let mut c = open(&server, carol_t, carol, "carol").await;
+    let service = format!("3_{shop}_{bob}");
+    let ack = reply(
+        &mut b,
+        json!({"action": "service_chat", "chat_type": 3, "msg_type": "text", "msg_id": "c-3",
+               "shop_id": shop, "msg": "hello, shop service."}),
+    )
+    .await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["chat_id"], json!(service), "{ack}");
+    assert_eq!(ack["agent_uid"], json!(carol), "{ack}");
+    let f = c.recv_action("service_chat").await;
+    assert_service(&f, &service, shop, &ack, bob, "hello, shop service.");
+    let ack = reply(
+        &mut c,
+        json!({"action": "service_chat", "chat_type": 3, "msg_type": "text", "msg_id": "c-4",
+               "chat_id": service, "msg": "how can I help?"}),
+    )
+    .await;
+    assert_eq!(ack["code"], 200, "{ack}");
+    let f = b.recv_action("service_chat").await;
+    assert_service(&f, &service, shop, &ack, carol, "how can I help?");
+
+    // 5. broadcast (curl -X POST -d "data=..." .../message/sendPublicMessage), now with the
+    // admin credential.
+    let text = "这是广播消息abc123";
+    let (status, body) = server.post_form("/message/sendPublicMessage", &[("data", text)], None).await;
+    assert_eq!(status, 401, "broadcast without a credential: {body}");
+    let (status, body) =
+        server.post_form(&format!("/message/sendPublicMessage?access_token={admin}"), &[("data", text)], None).await;
+    let data = ok(status, &body, "sendPublicMessage (form)");
+    assert_eq!(data["delivered"], 3, "alice, bob and carol are connected: {body}");
+    for ws in [&mut a, &mut b, &mut c] {
+        let f = ws.recv_action("public_message").await;
+        assert_eq!(f["chat_type"], 0, "{f}");
+        assert_eq!(f["chat_id"], "0_system", "{f}");
+        assert_eq!(f["id"], data["id"], "{f}");
+        assert_eq!(f["msg"], text, "{f}");
+        ws.expect_nothing_pending().await;
+    }
+    // Dave was offline: the broadcast waits for him.
+    let (_d, synced) = server.connect(dave_t).await;
+    assert!(
+        synced.iter().any(|f| f["action"] == "public_message" && f["id"] == data["id"] && f["msg"] == text),
+        "dave gets the broadcast through sync: {synced:?}"
+    );
+}
+
+mod util {
+    use super::common::*;
+    use serde_json::{Value, json};
+
+    pub fn ok(status: u16, body: &Value, what: &str) -> Value {
+        assert_eq!(status, 200, "{what}: {body}");
+        assert_eq!(body["code"], 200, "{what}: {body}");
+        assert_eq!(body["message"], "success", "{what}: {body}");
+        body["data"].clone()
+    }
+
+    /// Sends a frame and requires the very next frame to be its reply.
+    pub async fn reply(ws: &mut Ws, frame: Value) -> Value {
+        ws.send(frame.clone()).await;
+        let r = ws.recv().await;
+        assert!(r.get("code").is_some(), "expected the reply to {frame}, got {r}");
+        r
+    }
+
+    /// Connects as the README does (`/?access_token=`, no device) and checks the greeting.
+    pub async fn open(server: &Server, token: &str, uid: u64, name: &str) -> Ws {
+        let mut ws = Ws::connect(server.addr, &format!("/?access_token={token}")).await.expect("websocket upgrade");
+        let hello = ws.recv().await;
+        assert_eq!(hello["action"], "connected", "{hello}");
+        assert_eq!(hello["uid"], json!(uid), "{hello}");
+        assert_eq!(hello["username"], name, "{hello}");
+        assert!(hello.get("device").is_some(), "connected names the device: {hello}");
+        let done = ws.recv().await;
+        assert_eq!(done["action"], "sync_done", "nothing to sync for {name}: {done}");
+        assert_eq!(done["count"], 0, "{done}");
+        ws
+    }
+
+    pub fn group_frame(chat_id: &str, msg_id: &str, msg: &str) -> Value {
+        json!({"action": "group_chat", "chat_type": 2, "msg_type": "text", "msg_id": msg_id,
+               "chat_id": chat_id, "msg": msg})
+    }
+
+    pub fn assert_service(f: &Value, chat_id: &str, shop: u64, ack: &Value, from: u64, msg: &str) {
+        assert_eq!(f["action"], "service_chat", "{f}");
+        assert_eq!(f["chat_type"], 3, "{f}");
+        assert_eq!(f["chat_id"], chat_id, "{f}");
+        assert_eq!(f["shop_id"], json!(shop), "{f}");
+        assert_eq!(f["id"], ack["id"], "id as acked ({ack}): {f}");
+        assert_eq!(f["seq"], ack["seq"], "seq as acked ({ack}): {f}");
+        assert_eq!(f["from_uid"], json!(from), "{f}");
+        assert!(f.get("agent_uid").is_some(), "agent_uid: {f}");
+        assert_eq!(f["msg"], msg, "{f}");
+    }
+
+    pub async fn create_room(server: &Server, token: &str) -> String {
+        let (status, body) = server.post_json("/room/create", json!({}), Some(token)).await;
+        let data = ok(status, &body, "create room");
+        data["chat_id"].as_str().expect("chat_id").to_string()
+    }
+
+    pub async fn create_shop(server: &Server, token: &str) -> u64 {
+        let (status, body) = server.post_json("/shop/create", json!({"name": "Shop"}), Some(token)).await;
+        let data = ok(status, &body, "create shop");
+        data["shop_id"].as_u64().unwrap_or_else(|| panic!("shop_id is a number: {body}"))
+    }
+
+    pub async fn add_agent(server: &Server, token: &str, shop: u64, uid: u64) {
+        let (status, body) =
+            server.post_json("/shop/agent/add", json!({"shop_id": shop, "uid": uid}), Some(token)).await;
+        ok(status, &body, "add agent");
+    }
+}
