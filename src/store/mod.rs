@@ -22,6 +22,8 @@ use crate::metrics::Metrics;
 
 /// How many commands may wait for the writer before senders are made to wait.
 const QUEUE_DEPTH: usize = 16_384;
+/// Read-only connections (and so concurrent reads) at most.
+const READERS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,7 +95,11 @@ impl Store {
             .name("imd-store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Refused(format!("cannot start the writer thread: {e}")))?;
-        let readers = Arc::new(ReaderPool { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) });
+        let readers = Arc::new(ReaderPool {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(READERS),
+        });
         Ok((Store { commands, readers }, WriterThread(handle)))
     }
 
@@ -136,6 +142,8 @@ impl Store {
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
     {
         let readers = self.readers.clone();
+        // Bounded: a burst of connects must not open a connection (and a page cache) each.
+        let _permit = readers.permits.acquire().await.map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
             let conn = readers.take()?;
             let result = work(&conn);
@@ -151,6 +159,8 @@ impl Store {
 struct ReaderPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One permit per connection that may exist at once.
+    permits: tokio::sync::Semaphore,
 }
 
 impl ReaderPool {
@@ -162,9 +172,8 @@ impl ReaderPool {
     }
 
     fn give_back(&self, conn: Connection) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < 8
-        {
+        // At most READERS exist (the semaphore), so all of them may be kept.
+        if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
         }
     }
