@@ -143,7 +143,7 @@ impl Store {
     {
         let readers = self.readers.clone();
         // Bounded: a burst of connects must not open a connection (and a page cache) each.
-        let _permit = readers.permits.acquire().await.map_err(|_| StoreError::Closed)?;
+        let _permit = self.readers.permits.acquire().await.map_err(|_| StoreError::Closed)?;
         tokio::task::spawn_blocking(move || {
             let conn = readers.take()?;
             let result = work(&conn);
