@@ -2,6 +2,7 @@
 //! commands per transaction (group commit); reads run on a small pool of read-only
 //! connections on tokio's blocking threads. Nothing here blocks an async worker.
 
+mod checkpoint;
 mod messages;
 pub mod queries;
 mod schema;
@@ -22,6 +23,9 @@ use crate::metrics::Metrics;
 
 /// How many commands may wait for the writer before senders are made to wait.
 const QUEUE_DEPTH: usize = 16_384;
+/// The writer's page cache, in KiB as SQLite's negative cache_size wants it: the indexes'
+/// hot pages stay in memory instead of being read back for every batch.
+const WRITER_CACHE_KIB: i64 = -16_384;
 /// Read-only connections (and so concurrent reads) at most.
 const READERS: usize = 4;
 
@@ -61,14 +65,18 @@ pub struct Store {
     readers: Arc<ReaderPool>,
 }
 
-/// Joins the writer thread on shutdown.
-pub struct WriterThread(std::thread::JoinHandle<()>);
+/// The store's threads, joined on shutdown.
+pub struct WriterThread {
+    writer: std::thread::JoinHandle<()>,
+    checkpointer: checkpoint::Checkpointer,
+}
 
 impl WriterThread {
-    /// Waits until every queued command is committed and the thread has stopped (after
+    /// Waits until every queued command is committed and the threads have stopped (after
     /// `Store::close`, or once every `Store` handle is dropped).
     pub fn join(self) {
-        let _ = self.0.join();
+        let _ = self.writer.join();
+        self.checkpointer.stop();
     }
 }
 
@@ -89,6 +97,10 @@ impl Store {
         fanout: Fanout,
         metrics: Arc<Metrics>,
     ) -> StoreResult<(Store, WriterThread)> {
+        // Checkpoints run on their own thread (checkpoint.rs), not inside the writer's commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        let checkpointer = checkpoint::Checkpointer::start(path)?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = writer::Writer::new(conn, durable, fanout, metrics)?;
         let handle = std::thread::Builder::new()
@@ -100,7 +112,7 @@ impl Store {
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(READERS),
         });
-        Ok((Store { commands, readers }, WriterThread(handle)))
+        Ok((Store { commands, readers }, WriterThread { writer: handle, checkpointer }))
     }
 
     /// Asks the writer to commit what is queued and stop; later commands are refused.
