@@ -89,7 +89,8 @@ impl Store {
         Ok(conn)
     }
 
-    /// Starts the writer thread on a prepared connection.
+    /// Starts the writer thread on a prepared connection, and the delivery task on the current
+    /// runtime.
     pub fn start(
         conn: Connection,
         path: &Path,
@@ -102,7 +103,7 @@ impl Store {
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = writer::Writer::new(conn, durable, fanout, metrics)?;
+        let writer = writer::Writer::new(conn, durable, fanout.spawn(), metrics)?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || writer.run(rx))

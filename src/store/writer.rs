@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::messages::{Kind, NewMessage, Origin, StoredMessage};
 use super::queries::{MESSAGE_COLUMNS, message_from_row};
 use super::{Command, JobDone, StoreError, StoreResult};
-use crate::fanout::Fanout;
+use crate::fanout::{Delivery, DeliverySender};
 use crate::metrics::Metrics;
 
 /// Most commands in one transaction; bounds the latency a batch adds to its first message.
@@ -29,7 +29,7 @@ pub(super) struct Writer {
     conn: Connection,
     /// False only for benchmarks: messages get ids and seqs but are not written.
     durable: bool,
-    fanout: Fanout,
+    deliveries: DeliverySender,
     metrics: Arc<Metrics>,
     /// last_seq of every conversation seen so far; the table row is updated once per batch.
     last_seq: HashMap<Arc<str>, i64>,
@@ -49,9 +49,14 @@ enum Outcome {
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection, durable: bool, fanout: Fanout, metrics: Arc<Metrics>) -> StoreResult<Writer> {
+    pub(super) fn new(
+        conn: Connection,
+        durable: bool,
+        deliveries: DeliverySender,
+        metrics: Arc<Metrics>,
+    ) -> StoreResult<Writer> {
         let next_id = max_message_id(&conn)? + 1;
-        Ok(Writer { conn, durable, fanout, metrics, last_seq: HashMap::new(), next_id })
+        Ok(Writer { conn, durable, deliveries, metrics, last_seq: HashMap::new(), next_id })
     }
 
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -117,20 +122,24 @@ impl Writer {
         self.metrics.store_batch_size.observe(size as f64);
         self.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
 
+        let mut deliveries = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             match outcome {
                 Outcome::Job(complete) => complete(result.as_ref().map(|_| ()).map_err(clone_error)),
-                Outcome::Message(stored, origin, msg_id) => match (&result, stored) {
+                Outcome::Message(stored, origin, msg_id) => deliveries.push(match (&result, stored) {
                     (Ok(()), Ok((message, duplicate))) => {
                         if !duplicate {
                             self.metrics.messages_stored.inc();
                         }
-                        self.fanout.deliver(Committed { message, duplicate, origin });
+                        Delivery::Committed(Committed { message, duplicate, origin })
                     }
-                    (Err(e), _) => self.fanout.refuse(origin, msg_id.as_deref(), clone_error(e)),
-                    (Ok(()), Err(e)) => self.fanout.refuse(origin, msg_id.as_deref(), e),
-                },
+                    (Err(e), _) => Delivery::Refused { origin, msg_id, error: clone_error(e) },
+                    (Ok(()), Err(error)) => Delivery::Refused { origin, msg_id, error },
+                }),
             }
+        }
+        if !deliveries.is_empty() {
+            let _ = self.deliveries.send(deliveries);
         }
     }
 
