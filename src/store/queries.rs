@@ -40,15 +40,29 @@ pub struct SyncBatch {
     pub messages: Vec<StoredMessage>,
 }
 
+// SQLite re-prepares a statement at every run when its plan depends on a bound value: a bound
+// LIMIT, or a join or ORDER BY next to a bound parameter. The two queries that run at every
+// connect and listing avoid both (correlated subqueries instead of joins; checked by the unit
+// test below); the message queries need their ORDER BY and run only when there is a page to read.
+
+/// The user's conversations with unread messages, in primary-key (chat_id) order.
+const UNREAD_SQL: &str = "SELECT p.chat_id, p.read_seq FROM participants p WHERE p.uid = ?1 AND (
+    SELECT c.last_seq > p.read_seq
+       AND (c.kind <> 3 OR c.customer_uid = p.uid OR c.handler_uid IS NULL OR c.handler_uid = p.uid)
+    FROM conversations c WHERE c.chat_id = p.chat_id)";
+
+/// The user's conversations (with messages, or rooms) and read positions.
+const CONVERSATIONS_SQL: &str = "SELECT chat_id, kind, last_seq, read_seq FROM (
+        SELECT p.chat_id, p.read_seq,
+            (SELECT c.kind FROM conversations c WHERE c.chat_id = p.chat_id) AS kind,
+            (SELECT c.last_seq FROM conversations c WHERE c.chat_id = p.chat_id) AS last_seq
+        FROM participants p WHERE p.uid = ?1)
+    WHERE last_seq > 0 OR kind = 2";
+
 pub fn sync_for(conn: &Connection, uid: u64) -> StoreResult<SyncBatch> {
     // A service conversation syncs to its customer, to its handling agent, or to every agent
     // of the shop while nobody handles it.
-    let mut unread = conn.prepare_cached(
-        "SELECT p.chat_id, p.read_seq FROM participants p JOIN conversations c ON c.chat_id = p.chat_id
-         WHERE p.uid = ?1 AND c.last_seq > p.read_seq
-           AND (c.kind <> 3 OR c.customer_uid = p.uid OR c.handler_uid IS NULL OR c.handler_uid = p.uid)
-         ORDER BY c.chat_id",
-    )?;
+    let mut unread = conn.prepare_cached(UNREAD_SQL)?;
     let pending: Vec<(String, i64)> =
         unread.query_map([uid], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
     let sql =
@@ -95,12 +109,15 @@ pub struct ConversationRow {
 /// The conversations a user takes part in, most recently active first.
 pub fn conversations_of(conn: &Connection, uid: u64) -> StoreResult<Vec<ConversationRow>> {
     let mut rows: Vec<ConversationRow> = conn
-        .prepare_cached(
-            "SELECT p.chat_id, c.kind, c.last_seq, p.read_seq FROM participants p JOIN conversations c ON c.chat_id = p.chat_id
-             WHERE p.uid = ?1 AND (c.last_seq > 0 OR c.kind = 2)",
-        )?
+        .prepare_cached(CONVERSATIONS_SQL)?
         .query_map([uid], |row| {
-            Ok(ConversationRow { chat_id: row.get(0)?, kind: row.get(1)?, last_seq: row.get(2)?, read_seq: row.get(3)?, last: None })
+            Ok(ConversationRow {
+                chat_id: row.get(0)?,
+                kind: row.get(1)?,
+                last_seq: row.get(2)?,
+                read_seq: row.get(3)?,
+                last: None,
+            })
         })?
         .collect::<Result<_, _>>()?;
     let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2");
@@ -142,4 +159,29 @@ pub fn user_by_uid(conn: &Connection, uid: u64) -> StoreResult<Option<UserRow>> 
         .prepare_cached("SELECT uid, username, password_hash, role, token_gen FROM users WHERE uid = ?1")?
         .query_row([uid], user_from_row)
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::StatementStatus;
+
+    #[test]
+    fn hot_queries_are_not_reprepared_at_every_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let _writer = crate::store::Store::prepare(&path).unwrap();
+        let reader = crate::store::open_connection(&path, true).unwrap();
+        for (sql, params) in [(UNREAD_SQL, 1), (CONVERSATIONS_SQL, 1)] {
+            for run in 1..=3 {
+                let mut statement = reader.prepare_cached(sql).unwrap();
+                let values: Vec<i64> = (1..=params as i64).collect();
+                let mut rows = statement.query(rusqlite::params_from_iter(values)).unwrap();
+                while rows.next().unwrap().is_some() {}
+                drop(rows);
+                assert_eq!(statement.get_status(StatementStatus::Run), run, "{sql}");
+                assert_eq!(statement.get_status(StatementStatus::RePrepare), 0, "re-prepared: {sql}");
+            }
+        }
+    }
 }
