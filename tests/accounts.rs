@@ -29,63 +29,32 @@ async fn me(server: &Server, token: &str) -> (u16, Value) {
 }
 
 async fn login(server: &Server, username: &str, password: &str) -> (u16, Value) {
-    server
-        .post_json(
-            "/user/login",
-            json!({"username": username, "password": password}),
-            None,
-        )
-        .await
+    server.post_json("/user/login", json!({"username": username, "password": password}), None).await
 }
 
 fn looks_like_jwt(token: &str) {
-    assert_eq!(
-        token.split('.').count(),
-        3,
-        "access_token is not a JWT: {token}"
-    );
-    assert!(
-        token.split('.').all(|part| !part.is_empty()),
-        "access_token is not a JWT: {token}"
-    );
+    assert_eq!(token.split('.').count(), 3, "access_token is not a JWT: {token}");
+    assert!(token.split('.').all(|part| !part.is_empty()), "access_token is not a JWT: {token}");
 }
 
 async fn run_imd(args: &[&str]) -> std::process::Output {
-    let child = tokio::process::Command::new(BIN)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output();
-    tokio::time::timeout(common::WAIT, child)
-        .await
-        .expect("imd user role did not finish in time")
-        .expect("run imd")
+    let child = tokio::process::Command::new(BIN).args(args).stdin(std::process::Stdio::null()).output();
+    tokio::time::timeout(common::WAIT, child).await.expect("imd user role did not finish in time").expect("run imd")
 }
 
 #[tokio::test]
 async fn register_json_returns_account_and_token() {
     let server = Server::start().await;
-    let (status, body) = server
-        .post_json(
-            "/user/register",
-            json!({"username": "alice", "password": "secret-pw"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/register", json!({"username": "alice", "password": "secret-pw"}), None).await;
     let data = ok_data(status, &body);
-    let uid = data["uid"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("uid must be a number: {body}"));
+    let uid = data["uid"].as_u64().unwrap_or_else(|| panic!("uid must be a number: {body}"));
     assert!(uid > 0, "uid: {body}");
     assert_eq!(data["username"], "alice");
     let token = data["access_token"].as_str().expect("access_token");
     looks_like_jwt(token);
-    let expires_in = data["expires_in"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("expires_in: {body}"));
-    assert!(
-        (86_300..=86_400).contains(&expires_in),
-        "default ttl is 86400 s: {body}"
-    );
+    let expires_in = data["expires_in"].as_u64().unwrap_or_else(|| panic!("expires_in: {body}"));
+    assert!((86_300..=86_400).contains(&expires_in), "default ttl is 86400 s: {body}");
 
     // Logged in at once: the token works.
     let (status, body) = me(&server, token).await;
@@ -97,32 +66,19 @@ async fn register_json_returns_account_and_token() {
 #[tokio::test]
 async fn register_form_body_works() {
     let server = Server::start().await;
-    let (status, body) = server
-        .post_form(
-            "/user/register",
-            &[("username", "bob.form-user_1"), ("password", "secret-pw")],
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_form("/user/register", &[("username", "bob.form-user_1"), ("password", "secret-pw")], None).await;
     let data = ok_data(status, &body);
     assert_eq!(data["username"], "bob.form-user_1");
     assert!(data["uid"].as_u64().is_some(), "{body}");
-    let token = data["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string();
+    let token = data["access_token"].as_str().expect("access_token").to_string();
     looks_like_jwt(&token);
     let (status, body) = me(&server, &token).await;
     assert_eq!(ok_data(status, &body)["username"], "bob.form-user_1");
 
     // Login with a form body as well.
-    let (status, body) = server
-        .post_form(
-            "/user/login",
-            &[("username", "bob.form-user_1"), ("password", "secret-pw")],
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_form("/user/login", &[("username", "bob.form-user_1"), ("password", "secret-pw")], None).await;
     let data = ok_data(status, &body);
     assert_eq!(data["token_type"], "Bearer");
     assert_eq!(data["username"], "bob.form-user_1");
@@ -152,34 +108,19 @@ async fn register_rejects_bad_usernames() {
         "semi;colon",
     ];
     for name in bad {
-        let (status, body) = server
-            .post_json(
-                "/user/register",
-                json!({"username": name, "password": "secret-pw"}),
-                None,
-            )
-            .await;
+        let (status, body) =
+            server.post_json("/user/register", json!({"username": name, "password": "secret-pw"}), None).await;
         assert_error(status, &body, 400);
         // Same through a form body.
-        let (status, body) = server
-            .post_form(
-                "/user/register",
-                &[("username", name), ("password", "secret-pw")],
-                None,
-            )
-            .await;
+        let (status, body) =
+            server.post_form("/user/register", &[("username", name), ("password", "secret-pw")], None).await;
         assert_error(status, &body, 400);
     }
     // The boundaries are accepted.
     let max = "Z".repeat(32);
     for name in ["abc", max.as_str(), "A.b-c_9"] {
-        let (status, body) = server
-            .post_json(
-                "/user/register",
-                json!({"username": name, "password": "secret-pw"}),
-                None,
-            )
-            .await;
+        let (status, body) =
+            server.post_json("/user/register", json!({"username": name, "password": "secret-pw"}), None).await;
         assert_eq!(ok_data(status, &body)["username"], name);
     }
 }
@@ -189,45 +130,23 @@ async fn register_rejects_bad_passwords_and_missing_fields() {
     let server = Server::start().await;
     let too_long = "p".repeat(129);
     for password in ["", "12345", too_long.as_str()] {
-        let (status, body) = server
-            .post_json(
-                "/user/register",
-                json!({"username": "carol", "password": password}),
-                None,
-            )
-            .await;
+        let (status, body) =
+            server.post_json("/user/register", json!({"username": "carol", "password": password}), None).await;
         assert_error(status, &body, 400);
     }
-    let (status, body) = server
-        .post_json("/user/register", json!({"username": "carol"}), None)
-        .await;
+    let (status, body) = server.post_json("/user/register", json!({"username": "carol"}), None).await;
     assert_error(status, &body, 400);
-    let (status, body) = server
-        .post_json("/user/register", json!({"password": "secret-pw"}), None)
-        .await;
+    let (status, body) = server.post_json("/user/register", json!({"password": "secret-pw"}), None).await;
     assert_error(status, &body, 400);
-    let (status, body) = server
-        .post_form("/user/register", &[("username", "carol")], None)
-        .await;
+    let (status, body) = server.post_form("/user/register", &[("username", "carol")], None).await;
     assert_error(status, &body, 400);
 
     // Boundaries: 6 and 128 characters are fine.
-    let (status, body) = server
-        .post_json(
-            "/user/register",
-            json!({"username": "carol", "password": "123456"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/register", json!({"username": "carol", "password": "123456"}), None).await;
     ok_data(status, &body);
     let max = "p".repeat(128);
-    let (status, body) = server
-        .post_json(
-            "/user/register",
-            json!({"username": "carol2", "password": max}),
-            None,
-        )
-        .await;
+    let (status, body) = server.post_json("/user/register", json!({"username": "carol2", "password": max}), None).await;
     ok_data(status, &body);
     let (status, body) = login(&server, "carol2", &max).await;
     ok_data(status, &body);
@@ -237,21 +156,11 @@ async fn register_rejects_bad_passwords_and_missing_fields() {
 async fn register_duplicate_is_409() {
     let server = Server::start().await;
     server.register("dave").await;
-    let (status, body) = server
-        .post_json(
-            "/user/register",
-            json!({"username": "dave", "password": "other-pw"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/register", json!({"username": "dave", "password": "other-pw"}), None).await;
     assert_error(status, &body, 409);
-    let (status, body) = server
-        .post_form(
-            "/user/register",
-            &[("username", "dave"), ("password", "other-pw")],
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_form("/user/register", &[("username", "dave"), ("password", "other-pw")], None).await;
     assert_error(status, &body, 409);
     // The original password still logs in, the refused one does not.
     let (status, body) = login(&server, "dave", "secret-pw").await;
@@ -269,9 +178,7 @@ async fn login_returns_bearer_token() {
     assert_eq!(data["token_type"], "Bearer");
     assert_eq!(data["uid"].as_u64(), Some(uid));
     assert_eq!(data["username"], "erin");
-    let expires_in = data["expires_in"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("expires_in: {body}"));
+    let expires_in = data["expires_in"].as_u64().unwrap_or_else(|| panic!("expires_in: {body}"));
     assert!((86_300..=86_400).contains(&expires_in), "{body}");
     let token = data["access_token"].as_str().expect("access_token");
     looks_like_jwt(token);
@@ -287,13 +194,8 @@ async fn login_wrong_password_or_unknown_user_is_401() {
     assert_error(status, &body, 401);
     let (status, body) = login(&server, "nobody", "secret-pw").await;
     assert_error(status, &body, 401);
-    let (status, body) = server
-        .post_form(
-            "/user/login",
-            &[("username", "frank"), ("password", "wrong-pw")],
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_form("/user/login", &[("username", "frank"), ("password", "wrong-pw")], None).await;
     assert_error(status, &body, 401);
 }
 
@@ -308,9 +210,7 @@ async fn me_via_bearer_header_and_query_parameter() {
     assert_eq!(data["username"], "grace");
     assert_eq!(data["role"], "user");
 
-    let (status, body) = server
-        .get(&format!("/user/me?access_token={token}"), None)
-        .await;
+    let (status, body) = server.get(&format!("/user/me?access_token={token}"), None).await;
     let data = ok_data(status, &body);
     assert_eq!(data["uid"].as_u64(), Some(uid));
     assert_eq!(data["username"], "grace");
@@ -341,10 +241,7 @@ async fn logout_revokes_every_earlier_token() {
     let server = Server::start().await;
     let (uid, t1) = server.register("ivan").await;
     let (status, body) = login(&server, "ivan", "secret-pw").await;
-    let t2 = ok_data(status, &body)["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
+    let t2 = ok_data(status, &body)["access_token"].as_str().expect("token").to_string();
     // Another user's token is unaffected by ivan's logout.
     let (_, other) = server.register("judy").await;
 
@@ -355,16 +252,10 @@ async fn logout_revokes_every_earlier_token() {
     for old in [&t1, &t2] {
         let (status, body) = me(&server, old).await;
         assert_error(status, &body, 401);
-        let (status, body) = server
-            .get(&format!("/user/me?access_token={old}"), None)
-            .await;
+        let (status, body) = server.get(&format!("/user/me?access_token={old}"), None).await;
         assert_error(status, &body, 401);
         let refused = Ws::connect(server.addr, &format!("/?access_token={old}")).await;
-        assert_eq!(
-            refused.err(),
-            Some(401),
-            "revoked token must be refused before the upgrade"
-        );
+        assert_eq!(refused.err(), Some(401), "revoked token must be refused before the upgrade");
         let (status, body) = server.post_json("/user/logout", json!({}), Some(old)).await;
         assert_error(status, &body, 401);
     }
@@ -374,10 +265,7 @@ async fn logout_revokes_every_earlier_token() {
 
     // A new login after logout works, for HTTP and WebSocket.
     let (status, body) = login(&server, "ivan", "secret-pw").await;
-    let t3 = ok_data(status, &body)["access_token"]
-        .as_str()
-        .expect("token")
-        .to_string();
+    let t3 = ok_data(status, &body)["access_token"].as_str().expect("token").to_string();
     let (status, body) = me(&server, &t3).await;
     assert_eq!(ok_data(status, &body)["uid"].as_u64(), Some(uid));
     let (mut ws, _) = server.connect(&t3).await;
@@ -394,21 +282,11 @@ async fn logout_without_token_is_401() {
 #[tokio::test]
 async fn expired_token_is_refused() {
     let server = Server::start_with(&["--token-ttl", "1"]).await;
-    let (status, body) = server
-        .post_json(
-            "/user/register",
-            json!({"username": "kate", "password": "secret-pw"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/register", json!({"username": "kate", "password": "secret-pw"}), None).await;
     let data = ok_data(status, &body);
-    let expires_in = data["expires_in"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("expires_in: {body}"));
-    assert!(
-        expires_in <= 1,
-        "expires_in must follow --token-ttl 1: {body}"
-    );
+    let expires_in = data["expires_in"].as_u64().unwrap_or_else(|| panic!("expires_in: {body}"));
+    assert!(expires_in <= 1, "expires_in must follow --token-ttl 1: {body}");
     let token = data["access_token"].as_str().expect("token").to_string();
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -419,18 +297,11 @@ async fn expired_token_is_refused() {
             break;
         }
         assert_eq!(status, 200, "{body}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "token with ttl 1 s still accepted after 5 s"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "token with ttl 1 s still accepted after 5 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let refused = Ws::connect(server.addr, &format!("/?access_token={token}")).await;
-    assert_eq!(
-        refused.err(),
-        Some(401),
-        "expired token must be refused before the upgrade"
-    );
+    assert_eq!(refused.err(), Some(401), "expired token must be refused before the upgrade");
 
     // A fresh login still works (and expires again, but is valid right now).
     let (status, body) = login(&server, "kate", "secret-pw").await;
@@ -503,11 +374,7 @@ async fn user_role_tool_changes_role() {
     let exit = server.terminate().await;
     assert!(exit.success(), "SIGTERM exit: {exit:?}");
     let out = run_imd(&["user", "role", "nina", "user", "--db", &db]).await;
-    assert!(
-        out.status.success(),
-        "imd user role nina user: {:?}",
-        out.status
-    );
+    assert!(out.status.success(), "imd user role nina user: {:?}", out.status);
     let server = server.restart().await;
     let (status, body) = me(&server, &token).await;
     assert_eq!(ok_data(status, &body)["role"], "user");

@@ -25,19 +25,10 @@ struct Ack {
 }
 
 fn record_ack(acks: &mut HashMap<String, Ack>, ack: &Value) {
-    assert_eq!(
-        ack["action"], "ack",
-        "only acks are expected on the sender: {ack}"
-    );
+    assert_eq!(ack["action"], "ack", "only acks are expected on the sender: {ack}");
     assert_eq!(ack["code"], 200, "{ack}");
-    let msg_id = ack["msg_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("ack without msg_id: {ack}"))
-        .to_string();
-    let a = Ack {
-        id: ack["id"].as_u64().expect("id"),
-        seq: ack["seq"].as_u64().expect("seq"),
-    };
+    let msg_id = ack["msg_id"].as_str().unwrap_or_else(|| panic!("ack without msg_id: {ack}")).to_string();
+    let a = Ack { id: ack["id"].as_u64().expect("id"), seq: ack["seq"].as_u64().expect("seq") };
     let old = acks.insert(msg_id, a);
     assert!(old.is_none(), "one ack per message: {ack}");
 }
@@ -53,10 +44,7 @@ async fn history(server: &Server, token: &str, chat: &str) -> Vec<Value> {
         };
         let (status, body) = server.get(&path, Some(token)).await;
         assert_eq!(status, 200, "{body}");
-        let page = body["data"]["messages"]
-            .as_array()
-            .expect("messages")
-            .clone();
+        let page = body["data"]["messages"].as_array().expect("messages").clone();
         let more = body["data"]["has_more"] == true;
         let first = page.first().map(|m| m["seq"].as_u64().expect("seq"));
         let mut page = page;
@@ -108,9 +96,7 @@ async fn kill9_mid_stream_loses_no_acknowledged_message() {
             }
         }
     };
-    tokio::time::timeout(WAIT, drain)
-        .await
-        .expect("socket did not end after kill -9");
+    tokio::time::timeout(WAIT, drain).await.expect("socket did not end after kill -9");
     drop(ws);
     assert!(acks.len() >= KILL_AFTER);
 
@@ -118,27 +104,14 @@ async fn kill9_mid_stream_loses_no_acknowledged_message() {
 
     // Every acked message is in history with its id and seq; seqs have no gaps.
     let stored = history(&server, &ta, &chat).await;
-    let seqs: Vec<u64> = stored
-        .iter()
-        .map(|m| m["seq"].as_u64().expect("seq"))
-        .collect();
+    let seqs: Vec<u64> = stored.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
     let expected: Vec<u64> = (1..=stored.len() as u64).collect();
     assert_eq!(seqs, expected, "stored seqs are 1..N without gaps");
-    assert!(
-        stored.len() >= acks.len(),
-        "{} stored < {} acked",
-        stored.len(),
-        acks.len()
-    );
-    let by_id: BTreeMap<u64, &Value> = stored
-        .iter()
-        .map(|m| (m["id"].as_u64().expect("id"), m))
-        .collect();
+    assert!(stored.len() >= acks.len(), "{} stored < {} acked", stored.len(), acks.len());
+    let by_id: BTreeMap<u64, &Value> = stored.iter().map(|m| (m["id"].as_u64().expect("id"), m)).collect();
     assert_eq!(by_id.len(), stored.len(), "ids are unique");
     for (msg_id, ack) in &acks {
-        let m = by_id
-            .get(&ack.id)
-            .unwrap_or_else(|| panic!("acked {msg_id} (id {}) lost after kill -9", ack.id));
+        let m = by_id.get(&ack.id).unwrap_or_else(|| panic!("acked {msg_id} (id {}) lost after kill -9", ack.id));
         assert_eq!(m["seq"].as_u64(), Some(ack.seq), "{msg_id}: {m}");
         let i: usize = msg_id.trim_start_matches("crash-").parse().expect("index");
         assert_eq!(m["msg"], format!("payload {i}"), "{m}");
@@ -146,37 +119,24 @@ async fn kill9_mid_stream_loses_no_acknowledged_message() {
 
     // The receiver gets every acked message through sync, ascending.
     let (mut wb, synced) = server.connect(&tb).await;
-    let synced_seqs: Vec<u64> = synced
-        .iter()
-        .map(|m| m["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        synced_seqs, expected,
-        "sync delivers everything stored, ascending"
-    );
+    let synced_seqs: Vec<u64> = synced.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(synced_seqs, expected, "sync delivers everything stored, ascending");
     for (msg_id, ack) in &acks {
         assert!(
-            synced
-                .iter()
-                .any(|m| m["id"].as_u64() == Some(ack.id) && m["seq"].as_u64() == Some(ack.seq)),
+            synced.iter().any(|m| m["id"].as_u64() == Some(ack.id) && m["seq"].as_u64() == Some(ack.seq)),
             "acked {msg_id} not synced to the receiver"
         );
     }
 
     // Resending acked msg_ids after the restart: duplicates with the original id/seq.
     let (mut ws, _) = server.connect(&ta).await;
-    let mut by_index: Vec<(usize, &Ack)> = acks
-        .iter()
-        .map(|(k, v)| (k.trim_start_matches("crash-").parse().expect("index"), v))
-        .collect();
+    let mut by_index: Vec<(usize, &Ack)> =
+        acks.iter().map(|(k, v)| (k.trim_start_matches("crash-").parse().expect("index"), v)).collect();
     by_index.sort_by_key(|(i, _)| *i);
     for (i, ack) in &by_index {
         let reply = ws.request(frame(b, *i)).await;
         assert_eq!(reply["action"], "ack", "{reply}");
-        assert_eq!(
-            reply["duplicate"], true,
-            "resent crash-{i} after restart: {reply}"
-        );
+        assert_eq!(reply["duplicate"], true, "resent crash-{i} after restart: {reply}");
         assert_eq!(reply["id"].as_u64(), Some(ack.id), "{reply}");
         assert_eq!(reply["seq"].as_u64(), Some(ack.seq), "{reply}");
     }
@@ -195,9 +155,7 @@ async fn kill9_mid_stream_loses_no_acknowledged_message() {
         assert_eq!(reply["code"], 200, "{reply}");
         if reply["duplicate"] == true {
             let id = reply["id"].as_u64().expect("id");
-            let m = by_id
-                .get(&id)
-                .unwrap_or_else(|| panic!("duplicate of a message not in history: {reply}"));
+            let m = by_id.get(&id).unwrap_or_else(|| panic!("duplicate of a message not in history: {reply}"));
             assert_eq!(m["msg"], format!("payload {i}"), "{m}");
         } else {
             assert_eq!(reply["seq"].as_u64(), Some(next_seq), "{reply}");
@@ -210,15 +168,8 @@ async fn kill9_mid_stream_loses_no_acknowledged_message() {
     }
     wb.expect_nothing_pending().await;
     let stored = history(&server, &ta, &chat).await;
-    assert_eq!(
-        stored.len(),
-        TOTAL,
-        "every message stored exactly once after resending"
-    );
-    let mut texts: Vec<String> = stored
-        .iter()
-        .map(|m| m["msg"].as_str().expect("msg").to_string())
-        .collect();
+    assert_eq!(stored.len(), TOTAL, "every message stored exactly once after resending");
+    let mut texts: Vec<String> = stored.iter().map(|m| m["msg"].as_str().expect("msg").to_string()).collect();
     texts.sort();
     texts.dedup();
     assert_eq!(texts.len(), TOTAL, "no message stored twice");

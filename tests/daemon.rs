@@ -23,10 +23,7 @@ struct Output {
 
 impl Output {
     fn describe(&self) -> String {
-        format!(
-            "{:?}\nstdout: {}\nstderr: {}",
-            self.status, self.stdout, self.stderr
-        )
+        format!("{:?}\nstdout: {}\nstderr: {}", self.status, self.stdout, self.stderr)
     }
 }
 
@@ -37,10 +34,7 @@ async fn imd(dir: &Path, args: &[&str]) -> Output {
 }
 
 async fn imd_in(dir: &Path, cwd: &Path, args: &[&str]) -> Output {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
     let out_path = dir.join(format!("cmd-{n}.out"));
     let err_path = dir.join(format!("cmd-{n}.err"));
     let out = std::fs::File::create(&out_path).expect("stdout file");
@@ -74,9 +68,7 @@ fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the parenthesised command name.
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
             state != Some('Z')
         }
         Err(_) => false,
@@ -104,11 +96,7 @@ struct DaemonGuard {
 
 impl DaemonGuard {
     fn new(dir: &Path) -> DaemonGuard {
-        DaemonGuard {
-            marker: dir.to_string_lossy().into_owned(),
-            pid_files: Vec::new(),
-            pids: Vec::new(),
-        }
+        DaemonGuard { marker: dir.to_string_lossy().into_owned(), pid_files: Vec::new(), pids: Vec::new() }
     }
 
     fn watch(&mut self, pid_file: &Path) {
@@ -150,12 +138,7 @@ struct Paths {
 
 fn paths(name: &str) -> Paths {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = |suffix: &str| {
-        dir.path()
-            .join(format!("{name}.{suffix}"))
-            .to_string_lossy()
-            .into_owned()
-    };
+    let p = |suffix: &str| dir.path().join(format!("{name}.{suffix}")).to_string_lossy().into_owned();
     let (db, pid, log) = (p("db"), p("pid"), p("log"));
     Paths { dir, db, pid, log }
 }
@@ -192,9 +175,7 @@ async fn health(port: u16) -> serde_json::Value {
 }
 
 async fn port_closed(port: u16) -> bool {
-    tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err()
 }
 
 #[tokio::test]
@@ -212,11 +193,7 @@ async fn daemon_start_status_stop() {
     // Listening as soon as the command returned.
     let data = health(port).await;
     let pid = read_pid(Path::new(&p.pid)).expect("pid file written");
-    assert_eq!(
-        data["pid"].as_i64(),
-        Some(i64::from(pid)),
-        "/health pid matches the pid file: {data}"
-    );
+    assert_eq!(data["pid"].as_i64(), Some(i64::from(pid)), "/health pid matches the pid file: {data}");
     assert!(alive(pid));
     assert!(Path::new(&p.log).exists(), "log file created");
     // It serves real traffic.
@@ -225,10 +202,7 @@ async fn daemon_start_status_stop() {
         addr,
         "POST",
         "/user/register",
-        Some((
-            "application/json",
-            r#"{"username":"daemonuser","password":"secret-pw"}"#.to_string(),
-        )),
+        Some(("application/json", r#"{"username":"daemonuser","password":"secret-pw"}"#.to_string())),
         None,
     )
     .await;
@@ -238,37 +212,20 @@ async fn daemon_start_status_stop() {
     assert_eq!(out.status.code(), Some(0), "imd status: {}", out.describe());
     assert!(out.stdout.contains("running"), "{}", out.describe());
     assert!(!out.stdout.contains("not running"), "{}", out.describe());
-    assert!(
-        out.stdout.contains(&pid.to_string()),
-        "status names the pid: {}",
-        out.describe()
-    );
+    assert!(out.stdout.contains(&pid.to_string()), "status names the pid: {}", out.describe());
 
     let out = imd(p.dir.path(), &["stop", &port_s, "--pid-file", &p.pid]).await;
     assert_eq!(out.status.code(), Some(0), "imd stop: {}", out.describe());
-    assert!(
-        !alive(pid),
-        "imd stop returned but pid {pid} is still running"
-    );
+    assert!(!alive(pid), "imd stop returned but pid {pid} is still running");
     assert!(port_closed(port).await, "port still accepting after stop");
 
     let out = imd(p.dir.path(), &["status", &port_s, "--pid-file", &p.pid]).await;
-    assert_ne!(
-        out.status.code(),
-        Some(0),
-        "status after stop: {}",
-        out.describe()
-    );
+    assert_ne!(out.status.code(), Some(0), "status after stop: {}", out.describe());
     assert!(out.stdout.contains("not running"), "{}", out.describe());
 
     // Stopping again: nothing runs there.
     let out = imd(p.dir.path(), &["stop", &port_s, "--pid-file", &p.pid]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stop with nothing running: {}",
-        out.describe()
-    );
+    assert_eq!(out.status.code(), Some(1), "stop with nothing running: {}", out.describe());
 }
 
 #[tokio::test]
@@ -286,28 +243,16 @@ async fn second_daemon_on_the_same_port_fails() {
 
     let out = start_daemon(&second, port).await;
     guard2.watch(Path::new(&second.pid));
-    assert!(
-        !out.status.success(),
-        "a second daemon on port {port} must fail: {}",
-        out.describe()
-    );
+    assert!(!out.status.success(), "a second daemon on port {port} must fail: {}", out.describe());
     assert_eq!(out.status.code(), Some(1), "{}", out.describe());
     let text = format!("{}{}", out.stdout, out.stderr).to_lowercase();
-    assert!(
-        text.contains("in use"),
-        "the error says the address is in use: {}",
-        out.describe()
-    );
+    assert!(text.contains("in use"), "the error says the address is in use: {}", out.describe());
 
     // The first one is untouched.
     let data = health(port).await;
     assert_eq!(data["pid"].as_i64(), Some(i64::from(pid)), "{data}");
 
-    let out = imd(
-        first.dir.path(),
-        &["stop", &port.to_string(), "--pid-file", &first.pid],
-    )
-    .await;
+    let out = imd(first.dir.path(), &["stop", &port.to_string(), "--pid-file", &first.pid]).await;
     assert_eq!(out.status.code(), Some(0), "{}", out.describe());
     assert!(!alive(pid));
 }
@@ -325,12 +270,7 @@ async fn stop_without_pid_file_asks_health() {
     // An empty working directory: no ./imd-PORT.pid, so stop must ask /health for the pid.
     let empty = tempfile::tempdir().expect("tempdir");
     let out = imd_in(p.dir.path(), empty.path(), &["stop", &port.to_string()]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "imd stop without pid file: {}",
-        out.describe()
-    );
+    assert_eq!(out.status.code(), Some(0), "imd stop without pid file: {}", out.describe());
     assert!(!alive(pid), "pid {pid} still running after stop");
     assert!(port_closed(port).await);
 }
@@ -339,11 +279,7 @@ async fn stop_without_pid_file_asks_health() {
 async fn status_of_nothing_is_not_running() {
     let p = paths("none");
     let port = free_port();
-    let out = imd(
-        p.dir.path(),
-        &["status", &port.to_string(), "--pid-file", &p.pid],
-    )
-    .await;
+    let out = imd(p.dir.path(), &["status", &port.to_string(), "--pid-file", &p.pid]).await;
     assert_eq!(out.status.code(), Some(1), "{}", out.describe());
     assert!(out.stdout.contains("not running"), "{}", out.describe());
 }
@@ -355,31 +291,10 @@ async fn foreground_start_on_a_busy_port_fails_clearly() {
     guard.watch(Path::new(&p.pid));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port().to_string();
-    let out = imd(
-        p.dir.path(),
-        &[
-            "start",
-            &port,
-            "--host",
-            "127.0.0.1",
-            "--db",
-            &p.db,
-            "--bcrypt-cost",
-            "4",
-        ],
-    )
-    .await;
-    assert!(
-        !out.status.success(),
-        "start on a busy port must fail: {}",
-        out.describe()
-    );
+    let out = imd(p.dir.path(), &["start", &port, "--host", "127.0.0.1", "--db", &p.db, "--bcrypt-cost", "4"]).await;
+    assert!(!out.status.success(), "start on a busy port must fail: {}", out.describe());
     let text = format!("{}{}", out.stdout, out.stderr).to_lowercase();
-    assert!(
-        text.contains("in use"),
-        "the error says the address is in use: {}",
-        out.describe()
-    );
+    assert!(text.contains("in use"), "the error says the address is in use: {}", out.describe());
     assert!(!out.stdout.contains("listening on"), "{}", out.describe());
     drop(listener);
 }

@@ -18,15 +18,9 @@ fn text_frame(to: u64, msg_id: &str, text: &str) -> Value {
 }
 
 fn assert_error(reply: &Value, code: u16, what: &str) {
-    assert_eq!(
-        reply["action"], "error",
-        "{what}: expected an error frame, got {reply}"
-    );
+    assert_eq!(reply["action"], "error", "{what}: expected an error frame, got {reply}");
     assert_eq!(reply["code"], code, "{what}: {reply}");
-    assert!(
-        !reply["message"].as_str().unwrap_or_default().is_empty(),
-        "{what}: error needs a message: {reply}"
-    );
+    assert!(!reply["message"].as_str().unwrap_or_default().is_empty(), "{what}: error needs a message: {reply}");
 }
 
 /// Next frame, which must be the reply to what was just sent.
@@ -37,19 +31,14 @@ async fn reply_to_raw(ws: &mut Ws, msg: Message) -> Value {
 
 async fn assert_alive(ws: &mut Ws, what: &str) {
     let pong = ws.request(json!({"action": "ping"})).await;
-    assert_eq!(
-        pong["action"], "pong",
-        "connection must still work after {what}: {pong}"
-    );
+    assert_eq!(pong["action"], "pong", "connection must still work after {what}: {pong}");
     assert_eq!(pong["code"], 200, "{pong}");
 }
 
 async fn online(server: &Server) -> u64 {
     let (status, body) = server.get("/health", None).await;
     assert_eq!(status, 200, "{body}");
-    body["data"]["online"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("/health online: {body}"))
+    body["data"]["online"].as_u64().unwrap_or_else(|| panic!("/health online: {body}"))
 }
 
 async fn wait_online(server: &Server, want: u64, within: Duration) {
@@ -59,10 +48,7 @@ async fn wait_online(server: &Server, want: u64, within: Duration) {
         if now == want {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/health online stayed {now}, wanted {want}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "/health online stayed {now}, wanted {want}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -75,10 +61,7 @@ async fn raw_upgrade(addr: SocketAddr, token: &str) -> TcpStream {
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
          Sec-WebSocket-Version: 13\r\n\r\n"
     );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write upgrade");
+    stream.write_all(request.as_bytes()).await.expect("write upgrade");
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -106,11 +89,7 @@ async fn upgrade_without_or_with_bad_token_is_401() {
         format!("/?access_token={token}x"),
     ] {
         let result = Ws::connect(server.addr, &path).await;
-        assert_eq!(
-            result.err(),
-            Some(401),
-            "{path} must be refused with 401 before the upgrade"
-        );
+        assert_eq!(result.err(), Some(401), "{path} must be refused with 401 before the upgrade");
     }
     // The good token still works.
     let (mut ws, _) = server.connect(&token).await;
@@ -131,21 +110,9 @@ async fn malformed_frames_get_error_frames_and_the_connection_stays() {
         ("JSON array", Message::text("[1,2,3]"), 400),
         ("JSON number", Message::text("5"), 400),
         ("JSON string", Message::text("\"ping\""), 400),
-        (
-            "unknown action",
-            Message::text(r#"{"action":"dance"}"#),
-            404,
-        ),
-        (
-            "binary frame",
-            Message::binary(vec![0x7b, 0x7d, 0x00, 0xff]),
-            400,
-        ),
-        (
-            "binary JSON",
-            Message::binary(br#"{"action":"ping"}"#.to_vec()),
-            400,
-        ),
+        ("unknown action", Message::text(r#"{"action":"dance"}"#), 404),
+        ("binary frame", Message::binary(vec![0x7b, 0x7d, 0x00, 0xff]), 400),
+        ("binary JSON", Message::binary(br#"{"action":"ping"}"#.to_vec()), 400),
     ];
     for (what, msg, code) in cases {
         let reply = reply_to_raw(&mut wa, msg).await;
@@ -176,26 +143,11 @@ async fn wrong_field_types_are_400_with_the_msg_id() {
             "to_uid array",
             json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-3", "to_uid": [b], "msg": "x"}),
         ),
-        (
-            "to_uid missing",
-            json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-4", "msg": "x"}),
-        ),
-        (
-            "msg number",
-            json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-5", "to_uid": b, "msg": 5}),
-        ),
-        (
-            "msg null",
-            json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-6", "to_uid": b, "msg": null}),
-        ),
-        (
-            "msg missing",
-            json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-7", "to_uid": b}),
-        ),
-        (
-            "empty text",
-            json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-8", "to_uid": b, "msg": ""}),
-        ),
+        ("to_uid missing", json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-4", "msg": "x"})),
+        ("msg number", json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-5", "to_uid": b, "msg": 5})),
+        ("msg null", json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-6", "to_uid": b, "msg": null})),
+        ("msg missing", json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-7", "to_uid": b})),
+        ("empty text", json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-8", "to_uid": b, "msg": ""})),
         (
             "text as object",
             json!({"action": "single_chat", "msg_type": "text", "msg_id": "t-9", "to_uid": b, "msg": {"a": 1}}),
@@ -204,37 +156,22 @@ async fn wrong_field_types_are_400_with_the_msg_id() {
             "image as string",
             json!({"action": "single_chat", "msg_type": "image", "msg_id": "t-10", "to_uid": b, "msg": "x"}),
         ),
-        (
-            "msg_type number",
-            json!({"action": "single_chat", "msg_type": 5, "msg_id": "t-11", "to_uid": b, "msg": "x"}),
-        ),
+        ("msg_type number", json!({"action": "single_chat", "msg_type": 5, "msg_id": "t-11", "to_uid": b, "msg": "x"})),
     ];
     for (what, frame) in cases {
         let msg_id = frame["msg_id"].clone();
         let reply = wa.request(frame).await;
         assert_error(&reply, 400, what);
-        assert_eq!(
-            reply["msg_id"], msg_id,
-            "{what}: the error carries the msg_id: {reply}"
-        );
+        assert_eq!(reply["msg_id"], msg_id, "{what}: the error carries the msg_id: {reply}");
         assert_alive(&mut wa, what).await;
     }
 
     // read with bad fields.
     for (what, frame) in [
-        (
-            "read seq letters",
-            json!({"action": "read", "chat_id": "1_1_2", "seq": "abc"}),
-        ),
-        (
-            "read seq bool",
-            json!({"action": "read", "chat_id": "1_1_2", "seq": true}),
-        ),
+        ("read seq letters", json!({"action": "read", "chat_id": "1_1_2", "seq": "abc"})),
+        ("read seq bool", json!({"action": "read", "chat_id": "1_1_2", "seq": true})),
         ("read without chat_id", json!({"action": "read", "seq": 1})),
-        (
-            "read chat_id number",
-            json!({"action": "read", "chat_id": 12, "seq": 1}),
-        ),
+        ("read chat_id number", json!({"action": "read", "chat_id": 12, "seq": 1})),
     ] {
         let reply = wa.request(frame).await;
         assert_error(&reply, 400, what);
@@ -277,11 +214,7 @@ async fn chat_type_must_agree_with_the_action() {
         let mut frame = text_frame(b, &format!("ct-{chat_type}"), "x");
         frame["chat_type"] = json!(chat_type);
         let reply = wa.request(frame).await;
-        assert_error(
-            &reply,
-            400,
-            &format!("single_chat with chat_type {chat_type}"),
-        );
+        assert_error(&reply, 400, &format!("single_chat with chat_type {chat_type}"));
         assert_eq!(reply["msg_id"], format!("ct-{chat_type}"), "{reply}");
     }
     wb.expect_nothing_pending().await;
@@ -309,11 +242,7 @@ async fn oversized_frame_closes_with_1009() {
     let big = text_frame(b, "too-big", &"b".repeat(2000));
     wa.send(big).await;
     let code = wa.recv_close().await;
-    assert_eq!(
-        code,
-        Some(1009),
-        "a frame over --max-frame-bytes closes with 1009"
-    );
+    assert_eq!(code, Some(1009), "a frame over --max-frame-bytes closes with 1009");
     // Nothing of it was delivered; bob's connection is unaffected.
     wb.expect_nothing_pending().await;
 }
@@ -332,10 +261,7 @@ async fn rate_limit_answers_429() {
         replies.push(wa.recv().await);
     }
     for (i, reply) in replies.iter().take(5).enumerate() {
-        assert_eq!(
-            reply["action"], "pong",
-            "reply {i} is within the burst: {reply}"
-        );
+        assert_eq!(reply["action"], "pong", "reply {i} is within the burst: {reply}");
     }
     let mut limited = 0;
     for reply in &replies {
@@ -346,10 +272,7 @@ async fn rate_limit_answers_429() {
             assert_eq!(reply["action"], "pong", "{reply}");
         }
     }
-    assert!(
-        limited >= 1,
-        "20 pings at once with a burst of 5 must be limited: {replies:?}"
-    );
+    assert!(limited >= 1, "20 pings at once with a burst of 5 must be limited: {replies:?}");
 
     // Every frame got exactly one reply: the next frame answers the next ping.
     wa.send(json!({"action": "ping"})).await;
@@ -367,10 +290,7 @@ async fn rate_limit_answers_429() {
             break;
         }
         assert_error(&reply, 429, "while waiting for tokens");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rate limit never let a frame through again"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "rate limit never let a frame through again");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -388,10 +308,7 @@ async fn expired_token_during_session_gets_401_then_close_1008() {
             break;
         }
         assert_eq!(reply["action"], "pong", "{reply}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "token with ttl 2 s still accepted on the socket"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "token with ttl 2 s still accepted on the socket");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ws.recv_close().await, Some(1008));
@@ -403,9 +320,7 @@ async fn logout_during_session_gets_401_then_close_1008() {
     let (_, token) = server.register("alice").await;
     let (mut ws, _) = server.connect(&token).await;
     assert_alive(&mut ws, "connect").await;
-    let (status, body) = server
-        .post_json("/user/logout", json!({}), Some(&token))
-        .await;
+    let (status, body) = server.post_json("/user/logout", json!({}), Some(&token)).await;
     assert_eq!(status, 200, "{body}");
     let reply = ws.request(json!({"action": "ping"})).await;
     assert_error(&reply, 401, "revoked token");

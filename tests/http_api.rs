@@ -18,10 +18,7 @@ fn ok_data(status: u16, body: &Value) -> Value {
 fn assert_error(status: u16, body: &Value, code: u16) {
     assert_eq!(status, code, "expected HTTP {code}: {body}");
     assert_eq!(body["code"], code, "envelope code: {body}");
-    assert!(
-        body.get("data").is_some() && body["data"].is_null(),
-        "error data must be null: {body}"
-    );
+    assert!(body.get("data").is_some() && body["data"].is_null(), "error data must be null: {body}");
     let message = body["message"].as_str().unwrap_or_default();
     assert!(!message.is_empty(), "error needs a message: {body}");
 }
@@ -32,10 +29,8 @@ fn chat_id(a: u64, b: u64) -> String {
 
 async fn send_text(ws: &mut Ws, to: u64, msg_id: &str, text: &str) -> Value {
     let ack = ws
-        .request(
-            json!({"action": "single_chat", "chat_type": 1, "msg_type": "text",
-                        "msg_id": msg_id, "to_uid": to, "msg": text}),
-        )
+        .request(json!({"action": "single_chat", "chat_type": 1, "msg_type": "text",
+                        "msg_id": msg_id, "to_uid": to, "msg": text}))
         .await;
     assert_eq!(ack["action"], "ack", "{ack}");
     assert_eq!(ack["code"], 200, "{ack}");
@@ -72,13 +67,8 @@ async fn metrics(server: &Server) -> String {
 #[tokio::test]
 async fn envelope_status_equals_code() {
     let server = Server::start().await;
-    let (status, body) = server
-        .post_json(
-            "/user/register",
-            json!({"username": "alice", "password": "secret-pw"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/register", json!({"username": "alice", "password": "secret-pw"}), None).await;
     let data = ok_data(status, &body);
     assert!(data.is_object(), "{body}");
     let obj = body.as_object().expect("object");
@@ -87,29 +77,14 @@ async fn envelope_status_equals_code() {
     }
 
     // Errors: 400, 401, 409 each with status == code and data null.
-    let (status, body) = server
-        .post_json(
-            "/user/register",
-            json!({"username": "x", "password": "secret-pw"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/register", json!({"username": "x", "password": "secret-pw"}), None).await;
     assert_error(status, &body, 400);
-    let (status, body) = server
-        .post_json(
-            "/user/login",
-            json!({"username": "alice", "password": "nope-nope"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/login", json!({"username": "alice", "password": "nope-nope"}), None).await;
     assert_error(status, &body, 401);
-    let (status, body) = server
-        .post_json(
-            "/user/register",
-            json!({"username": "alice", "password": "secret-pw"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/register", json!({"username": "alice", "password": "secret-pw"}), None).await;
     assert_error(status, &body, 409);
     let (status, body) = server.get("/message/conversations", None).await;
     assert_error(status, &body, 401);
@@ -145,11 +120,7 @@ async fn health_reports_ok_pid_uptime_online() {
     let (status, body) = server.get("/health", None).await;
     let data = ok_data(status, &body);
     assert_eq!(data["status"], "ok", "{body}");
-    assert_eq!(
-        data["pid"].as_u64(),
-        server.child.id().map(u64::from),
-        "{body}"
-    );
+    assert_eq!(data["pid"].as_u64(), server.child.id().map(u64::from), "{body}");
     assert!(data["uptime_secs"].as_u64().is_some(), "{body}");
     assert_eq!(data["online"].as_u64(), Some(0), "{body}");
 
@@ -171,14 +142,8 @@ async fn get_root_without_upgrade_is_400() {
 async fn malformed_bodies_are_400() {
     let server = Server::start().await;
     for text in ["{\"username\":", "not json", "[1,2,3]", "42"] {
-        let (status, body) = http(
-            server.addr,
-            "POST",
-            "/user/register",
-            Some(("application/json", text.to_string())),
-            None,
-        )
-        .await;
+        let (status, body) =
+            http(server.addr, "POST", "/user/register", Some(("application/json", text.to_string())), None).await;
         assert_error(status, &body, 400);
     }
     let (status, body) = http(
@@ -197,14 +162,7 @@ async fn oversized_body_is_413() {
     let server = Server::start().await;
     let big = "x".repeat(70 * 1024);
     let text = json!({"username": "alice", "password": big}).to_string();
-    let (status, body) = http(
-        server.addr,
-        "POST",
-        "/user/register",
-        Some(("application/json", text)),
-        None,
-    )
-    .await;
+    let (status, body) = http(server.addr, "POST", "/user/register", Some(("application/json", text)), None).await;
     assert_error(status, &body, 413);
 }
 
@@ -220,11 +178,7 @@ async fn metrics_are_prometheus_text_and_count_messages() {
     let stored_before = metric_value(&before, "imd_messages_stored_total").unwrap_or(0.0);
     let delivered_before = metric_value(&before, "imd_frames_delivered_total").unwrap_or(0.0);
     let online = metric_value(&before, "imd_online_connections");
-    assert_eq!(
-        online,
-        Some(2.0),
-        "imd_online_connections with two connections:\n{before}"
-    );
+    assert_eq!(online, Some(2.0), "imd_online_connections with two connections:\n{before}");
 
     send_text(&mut wa, b, "m-1", "hello").await;
     let got = wb.recv_action("single_chat").await;
@@ -258,28 +212,14 @@ async fn metrics_are_prometheus_text_and_count_messages() {
         "imd_store_batch_size",
         "imd_store_commit_seconds",
     ] {
-        assert!(
-            after.contains(&format!("# TYPE {name}")),
-            "no # TYPE line for {name}:\n{after}"
-        );
-        assert!(
-            after
-                .lines()
-                .any(|l| !l.starts_with('#') && l.starts_with(name)),
-            "no sample for {name}:\n{after}"
-        );
+        assert!(after.contains(&format!("# TYPE {name}")), "no # TYPE line for {name}:\n{after}");
+        assert!(after.lines().any(|l| !l.starts_with('#') && l.starts_with(name)), "no sample for {name}:\n{after}");
     }
-    assert!(
-        metric_value(&after, "imd_errors_total").unwrap_or(0.0) >= 1.0,
-        "{after}"
-    );
+    assert!(metric_value(&after, "imd_errors_total").unwrap_or(0.0) >= 1.0, "{after}");
     // Histograms in the text format.
     assert!(after.contains("imd_store_batch_size_bucket"), "{after}");
     assert!(after.contains("imd_store_commit_seconds_bucket"), "{after}");
-    assert!(
-        metric_value(&after, "imd_store_batch_size_count").unwrap_or(0.0) >= 1.0,
-        "{after}"
-    );
+    assert!(metric_value(&after, "imd_store_batch_size_count").unwrap_or(0.0) >= 1.0, "{after}");
 }
 
 /// Sends `n` messages a -> b (acked one by one) and returns the acks.
@@ -311,77 +251,43 @@ async fn history_pages_backwards() {
     assert_eq!(acks[0]["chat_id"], chat.as_str());
 
     // Default limit (50) returns everything, ascending.
-    let (status, body) = server
-        .get(&format!("/message/history?chat_id={chat}"), Some(&ta))
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={chat}"), Some(&ta)).await;
     let data = ok_data(status, &body);
     assert_eq!(data["chat_id"], chat.as_str(), "{body}");
     assert_eq!(seqs(&data["messages"]), vec![1, 2, 3, 4, 5, 6, 7], "{body}");
     assert_eq!(data["has_more"], false, "{body}");
-    for (m, ack) in data["messages"]
-        .as_array()
-        .expect("array")
-        .iter()
-        .zip(&acks)
-    {
-        assert_eq!(
-            m["id"], ack["id"],
-            "history id matches the ack: {m} vs {ack}"
-        );
+    for (m, ack) in data["messages"].as_array().expect("array").iter().zip(&acks) {
+        assert_eq!(m["id"], ack["id"], "history id matches the ack: {m} vs {ack}");
         assert_eq!(m["seq"], ack["seq"], "{m}");
         assert_eq!(m["msg"], format!("m{}", ack["seq"]), "{m}");
     }
 
     // The newest page first.
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={chat}&limit=3"),
-            Some(&ta),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={chat}&limit=3"), Some(&ta)).await;
     let data = ok_data(status, &body);
     assert_eq!(seqs(&data["messages"]), vec![5, 6, 7], "{body}");
     assert_eq!(data["has_more"], true, "{body}");
 
     // Then backwards with `before`; the recipient may read it too.
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={chat}&before=5&limit=3"),
-            Some(&tb),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={chat}&before=5&limit=3"), Some(&tb)).await;
     let data = ok_data(status, &body);
     assert_eq!(seqs(&data["messages"]), vec![2, 3, 4], "{body}");
     assert_eq!(data["has_more"], true, "{body}");
 
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={chat}&before=2&limit=3"),
-            Some(&tb),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={chat}&before=2&limit=3"), Some(&tb)).await;
     let data = ok_data(status, &body);
     assert_eq!(seqs(&data["messages"]), vec![1], "{body}");
     assert_eq!(data["has_more"], false, "{body}");
 
     // Exactly filling a page: before=4, limit=3 -> 1,2,3 and nothing more.
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={chat}&before=4&limit=3"),
-            Some(&ta),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={chat}&before=4&limit=3"), Some(&ta)).await;
     let data = ok_data(status, &body);
     assert_eq!(seqs(&data["messages"]), vec![1, 2, 3], "{body}");
     assert_eq!(data["has_more"], false, "{body}");
 
     // Token in the query string works too.
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={chat}&limit=200&access_token={ta}"),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.get(&format!("/message/history?chat_id={chat}&limit=200&access_token={ta}"), None).await;
     assert_eq!(seqs(&ok_data(status, &body)["messages"]).len(), 7, "{body}");
 }
 
@@ -396,40 +302,21 @@ async fn history_refuses_bad_limits_strangers_and_bad_ids() {
     let chat = chat_id(a, b);
 
     for limit in ["0", "201", "-1", "abc"] {
-        let (status, body) = server
-            .get(
-                &format!("/message/history?chat_id={chat}&limit={limit}"),
-                Some(&ta),
-            )
-            .await;
+        let (status, body) = server.get(&format!("/message/history?chat_id={chat}&limit={limit}"), Some(&ta)).await;
         assert_error(status, &body, 400);
     }
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={chat}&limit=200"),
-            Some(&ta),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={chat}&limit=200"), Some(&ta)).await;
     ok_data(status, &body);
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={chat}&limit=1"),
-            Some(&ta),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={chat}&limit=1"), Some(&ta)).await;
     assert_eq!(seqs(&ok_data(status, &body)["messages"]), vec![2], "{body}");
 
     // Not a participant.
-    let (status, body) = server
-        .get(&format!("/message/history?chat_id={chat}"), Some(&tc))
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={chat}"), Some(&tc)).await;
     assert_error(status, &body, 403);
 
     // Malformed chat ids.
     for bad in ["garbage", "1_abc", "1_x_y", "9_1_2"] {
-        let (status, body) = server
-            .get(&format!("/message/history?chat_id={bad}"), Some(&ta))
-            .await;
+        let (status, body) = server.get(&format!("/message/history?chat_id={bad}"), Some(&ta)).await;
         assert_error(status, &body, 404);
     }
 }
@@ -460,10 +347,7 @@ async fn conversations_list_unread_and_read_positions() {
     assert_eq!(c["read_seq"], 0, "{c}");
     assert_eq!(c["unread"], 3, "{c}");
     let last = &c["last"];
-    assert!(
-        last["msg"] == "m3" || *last == "m3",
-        "last must be the newest message: {c}"
-    );
+    assert!(last["msg"] == "m3" || *last == "m3", "last must be the newest message: {c}");
     if last.is_object() {
         assert_eq!(last["seq"], 3, "{c}");
     }
@@ -480,9 +364,7 @@ async fn conversations_list_unread_and_read_positions() {
     // Reading moves unread down.
     let (mut wb, synced) = server.connect(&tb).await;
     assert_eq!(synced.len(), 3);
-    let reply = wb
-        .request(json!({"action": "read", "chat_id": chat, "seq": 2}))
-        .await;
+    let reply = wb.request(json!({"action": "read", "chat_id": chat, "seq": 2})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     let (status, body) = server.get("/message/conversations", Some(&tb)).await;
     ok_data(status, &body);
@@ -490,13 +372,9 @@ async fn conversations_list_unread_and_read_positions() {
     assert_eq!(c["read_seq"], 2, "{c}");
     assert_eq!(c["unread"], 1, "{c}");
 
-    let reply = wb
-        .request(json!({"action": "read", "chat_id": chat, "seq": 3}))
-        .await;
+    let reply = wb.request(json!({"action": "read", "chat_id": chat, "seq": 3})).await;
     assert_eq!(reply["code"], 200, "{reply}");
-    let (status, body) = server
-        .get(&format!("/message/conversations?access_token={tb}"), None)
-        .await;
+    let (status, body) = server.get(&format!("/message/conversations?access_token={tb}"), None).await;
     ok_data(status, &body);
     let c = conv_of(&body);
     assert_eq!(c["read_seq"], 3, "{c}");

@@ -29,9 +29,7 @@ async fn sigterm_closes_with_1001_exits_0_and_keeps_messages() {
 
     let mut acked = Vec::new();
     for i in 1..=3 {
-        let ack = wa
-            .request(text_frame(b, &format!("t-{i}"), &format!("m{i}")))
-            .await;
+        let ack = wa.request(text_frame(b, &format!("t-{i}"), &format!("m{i}"))).await;
         assert_eq!(ack["action"], "ack", "{ack}");
         acked.push(ack);
         wb.recv_action("single_chat").await;
@@ -39,28 +37,14 @@ async fn sigterm_closes_with_1001_exits_0_and_keeps_messages() {
     }
 
     // Read the close frames while the server shuts down.
-    let (status, ca, cb, cb2) = tokio::join!(
-        server.terminate(),
-        wa.recv_close(),
-        wb.recv_close(),
-        wb2.recv_close()
-    );
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status after SIGTERM: {status:?}"
-    );
+    let (status, ca, cb, cb2) = tokio::join!(server.terminate(), wa.recv_close(), wb.recv_close(), wb2.recv_close());
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status:?}");
     assert_eq!(ca, Some(1001), "alice's close code");
     assert_eq!(cb, Some(1001), "bob's close code");
     assert_eq!(cb2, Some(1001), "bob's second device's close code");
 
     let server = server.restart().await;
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={}", chat_id(a, b)),
-            Some(&ta),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={}", chat_id(a, b)), Some(&ta)).await;
     assert_eq!(status, 200, "{body}");
     let messages = body["data"]["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 3, "{body}");
@@ -82,8 +66,7 @@ async fn sigterm_during_a_stream_keeps_every_acked_message() {
 
     const N: usize = 100;
     for i in 0..N {
-        wa.send(text_frame(b, &format!("s-{i}"), &format!("m{i}")))
-            .await;
+        wa.send(text_frame(b, &format!("s-{i}"), &format!("m{i}"))).await;
     }
     // Wait for the first ack so some are certainly stored, then SIGTERM mid-stream.
     let mut acks: HashMap<String, Value> = HashMap::new();
@@ -112,43 +95,22 @@ async fn sigterm_during_a_stream_keeps_every_acked_message() {
         close
     };
     let (status, close) = tokio::join!(server.terminate(), async {
-        tokio::time::timeout(WAIT, collect)
-            .await
-            .expect("socket did not close after SIGTERM")
+        tokio::time::timeout(WAIT, collect).await.expect("socket did not close after SIGTERM")
     });
     assert_eq!(status.code(), Some(0), "exit status: {status:?}");
     assert_eq!(close, Some(1001), "close code on SIGTERM");
     drop(wa);
 
     let server = server.restart().await;
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={}&limit=200", chat_id(a, b)),
-            Some(&ta),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={}&limit=200", chat_id(a, b)), Some(&ta)).await;
     assert_eq!(status, 200, "{body}");
     let messages = body["data"]["messages"].as_array().expect("messages");
-    let seqs: Vec<u64> = messages
-        .iter()
-        .map(|m| m["seq"].as_u64().expect("seq"))
-        .collect();
-    assert_eq!(
-        seqs,
-        (1..=messages.len() as u64).collect::<Vec<_>>(),
-        "no gaps"
-    );
-    assert!(
-        messages.len() >= acks.len(),
-        "{} stored < {} acked",
-        messages.len(),
-        acks.len()
-    );
+    let seqs: Vec<u64> = messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, (1..=messages.len() as u64).collect::<Vec<_>>(), "no gaps");
+    assert!(messages.len() >= acks.len(), "{} stored < {} acked", messages.len(), acks.len());
     for (msg_id, ack) in &acks {
         assert!(
-            messages
-                .iter()
-                .any(|m| m["id"] == ack["id"] && m["seq"] == ack["seq"]),
+            messages.iter().any(|m| m["id"] == ack["id"] && m["seq"] == ack["seq"]),
             "acked {msg_id} missing after SIGTERM and restart: {ack}"
         );
     }
@@ -164,12 +126,7 @@ async fn sigterm_with_no_clients_exits_0() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     // And the restarted server still knows the account.
     let server = server.restart().await;
-    let (status, body) = server
-        .post_json(
-            "/user/login",
-            json!({"username": "alice", "password": "secret-pw"}),
-            None,
-        )
-        .await;
+    let (status, body) =
+        server.post_json("/user/login", json!({"username": "alice", "password": "secret-pw"}), None).await;
     assert_eq!(status, 200, "{body}");
 }

@@ -12,10 +12,7 @@ fn chat_id(a: u64, b: u64) -> String {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
 }
 
 fn text_frame(to: u64, msg_id: &str, text: &str) -> Value {
@@ -28,20 +25,14 @@ async fn send_text(ws: &mut Ws, to: u64, msg_id: &str, text: &str) -> Value {
     let ack = ws.request(text_frame(to, msg_id, text)).await;
     assert_eq!(ack["action"], "ack", "{ack}");
     assert_eq!(ack["code"], 200, "{ack}");
-    assert_ne!(
-        ack["duplicate"], true,
-        "a new message is not a duplicate: {ack}"
-    );
+    assert_ne!(ack["duplicate"], true, "a new message is not a duplicate: {ack}");
     ack
 }
 
 fn assert_error(reply: &Value, code: u16) {
     assert_eq!(reply["action"], "error", "expected an error frame: {reply}");
     assert_eq!(reply["code"], code, "{reply}");
-    assert!(
-        !reply["message"].as_str().unwrap_or_default().is_empty(),
-        "error needs a message: {reply}"
-    );
+    assert!(!reply["message"].as_str().unwrap_or_default().is_empty(), "error needs a message: {reply}");
 }
 
 #[tokio::test]
@@ -56,18 +47,11 @@ async fn ack_then_delivery_have_the_contract_shape() {
     let ack = send_text(&mut wa, b, "c-1", "hello").await;
     let after = now_ms();
     assert_eq!(ack["msg_id"], "c-1", "{ack}");
-    let id = ack["id"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("id must be a number: {ack}"));
+    let id = ack["id"].as_u64().unwrap_or_else(|| panic!("id must be a number: {ack}"));
     assert_eq!(ack["chat_id"], chat_id(a, b).as_str(), "{ack}");
     assert_eq!(ack["seq"], 1, "{ack}");
-    let ts = ack["ts"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("ts must be a number: {ack}"));
-    assert!(
-        ts >= before - 2_000 && ts <= after + 2_000,
-        "ts is ms since the epoch: {ts} not in [{before}, {after}]"
-    );
+    let ts = ack["ts"].as_i64().unwrap_or_else(|| panic!("ts must be a number: {ack}"));
+    assert!(ts >= before - 2_000 && ts <= after + 2_000, "ts is ms since the epoch: {ts} not in [{before}, {after}]");
 
     let got = wb.recv().await;
     assert_eq!(got["action"], "single_chat", "{got}");
@@ -125,9 +109,7 @@ async fn optional_fields_may_be_omitted_and_to_uid_may_be_a_string() {
     let (mut wb, _) = server.connect(&tb).await;
 
     // No chat_type, no msg_id.
-    let ack = wa
-        .request(json!({"action": "single_chat", "msg_type": "text", "to_uid": b, "msg": "no ids"}))
-        .await;
+    let ack = wa.request(json!({"action": "single_chat", "msg_type": "text", "to_uid": b, "msg": "no ids"})).await;
     assert_eq!(ack["action"], "ack", "{ack}");
     assert_eq!(ack["code"], 200, "{ack}");
     assert_eq!(ack["seq"], 1, "{ack}");
@@ -145,11 +127,7 @@ async fn optional_fields_may_be_omitted_and_to_uid_may_be_a_string() {
     assert_eq!(ack["seq"], 2, "{ack}");
     let got = wb.recv().await;
     assert_eq!(got["msg"], "string uid", "{got}");
-    assert_eq!(
-        got["to_uid"].as_u64(),
-        Some(b),
-        "to_uid is a number in deliveries: {got}"
-    );
+    assert_eq!(got["to_uid"].as_u64(), Some(b), "to_uid is a number in deliveries: {got}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,24 +141,16 @@ async fn seq_counts_up_without_gaps_and_messages_arrive_in_order() {
     // Pipelined: send 100 frames, then collect the acks.
     const N: u64 = 100;
     for i in 1..=N {
-        wa.send(text_frame(b, &format!("p-{i}"), &format!("msg {i}")))
-            .await;
+        wa.send(text_frame(b, &format!("p-{i}"), &format!("msg {i}"))).await;
     }
     let mut ids = std::collections::HashSet::new();
     for i in 1..=N {
         let ack = wa.recv().await;
         assert_eq!(ack["action"], "ack", "{ack}");
         assert_eq!(ack["code"], 200, "{ack}");
-        assert_eq!(
-            ack["msg_id"],
-            format!("p-{i}"),
-            "acks come in sending order: {ack}"
-        );
+        assert_eq!(ack["msg_id"], format!("p-{i}"), "acks come in sending order: {ack}");
         assert_eq!(ack["seq"], i, "{ack}");
-        assert!(
-            ids.insert(ack["id"].as_u64().expect("id")),
-            "ids are unique: {ack}"
-        );
+        assert!(ids.insert(ack["id"].as_u64().expect("id")), "ids are unique: {ack}");
     }
     for i in 1..=N {
         let got = wb.recv().await;
@@ -192,11 +162,7 @@ async fn seq_counts_up_without_gaps_and_messages_arrive_in_order() {
 
     // Both directions share the one sequence.
     for i in 0..10u64 {
-        let (from, to, peer) = if i % 2 == 0 {
-            (&mut wa, b, &mut wb)
-        } else {
-            (&mut wb, a, &mut wa)
-        };
+        let (from, to, peer) = if i % 2 == 0 { (&mut wa, b, &mut wb) } else { (&mut wb, a, &mut wa) };
         let ack = send_text(from, to, &format!("x-{i}"), "ping-pong").await;
         assert_eq!(ack["seq"], N + 1 + i, "{ack}");
         let got = peer.recv().await;
@@ -296,12 +262,7 @@ async fn same_msg_id_again_is_a_duplicate() {
     assert_eq!(got["seq"], 2, "{got}");
 
     // History holds the message once.
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={}", chat_id(a, b)),
-            Some(&ta),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={}", chat_id(a, b)), Some(&ta)).await;
     assert_eq!(status, 200, "{body}");
     let messages = body["data"]["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 2, "{body}");
@@ -325,10 +286,7 @@ async fn dedup_is_per_user_across_conversations() {
     assert_eq!(again["action"], "ack", "{again}");
     assert_eq!(again["duplicate"], true, "{again}");
     assert_eq!(again["id"], first["id"], "{again}");
-    assert_eq!(
-        again["chat_id"], first["chat_id"],
-        "the original ack: {again}"
-    );
+    assert_eq!(again["chat_id"], first["chat_id"], "the original ack: {again}");
     wc.expect_nothing_pending().await;
     wb.expect_nothing_pending().await;
 }
@@ -359,10 +317,7 @@ async fn unknown_recipient_is_404_and_self_is_400() {
 
     let reply = wa.request(text_frame(999_999, "nobody-1", "hello?")).await;
     assert_error(&reply, 404);
-    assert_eq!(
-        reply["msg_id"], "nobody-1",
-        "error carries the msg_id: {reply}"
-    );
+    assert_eq!(reply["msg_id"], "nobody-1", "error carries the msg_id: {reply}");
     wa.expect_nothing_pending().await;
 
     let reply = wa.request(text_frame(a, "self-1", "me")).await;
@@ -391,11 +346,7 @@ async fn identity_comes_from_the_token_only() {
     frame["openid"] = json!("carol-openid");
     let ack = wa.request(frame).await;
     assert_eq!(ack["action"], "ack", "{ack}");
-    assert_eq!(
-        ack["chat_id"],
-        chat_id(a, b).as_str(),
-        "the chat is alice-bob: {ack}"
-    );
+    assert_eq!(ack["chat_id"], chat_id(a, b).as_str(), "the chat is alice-bob: {ack}");
 
     let got = wb.recv().await;
     assert_eq!(got["from_uid"].as_u64(), Some(a), "{got}");
@@ -415,10 +366,8 @@ async fn image_messages_carry_an_object() {
 
     let image = json!({"url": "https://example.com/cat.png", "width": 640, "height": 480});
     let ack = wa
-        .request(
-            json!({"action": "single_chat", "chat_type": 1, "msg_type": "image",
-                        "msg_id": "img-1", "to_uid": b, "msg": image}),
-        )
+        .request(json!({"action": "single_chat", "chat_type": 1, "msg_type": "image",
+                        "msg_id": "img-1", "to_uid": b, "msg": image}))
         .await;
     assert_eq!(ack["action"], "ack", "{ack}");
     assert_eq!(ack["code"], 200, "{ack}");
@@ -428,21 +377,14 @@ async fn image_messages_carry_an_object() {
     assert_eq!(got["from_uid"].as_u64(), Some(a), "{got}");
 
     // History keeps the object too.
-    let (status, body) = server
-        .get(
-            &format!("/message/history?chat_id={}", chat_id(a, b)),
-            Some(&tb),
-        )
-        .await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={}", chat_id(a, b)), Some(&tb)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["messages"][0]["msg"], image, "{body}");
 
     // An image with a string body is refused.
     let reply = wa
-        .request(
-            json!({"action": "single_chat", "msg_type": "image", "msg_id": "img-2",
-                        "to_uid": b, "msg": "not an object"}),
-        )
+        .request(json!({"action": "single_chat", "msg_type": "image", "msg_id": "img-2",
+                        "to_uid": b, "msg": "not an object"}))
         .await;
     assert_error(&reply, 400);
     wb.expect_nothing_pending().await;
@@ -463,19 +405,14 @@ async fn read_replies_is_mirrored_and_never_moves_back() {
         b2.recv_action("single_chat").await;
     }
 
-    let reply = b1
-        .request(json!({"action": "read", "chat_id": chat, "seq": 2}))
-        .await;
+    let reply = b1.request(json!({"action": "read", "chat_id": chat, "seq": 2})).await;
     assert_eq!(reply["action"], "read", "{reply}");
     assert_eq!(reply["code"], 200, "{reply}");
     assert_eq!(reply["chat_id"], chat.as_str(), "{reply}");
     assert_eq!(reply["seq"], 2, "{reply}");
 
     let mirror = b2.recv().await;
-    assert_eq!(
-        mirror["action"], "read",
-        "the read is mirrored to the other device: {mirror}"
-    );
+    assert_eq!(mirror["action"], "read", "the read is mirrored to the other device: {mirror}");
     assert_eq!(mirror["chat_id"], chat.as_str(), "{mirror}");
     assert_eq!(mirror["seq"], 2, "{mirror}");
     b1.expect_nothing_pending().await;
@@ -484,9 +421,7 @@ async fn read_replies_is_mirrored_and_never_moves_back() {
     wa.expect_nothing_pending().await;
 
     // Reading a lower seq keeps the higher one.
-    let reply = b1
-        .request(json!({"action": "read", "chat_id": chat, "seq": 1}))
-        .await;
+    let reply = b1.request(json!({"action": "read", "chat_id": chat, "seq": 1})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     let (status, body) = server.get("/message/conversations", Some(&tb)).await;
     assert_eq!(status, 200, "{body}");
@@ -500,9 +435,7 @@ async fn read_replies_is_mirrored_and_never_moves_back() {
     assert_eq!(synced_seqs, vec![&json!(3)], "{synced:?}");
 
     // seq as a string of digits is accepted.
-    let reply = b1
-        .request(json!({"action": "read", "chat_id": chat, "seq": "3"}))
-        .await;
+    let reply = b1.request(json!({"action": "read", "chat_id": chat, "seq": "3"})).await;
     assert_eq!(reply["action"], "read", "{reply}");
     assert_eq!(reply["code"], 200, "{reply}");
     assert_eq!(reply["seq"], 3, "{reply}");

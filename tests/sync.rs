@@ -21,10 +21,7 @@ async fn send_text(ws: &mut Ws, to: u64, msg_id: &str, text: &str) -> Value {
 }
 
 fn seqs(frames: &[Value]) -> Vec<u64> {
-    frames
-        .iter()
-        .map(|f| f["seq"].as_u64().unwrap_or_else(|| panic!("seq: {f}")))
-        .collect()
+    frames.iter().map(|f| f["seq"].as_u64().unwrap_or_else(|| panic!("seq: {f}"))).collect()
 }
 
 #[tokio::test]
@@ -39,9 +36,7 @@ async fn offline_messages_arrive_between_connected_and_sync_done() {
     }
 
     // By hand, to see every frame in order.
-    let mut wb = Ws::connect(server.addr, &format!("/?access_token={tb}&device=mobile"))
-        .await
-        .expect("upgrade");
+    let mut wb = Ws::connect(server.addr, &format!("/?access_token={tb}&device=mobile")).await.expect("upgrade");
     let connected = wb.recv().await;
     assert_eq!(connected["action"], "connected", "{connected}");
     assert_eq!(connected["uid"].as_u64(), Some(b), "{connected}");
@@ -78,14 +73,8 @@ async fn offline_messages_arrive_between_connected_and_sync_done() {
 async fn connected_frame_names_the_device_and_accepts_from_source() {
     let server = Server::start().await;
     let (uid, token) = server.register("alice").await;
-    for (query, device) in [
-        ("device=desk", "desk"),
-        ("fromSource=mobile", "mobile"),
-        ("device=web", "web"),
-    ] {
-        let mut ws = Ws::connect(server.addr, &format!("/?access_token={token}&{query}"))
-            .await
-            .expect("upgrade");
+    for (query, device) in [("device=desk", "desk"), ("fromSource=mobile", "mobile"), ("device=web", "web")] {
+        let mut ws = Ws::connect(server.addr, &format!("/?access_token={token}&{query}")).await.expect("upgrade");
         let connected = ws.recv().await;
         assert_eq!(connected["action"], "connected", "{connected}");
         assert_eq!(connected["uid"].as_u64(), Some(uid), "{connected}");
@@ -127,10 +116,7 @@ async fn delivered_but_unread_is_synced_again() {
 
     // The sender never gets their own messages through sync.
     let (_wa2, synced) = server.connect_device(&ta, "mobile").await;
-    assert!(
-        synced.is_empty(),
-        "own messages are read for the sender: {synced:?}"
-    );
+    assert!(synced.is_empty(), "own messages are read for the sender: {synced:?}");
 }
 
 #[tokio::test]
@@ -146,18 +132,14 @@ async fn after_reading_everything_nothing_is_synced() {
     assert_eq!(seqs(&synced), vec![1, 2, 3, 4]);
 
     // Read up to 2: 3 and 4 come again.
-    let reply = wb
-        .request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 2}))
-        .await;
+    let reply = wb.request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 2})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     drop(wb);
     let (mut wb, synced) = server.connect(&tb).await;
     assert_eq!(seqs(&synced), vec![3, 4]);
 
     // Read up to the last seq: nothing.
-    let reply = wb
-        .request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 4}))
-        .await;
+    let reply = wb.request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 4})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     drop(wb);
     let (mut wb, synced) = server.connect(&tb).await;
@@ -182,9 +164,7 @@ async fn read_position_survives_restart() {
         send_text(&mut wa, b, &format!("p-{i}"), "x").await;
     }
     let (mut wb, _) = server.connect(&tb).await;
-    let reply = wb
-        .request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 2}))
-        .await;
+    let reply = wb.request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 2})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     drop(wa);
     drop(wb);
@@ -211,11 +191,7 @@ async fn several_conversations_each_ascending() {
     assert_eq!(synced.len(), 6, "{synced:?}");
     for (peer, name) in [(a, "alice"), (c, "carol")] {
         let chat = chat_id(peer, b);
-        let conv: Vec<Value> = synced
-            .iter()
-            .filter(|m| m["chat_id"] == chat.as_str())
-            .cloned()
-            .collect();
+        let conv: Vec<Value> = synced.iter().filter(|m| m["chat_id"] == chat.as_str()).cloned().collect();
         assert_eq!(seqs(&conv), vec![1, 2, 3], "{chat}: {synced:?}");
         for (i, m) in conv.iter().enumerate() {
             assert_eq!(m["msg"], format!("from {name} {}", i + 1), "{m}");
@@ -232,8 +208,7 @@ async fn only_the_newest_200_per_conversation_are_synced() {
     let (mut wa, _) = server.connect(&ta).await;
     const N: u64 = 230;
     for i in 1..=N {
-        wa.send(text_frame(b, &format!("big-{i}"), &format!("m{i}")))
-            .await;
+        wa.send(text_frame(b, &format!("big-{i}"), &format!("m{i}"))).await;
     }
     for i in 1..=N {
         let ack = wa.recv().await;
@@ -249,20 +224,10 @@ async fn only_the_newest_200_per_conversation_are_synced() {
 
     // The rest through history.
     let chat = chat_id(a, b);
-    let (status, body) = server
-        .get(
-            &format!(
-                "/message/history?chat_id={chat}&before={}&limit=200",
-                N - 199
-            ),
-            Some(&tb),
-        )
-        .await;
+    let (status, body) =
+        server.get(&format!("/message/history?chat_id={chat}&before={}&limit=200", N - 199), Some(&tb)).await;
     assert_eq!(status, 200, "{body}");
-    let older: Vec<Value> = body["data"]["messages"]
-        .as_array()
-        .expect("messages")
-        .clone();
+    let older: Vec<Value> = body["data"]["messages"].as_array().expect("messages").clone();
     assert_eq!(seqs(&older), (1..N - 199).collect::<Vec<u64>>(), "{body}");
     assert_eq!(body["data"]["has_more"], false, "{body}");
 }

@@ -92,10 +92,7 @@ impl Server {
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("pid") as i32;
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .expect("server did not exit after SIGTERM")
-            .expect("wait")
+        tokio::time::timeout(WAIT, self.child.wait()).await.expect("server did not exit after SIGTERM").expect("wait")
     }
 
     /// Starts a new server on the same database (after kill9 or terminate).
@@ -124,9 +121,8 @@ impl Server {
 
     /// Registers a user and returns (uid, token).
     pub async fn register(&self, username: &str) -> (u64, String) {
-        let (status, body) = self
-            .post_json("/user/register", json!({"username": username, "password": "secret-pw"}), None)
-            .await;
+        let (status, body) =
+            self.post_json("/user/register", json!({"username": username, "password": "secret-pw"}), None).await;
         assert_eq!(status, 200, "register {username}: {body}");
         let data = &body["data"];
         (data["uid"].as_u64().expect("uid"), data["access_token"].as_str().expect("token").to_string())

@@ -1,0 +1,197 @@
+//! Runs every scenario of `examples/loadgen.rs` at a tiny size against the real server and
+//! checks the one JSON line it prints.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The loadgen example, built by `cargo test` next to the `imd` binary
+/// (`target/<profile>/examples/loadgen`). `cargo test --test loadgen` alone does not build
+/// examples, so a missing binary is built once with the same profile.
+fn loadgen_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let profile_dir = Path::new(common::BIN).parent().expect("imd binary has a directory");
+        let exe = profile_dir.join("examples").join("loadgen");
+        if exe.exists() {
+            return exe;
+        }
+        let profile = profile_dir.file_name().and_then(|s| s.to_str()).unwrap_or("debug");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--example", "loadgen"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        match profile {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let status = cmd.status();
+        assert!(
+            exe.exists(),
+            "the loadgen example is missing at {} and building it failed ({status:?}); \
+             run `cargo build{} --example loadgen` first",
+            exe.display(),
+            if profile == "release" { " --release" } else { "" },
+        );
+        exe
+    })
+}
+
+/// Runs the loadgen; returns (exit code, the JSON line, stderr).
+async fn loadgen(args: &[&str]) -> (i32, Value, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(loadgen_bin()).args(args).stdin(Stdio::null()).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("loadgen did not finish within 120 s")
+    .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line on stdout, got {stdout:?}; stderr:\n{stderr}");
+    let value: Value = serde_json::from_str(lines[0])
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}; stderr:\n{stderr}"));
+    (out.status.code().unwrap_or(-1), value, stderr)
+}
+
+async fn server() -> common::Server {
+    common::Server::start_with(&["--rate-limit", "0", "--admin-token", "t"]).await
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("{key} is not an unsigned number in {v}"))
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+fn assert_ok(code: i32, v: &Value, stderr: &str, scenario: &str) {
+    assert_eq!(code, 0, "loadgen {scenario} failed: {v}\nstderr:\n{stderr}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["scenario"], scenario, "{v}");
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(u(v, "errors"), 0, "{v}");
+    assert!(v["settings"].is_object(), "{v}");
+}
+
+fn assert_latency(v: &Value, count: u64) {
+    let l = &v["latency_us"];
+    assert_eq!(u(l, "count"), count, "one latency sample per delivery: {v}");
+    let (p50, p90, p99, max) = (u(l, "p50"), u(l, "p90"), u(l, "p99"), u(l, "max"));
+    assert!(p50 > 0 && p50 <= p90 && p90 <= p99 && p99 <= max, "latency percentiles: {l}");
+    assert!(max < 30_000_000, "latency under 30 s: {l}");
+}
+
+#[tokio::test]
+async fn idle_scenario() {
+    let s = server().await;
+    let addr = s.addr.to_string();
+    let (code, v, stderr) = loadgen(&["idle", "--addr", &addr, "--conns", "20", "--users", "5"]).await;
+    assert_ok(code, &v, &stderr, "idle");
+    assert_eq!(v["settings"]["conns"], 20, "{v}");
+    assert_eq!(v["settings"]["users"], 5, "{v}");
+    assert!(f(&v, "connect_rate") > 0.0, "{v}");
+    assert!(f(&v, "connect_secs") > 0.0, "{v}");
+    assert_eq!(u(&v, "server_online"), 20, "{v}");
+    assert_eq!(u(&v, "server_pid"), s.child.id().expect("pid") as u64, "{v}");
+    assert!(u(&v, "rss_before_bytes") > 0, "{v}");
+    assert!(u(&v, "rss_after_bytes") > 0, "{v}");
+    assert!(v["rss_per_conn_bytes"].is_number(), "{v}");
+}
+
+#[tokio::test]
+async fn pairs_scenario_closed_loop() {
+    let s = server().await;
+    let addr = s.addr.to_string();
+    let (code, v, stderr) =
+        loadgen(&["pairs", "--addr", &addr, "--pairs", "3", "--window", "4", "--duration", "1"]).await;
+    assert_ok(code, &v, &stderr, "pairs");
+    assert_eq!(u(&v, "lost"), 0, "{v}");
+    assert_eq!(u(&v, "unacked"), 0, "{v}");
+    let acked = u(&v, "acked");
+    assert!(acked > 0, "{v}");
+    assert_eq!(u(&v, "sent"), acked, "{v}");
+    assert_eq!(u(&v, "delivered"), acked, "{v}");
+    assert!(f(&v, "acked_per_sec") > 0.0, "{v}");
+    assert!(f(&v, "delivered_per_sec") > 0.0, "{v}");
+    assert_latency(&v, acked);
+}
+
+#[tokio::test]
+async fn pairs_scenario_paced() {
+    let s = server().await;
+    let addr = s.addr.to_string();
+    let (code, v, stderr) =
+        loadgen(&["pairs", "--addr", &addr, "--pairs", "2", "--window", "8", "--duration", "1", "--rate", "200"]).await;
+    assert_ok(code, &v, &stderr, "pairs");
+    assert_eq!(v["settings"]["rate"], 200.0, "{v}");
+    assert_eq!(u(&v, "lost"), 0, "{v}");
+    let sent = u(&v, "sent");
+    // 200/s for one second, paced: about 200, never far above.
+    assert!((100..=230).contains(&sent), "paced sends: {v}");
+    assert_eq!(u(&v, "delivered"), u(&v, "acked"), "{v}");
+}
+
+#[tokio::test]
+async fn group_scenario() {
+    let s = server().await;
+    let addr = s.addr.to_string();
+    let (code, v, stderr) =
+        loadgen(&["group", "--addr", &addr, "--members", "5", "--senders", "2", "--window", "2", "--duration", "1"])
+            .await;
+    assert_ok(code, &v, &stderr, "group");
+    assert_eq!(u(&v, "missing"), 0, "{v}");
+    let acked = u(&v, "acked");
+    assert!(acked > 0, "{v}");
+    assert_eq!(u(&v, "expected_deliveries"), acked * 4, "{v}");
+    assert_eq!(u(&v, "deliveries"), acked * 4, "{v}");
+    assert_eq!(u(&v, "own_echo"), 0, "{v}");
+    assert!(f(&v, "deliveries_per_sec") > 0.0, "{v}");
+    assert!(v["chat_id"].as_str().is_some_and(|c| c.starts_with("2_")), "{v}");
+    assert_latency(&v, acked * 4);
+}
+
+#[tokio::test]
+async fn broadcast_scenario() {
+    let s = server().await;
+    let addr = s.addr.to_string();
+    let (code, v, stderr) =
+        loadgen(&["broadcast", "--addr", &addr, "--conns", "10", "--users", "4", "--admin-token", "t"]).await;
+    assert_ok(code, &v, &stderr, "broadcast");
+    assert_eq!(u(&v, "delivered"), 10, "{v}");
+    assert_eq!(u(&v, "received"), 10, "{v}");
+    assert_eq!(u(&v, "missing"), 0, "{v}");
+    let all = f(&v, "all_received_ms");
+    assert!(all >= f(&v, "first_received_ms") && all < 10_000.0, "{v}");
+    assert_eq!(v["settings"]["admin_token"], "<redacted>", "the secret is not printed: {v}");
+}
+
+#[tokio::test]
+async fn broadcast_with_a_wrong_secret_fails() {
+    let s = server().await;
+    let addr = s.addr.to_string();
+    let (code, v, _) = loadgen(&["broadcast", "--addr", &addr, "--conns", "2", "--admin-token", "wrong"]).await;
+    assert_ne!(code, 0, "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("403") || e.contains("401")), "{v}");
+}
+
+#[tokio::test]
+async fn refuses_non_loopback_addresses() {
+    for addr in ["10.1.2.3:9501", "192.168.0.1:80", "[2001:db8::1]:9501"] {
+        let (code, v, _) = loadgen(&["pairs", "--addr", addr, "--pairs", "1", "--duration", "1"]).await;
+        assert_ne!(code, 0, "{addr}: {v}");
+        assert_eq!(v["ok"], false, "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("loopback")), "{v}");
+    }
+}
