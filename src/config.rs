@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 #[derive(Args, Debug, Clone)]
 pub struct Config {
@@ -58,7 +58,29 @@ pub struct Config {
     #[arg(long, env = "IMD_OUTBOX_BYTES", default_value_t = 1 << 20)]
     pub outbox_bytes: usize,
 
+    /// When a commit is on disk: `full` fsyncs the WAL at every commit (an ack survives power
+    /// loss); `normal` leaves it to the checkpoints (an ack survives a crash or kill -9 of
+    /// imd, but the last commits before a power cut or kernel crash can be lost).
+    #[arg(long, env = "IMD_SYNC", value_enum, default_value_t = SyncMode::Full)]
+    pub sync: SyncMode,
+
     /// Benchmarks only: keep messages in memory, never on disk (measures durability's cost).
     #[arg(long, env = "IMD_NO_STORE", hide = true)]
     pub no_store: bool,
+}
+
+/// SQLite's `synchronous` setting for the writer.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    Full,
+    Normal,
+}
+
+impl SyncMode {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+        }
+    }
 }

@@ -17,7 +17,7 @@ use crate::directory::Directory;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{Store, WriterSettings};
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,7 +60,8 @@ async fn serve(
     let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?;
     let registry = Arc::new(Registry::new(config.outbox_bytes, metrics.clone()));
     let fanout = Fanout { registry: registry.clone(), directory: directory.clone(), metrics: metrics.clone() };
-    let (store, writer) = Store::start(db, &config.db, !config.no_store, fanout, metrics.clone())?;
+    let settings = WriterSettings { durable: !config.no_store, sync: config.sync };
+    let (store, writer) = Store::start(db, &config.db, settings, fanout, metrics.clone())?;
     if config.no_store {
         tracing::warn!("--no-store: messages are NOT written to disk (benchmarks only)");
     }

@@ -59,11 +59,21 @@ async fn history(server: &Server, token: &str, chat: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_mid_stream_loses_no_acknowledged_message() {
+    kill9_mid_stream(&["--rate-limit", "0"]).await;
+}
+
+/// `--sync normal` gives up only power-loss safety: a killed process still loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_with_sync_normal_loses_no_acknowledged_message() {
+    kill9_mid_stream(&["--rate-limit", "0", "--sync", "normal"]).await;
+}
+
+async fn kill9_mid_stream(args: &[&str]) {
     const TOTAL: usize = 150;
     const WINDOW: usize = 30;
     const KILL_AFTER: usize = 50;
 
-    let mut server = Server::start_with(&["--rate-limit", "0"]).await;
+    let mut server = Server::start_with(args).await;
     let (a, ta) = server.register("sender").await;
     let (b, tb) = server.register("receiver").await;
     let chat = chat_id(a, b);

@@ -58,6 +58,14 @@ pub(crate) enum Command {
     Close,
 }
 
+/// How the writer commits.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterSettings {
+    /// False only for benchmarks (`--no-store`): messages are numbered but not written.
+    pub durable: bool,
+    pub sync: crate::config::SyncMode,
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -94,16 +102,17 @@ impl Store {
     pub fn start(
         conn: Connection,
         path: &Path,
-        durable: bool,
+        settings: WriterSettings,
         fanout: Fanout,
         metrics: Arc<Metrics>,
     ) -> StoreResult<(Store, WriterThread)> {
+        conn.pragma_update(None, "synchronous", settings.sync.pragma())?;
         // Checkpoints run on their own thread (checkpoint.rs), not inside the writer's commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = writer::Writer::new(conn, durable, fanout.spawn(), metrics)?;
+        let writer = writer::Writer::new(conn, settings.durable, fanout.spawn(), metrics)?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -202,7 +211,8 @@ pub fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> 
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     if !read_only {
-        // WAL: readers never block the writer. FULL: a commit is on disk before its acks go out.
+        // WAL: readers never block the writer. FULL: a commit is on disk before its acks go out
+        // (the writer may relax this with --sync normal).
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
     }
