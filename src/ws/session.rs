@@ -22,8 +22,9 @@ use crate::frames;
 use crate::registry::Connection;
 use crate::store::queries;
 
-/// Socket read buffer per connection: small, because most connections are mostly idle.
-const READ_BUFFER: usize = 4 * 1024;
+/// Socket read buffer per connection (tungstenite allocates it up front; it grows for larger
+/// frames): small, because most connections are mostly idle. 4 KiB cost 3 KiB per connection.
+const READ_BUFFER: usize = 1024;
 /// Bytes gathered before tungstenite writes to the socket (a flush always writes).
 const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a closing handshake may take before the socket is just dropped.
