@@ -24,6 +24,7 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("imd-checkpoint".into())
             .spawn(move || {
+                lower_priority();
                 let (lock, wake) = &*signal;
                 let Ok(mut stopping) = lock.lock() else { return };
                 while !*stopping {
@@ -50,5 +51,14 @@ impl Checkpointer {
         }
         wake.notify_one();
         let _ = self.thread.join();
+    }
+}
+
+/// Checkpoints are background work: on a busy core, the writer and the sessions come first.
+fn lower_priority() {
+    // SAFETY: gettid and setpriority on the calling thread only; failure just keeps the default.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
