@@ -129,6 +129,17 @@ mod tests {
         assert!(auth.decode(&token).is_none());
     }
 
+    #[tokio::test]
+    async fn an_unknown_user_costs_one_bcrypt_check_like_a_wrong_password() {
+        let auth = auth(60);
+        // Same cost as real hashes, so a miss does the same work as a wrong password.
+        let real = auth.hash_password("right password".into()).await.unwrap();
+        assert_eq!(&auth.dummy_hash[..7], &real[..7], "same algorithm and cost: {real}");
+        assert!(auth.check_password("right password".into(), Some(real.clone())).await);
+        assert!(!auth.check_password("wrong password".into(), Some(real)).await);
+        assert!(!auth.check_password("imd-no-such-user".into(), None).await, "no user never logs in");
+    }
+
     #[test]
     fn admin_token_matches_exactly() {
         let auth = auth(60);
