@@ -4,32 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIN, Server, Ws};
+use common::{Server, Ws, assert_error, login, ok, run_imd};
 use serde_json::{Value, json};
-
-/// Asserts the success envelope and returns `data`.
-fn ok_data(status: u16, body: &Value) -> Value {
-    assert_eq!(status, 200, "expected 200: {body}");
-    assert_eq!(body["code"], 200, "envelope code: {body}");
-    assert_eq!(body["message"], "success", "envelope message: {body}");
-    body["data"].clone()
-}
-
-/// Asserts an error envelope with `code` (HTTP status == code, data null, a message).
-fn assert_error(status: u16, body: &Value, code: u16) {
-    assert_eq!(status, code, "expected HTTP {code}: {body}");
-    assert_eq!(body["code"], code, "envelope code: {body}");
-    assert!(body["data"].is_null(), "error data must be null: {body}");
-    let message = body["message"].as_str().unwrap_or_default();
-    assert!(!message.is_empty(), "error needs a message: {body}");
-}
 
 async fn me(server: &Server, token: &str) -> (u16, Value) {
     server.get("/user/me", Some(token)).await
-}
-
-async fn login(server: &Server, username: &str, password: &str) -> (u16, Value) {
-    server.post_json("/user/login", json!({"username": username, "password": password}), None).await
 }
 
 fn looks_like_jwt(token: &str) {
@@ -37,17 +16,12 @@ fn looks_like_jwt(token: &str) {
     assert!(token.split('.').all(|part| !part.is_empty()), "access_token is not a JWT: {token}");
 }
 
-async fn run_imd(args: &[&str]) -> std::process::Output {
-    let child = tokio::process::Command::new(BIN).args(args).stdin(std::process::Stdio::null()).output();
-    tokio::time::timeout(common::WAIT, child).await.expect("imd user role did not finish in time").expect("run imd")
-}
-
 #[tokio::test]
 async fn register_json_returns_account_and_token() {
     let server = Server::start().await;
     let (status, body) =
         server.post_json("/user/register", json!({"username": "alice", "password": "secret-pw"}), None).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "POST /user/register");
     let uid = data["uid"].as_u64().unwrap_or_else(|| panic!("uid must be a number: {body}"));
     assert!(uid > 0, "uid: {body}");
     assert_eq!(data["username"], "alice");
@@ -58,7 +32,7 @@ async fn register_json_returns_account_and_token() {
 
     // Logged in at once: the token works.
     let (status, body) = me(&server, token).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /user/me");
     assert_eq!(data["uid"].as_u64(), Some(uid));
     assert_eq!(data["username"], "alice");
 }
@@ -68,18 +42,18 @@ async fn register_form_body_works() {
     let server = Server::start().await;
     let (status, body) =
         server.post_form("/user/register", &[("username", "bob.form-user_1"), ("password", "secret-pw")], None).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "POST /user/register (form)");
     assert_eq!(data["username"], "bob.form-user_1");
     assert!(data["uid"].as_u64().is_some(), "{body}");
     let token = data["access_token"].as_str().expect("access_token").to_string();
     looks_like_jwt(&token);
     let (status, body) = me(&server, &token).await;
-    assert_eq!(ok_data(status, &body)["username"], "bob.form-user_1");
+    assert_eq!(ok(status, &body, "GET /user/me")["username"], "bob.form-user_1");
 
     // Login with a form body as well.
     let (status, body) =
         server.post_form("/user/login", &[("username", "bob.form-user_1"), ("password", "secret-pw")], None).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "POST /user/login (form)");
     assert_eq!(data["token_type"], "Bearer");
     assert_eq!(data["username"], "bob.form-user_1");
 }
@@ -110,18 +84,18 @@ async fn register_rejects_bad_usernames() {
     for name in bad {
         let (status, body) =
             server.post_json("/user/register", json!({"username": name, "password": "secret-pw"}), None).await;
-        assert_error(status, &body, 400);
+        assert_error(status, &body, 400, &format!("POST /user/register {name:?}"));
         // Same through a form body.
         let (status, body) =
             server.post_form("/user/register", &[("username", name), ("password", "secret-pw")], None).await;
-        assert_error(status, &body, 400);
+        assert_error(status, &body, 400, &format!("POST /user/register {name:?} (form)"));
     }
     // The boundaries are accepted.
     let max = "Z".repeat(32);
     for name in ["abc", max.as_str(), "A.b-c_9"] {
         let (status, body) =
             server.post_json("/user/register", json!({"username": name, "password": "secret-pw"}), None).await;
-        assert_eq!(ok_data(status, &body)["username"], name);
+        assert_eq!(ok(status, &body, &format!("POST /user/register {name:?}"))["username"], name);
     }
 }
 
@@ -132,24 +106,24 @@ async fn register_rejects_bad_passwords_and_missing_fields() {
     for password in ["", "12345", too_long.as_str()] {
         let (status, body) =
             server.post_json("/user/register", json!({"username": "carol", "password": password}), None).await;
-        assert_error(status, &body, 400);
+        assert_error(status, &body, 400, &format!("POST /user/register, a password of {} chars", password.len()));
     }
     let (status, body) = server.post_json("/user/register", json!({"username": "carol"}), None).await;
-    assert_error(status, &body, 400);
+    assert_error(status, &body, 400, "POST /user/register");
     let (status, body) = server.post_json("/user/register", json!({"password": "secret-pw"}), None).await;
-    assert_error(status, &body, 400);
+    assert_error(status, &body, 400, "POST /user/register");
     let (status, body) = server.post_form("/user/register", &[("username", "carol")], None).await;
-    assert_error(status, &body, 400);
+    assert_error(status, &body, 400, "POST /user/register (form)");
 
     // Boundaries: 6 and 128 characters are fine.
     let (status, body) =
         server.post_json("/user/register", json!({"username": "carol", "password": "123456"}), None).await;
-    ok_data(status, &body);
+    ok(status, &body, "POST /user/register");
     let max = "p".repeat(128);
     let (status, body) = server.post_json("/user/register", json!({"username": "carol2", "password": max}), None).await;
-    ok_data(status, &body);
+    ok(status, &body, "POST /user/register");
     let (status, body) = login(&server, "carol2", &max).await;
-    ok_data(status, &body);
+    ok(status, &body, "POST /user/login");
 }
 
 #[tokio::test]
@@ -158,15 +132,15 @@ async fn register_duplicate_is_409() {
     server.register("dave").await;
     let (status, body) =
         server.post_json("/user/register", json!({"username": "dave", "password": "other-pw"}), None).await;
-    assert_error(status, &body, 409);
+    assert_error(status, &body, 409, "POST /user/register");
     let (status, body) =
         server.post_form("/user/register", &[("username", "dave"), ("password", "other-pw")], None).await;
-    assert_error(status, &body, 409);
+    assert_error(status, &body, 409, "POST /user/register (form)");
     // The original password still logs in, the refused one does not.
     let (status, body) = login(&server, "dave", "secret-pw").await;
-    ok_data(status, &body);
+    ok(status, &body, "POST /user/login");
     let (status, body) = login(&server, "dave", "other-pw").await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "POST /user/login");
 }
 
 #[tokio::test]
@@ -174,7 +148,7 @@ async fn login_returns_bearer_token() {
     let server = Server::start().await;
     let (uid, _) = server.register("erin").await;
     let (status, body) = login(&server, "erin", "secret-pw").await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "POST /user/login");
     assert_eq!(data["token_type"], "Bearer");
     assert_eq!(data["uid"].as_u64(), Some(uid));
     assert_eq!(data["username"], "erin");
@@ -183,7 +157,7 @@ async fn login_returns_bearer_token() {
     let token = data["access_token"].as_str().expect("access_token");
     looks_like_jwt(token);
     let (status, body) = me(&server, token).await;
-    assert_eq!(ok_data(status, &body)["uid"].as_u64(), Some(uid));
+    assert_eq!(ok(status, &body, "GET /user/me")["uid"].as_u64(), Some(uid));
 }
 
 #[tokio::test]
@@ -191,12 +165,12 @@ async fn login_wrong_password_or_unknown_user_is_401() {
     let server = Server::start().await;
     server.register("frank").await;
     let (status, body) = login(&server, "frank", "wrong-pw").await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "POST /user/login");
     let (status, body) = login(&server, "nobody", "secret-pw").await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "POST /user/login");
     let (status, body) =
         server.post_form("/user/login", &[("username", "frank"), ("password", "wrong-pw")], None).await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "POST /user/login (form)");
 }
 
 #[tokio::test]
@@ -205,13 +179,13 @@ async fn me_via_bearer_header_and_query_parameter() {
     let (uid, token) = server.register("grace").await;
 
     let (status, body) = me(&server, &token).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /user/me");
     assert_eq!(data["uid"].as_u64(), Some(uid));
     assert_eq!(data["username"], "grace");
     assert_eq!(data["role"], "user");
 
     let (status, body) = server.get(&format!("/user/me?access_token={token}"), None).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /user/me");
     assert_eq!(data["uid"].as_u64(), Some(uid));
     assert_eq!(data["username"], "grace");
     assert_eq!(data["role"], "user");
@@ -222,18 +196,18 @@ async fn me_without_or_with_bad_token_is_401() {
     let server = Server::start().await;
     let (_, token) = server.register("heidi").await;
     let (status, body) = server.get("/user/me", None).await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "GET /user/me");
     let (status, body) = me(&server, "not-a-token").await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "GET /user/me");
     let (status, body) = server.get("/user/me?access_token=garbage", None).await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "GET /user/me");
     // A token with a tampered signature.
     let (head, sig) = token.rsplit_once('.').expect("jwt");
     let mut sig: Vec<char> = sig.chars().collect();
     sig[2] = if sig[2] == 'A' { 'B' } else { 'A' };
     let forged = format!("{head}.{}", sig.into_iter().collect::<String>());
     let (status, body) = me(&server, &forged).await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "GET /user/me");
 }
 
 #[tokio::test]
@@ -241,33 +215,33 @@ async fn logout_revokes_every_earlier_token() {
     let server = Server::start().await;
     let (uid, t1) = server.register("ivan").await;
     let (status, body) = login(&server, "ivan", "secret-pw").await;
-    let t2 = ok_data(status, &body)["access_token"].as_str().expect("token").to_string();
+    let t2 = ok(status, &body, "POST /user/login")["access_token"].as_str().expect("token").to_string();
     // Another user's token is unaffected by ivan's logout.
     let (_, other) = server.register("judy").await;
 
     let (status, body) = server.post_json("/user/logout", json!({}), Some(&t2)).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "POST /user/logout");
     assert_eq!(data, json!({}), "logout data: {body}");
 
     for old in [&t1, &t2] {
         let (status, body) = me(&server, old).await;
-        assert_error(status, &body, 401);
+        assert_error(status, &body, 401, "GET /user/me");
         let (status, body) = server.get(&format!("/user/me?access_token={old}"), None).await;
-        assert_error(status, &body, 401);
+        assert_error(status, &body, 401, "GET /user/me");
         let refused = Ws::connect(server.addr, &format!("/?access_token={old}")).await;
         assert_eq!(refused.err(), Some(401), "revoked token must be refused before the upgrade");
         let (status, body) = server.post_json("/user/logout", json!({}), Some(old)).await;
-        assert_error(status, &body, 401);
+        assert_error(status, &body, 401, "POST /user/logout");
     }
 
     let (status, body) = me(&server, &other).await;
-    assert_eq!(ok_data(status, &body)["username"], "judy");
+    assert_eq!(ok(status, &body, "GET /user/me")["username"], "judy");
 
     // A new login after logout works, for HTTP and WebSocket.
     let (status, body) = login(&server, "ivan", "secret-pw").await;
-    let t3 = ok_data(status, &body)["access_token"].as_str().expect("token").to_string();
+    let t3 = ok(status, &body, "POST /user/login")["access_token"].as_str().expect("token").to_string();
     let (status, body) = me(&server, &t3).await;
-    assert_eq!(ok_data(status, &body)["uid"].as_u64(), Some(uid));
+    assert_eq!(ok(status, &body, "GET /user/me")["uid"].as_u64(), Some(uid));
     let (mut ws, _) = server.connect(&t3).await;
     ws.expect_nothing_pending().await;
 }
@@ -276,7 +250,7 @@ async fn logout_revokes_every_earlier_token() {
 async fn logout_without_token_is_401() {
     let server = Server::start().await;
     let (status, body) = server.post_json("/user/logout", json!({}), None).await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "POST /user/logout");
 }
 
 #[tokio::test]
@@ -284,7 +258,7 @@ async fn expired_token_is_refused() {
     let server = Server::start_with(&["--token-ttl", "1"]).await;
     let (status, body) =
         server.post_json("/user/register", json!({"username": "kate", "password": "secret-pw"}), None).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "POST /user/register");
     let expires_in = data["expires_in"].as_u64().unwrap_or_else(|| panic!("expires_in: {body}"));
     assert!(expires_in <= 1, "expires_in must follow --token-ttl 1: {body}");
     let token = data["access_token"].as_str().expect("token").to_string();
@@ -293,7 +267,7 @@ async fn expired_token_is_refused() {
     loop {
         let (status, body) = me(&server, &token).await;
         if status == 401 {
-            assert_error(status, &body, 401);
+            assert_error(status, &body, 401, "GET /user/me");
             break;
         }
         assert_eq!(status, 200, "{body}");
@@ -305,7 +279,7 @@ async fn expired_token_is_refused() {
 
     // A fresh login still works (and expires again, but is valid right now).
     let (status, body) = login(&server, "kate", "secret-pw").await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "POST /user/login");
     assert_eq!(data["token_type"], "Bearer");
 }
 
@@ -314,18 +288,18 @@ async fn tokens_survive_restart() {
     let mut server = Server::start().await;
     let (uid, token) = server.register("leo").await;
     let (status, body) = me(&server, &token).await;
-    ok_data(status, &body);
+    ok(status, &body, "GET /user/me");
 
     let exit = server.terminate().await;
     assert!(exit.success(), "SIGTERM exit: {exit:?}");
     let server = server.restart().await;
     let (status, body) = me(&server, &token).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /user/me");
     assert_eq!(data["uid"].as_u64(), Some(uid));
     assert_eq!(data["username"], "leo");
     // The account itself survived too.
     let (status, body) = login(&server, "leo", "secret-pw").await;
-    ok_data(status, &body);
+    ok(status, &body, "POST /user/login");
 }
 
 #[tokio::test]
@@ -335,7 +309,7 @@ async fn tokens_survive_crash_restart() {
     server.kill9().await;
     let server = server.restart().await;
     let (status, body) = me(&server, &token).await;
-    assert_eq!(ok_data(status, &body)["uid"].as_u64(), Some(uid));
+    assert_eq!(ok(status, &body, "GET /user/me")["uid"].as_u64(), Some(uid));
 }
 
 #[tokio::test]
@@ -343,7 +317,7 @@ async fn user_role_tool_changes_role() {
     let mut server = Server::start().await;
     let (uid, token) = server.register("nina").await;
     let (status, body) = me(&server, &token).await;
-    assert_eq!(ok_data(status, &body)["role"], "user");
+    assert_eq!(ok(status, &body, "GET /user/me")["role"], "user");
 
     let exit = server.terminate().await;
     assert!(exit.success(), "SIGTERM exit: {exit:?}");
@@ -365,7 +339,7 @@ async fn user_role_tool_changes_role() {
 
     let server = server.restart().await;
     let (status, body) = me(&server, &token).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /user/me");
     assert_eq!(data["uid"].as_u64(), Some(uid));
     assert_eq!(data["role"], "admin", "{body}");
 
@@ -377,5 +351,5 @@ async fn user_role_tool_changes_role() {
     assert!(out.status.success(), "imd user role nina user: {:?}", out.status);
     let server = server.restart().await;
     let (status, body) = me(&server, &token).await;
-    assert_eq!(ok_data(status, &body)["role"], "user");
+    assert_eq!(ok(status, &body, "GET /user/me")["role"], "user");
 }

@@ -92,7 +92,7 @@ async fn broadcast_by_a_user_made_admin_with_the_cli() {
     assert_error(status, &body, 403, "broadcast before promotion");
 
     set_role(&server, "promoted", "admin").await;
-    let token = login(&server, "promoted").await;
+    let token = server.login("promoted").await;
     let (status, body) = server.get("/user/me", Some(&token)).await;
     let me = ok(status, &body, "me after promotion");
     assert_eq!(me["uid"], json!(uid), "{body}");
@@ -111,7 +111,7 @@ async fn broadcast_by_a_user_made_admin_with_the_cli() {
 
     // And back: a demoted user is refused again.
     set_role(&server, "promoted", "user").await;
-    let token = login(&server, "promoted").await;
+    let token = server.login("promoted").await;
     let (status, body) = server.post_json(PATH, json!({"data": "no more"}), Some(&token)).await;
     assert_error(status, &body, 403, "broadcast after demotion");
     ws.expect_nothing_pending().await;
@@ -168,21 +168,7 @@ async fn offline_users_get_broadcasts_through_sync_and_later_users_do_not() {
 
 mod util {
     use super::common::*;
-    use serde_json::{Value, json};
-
-    pub fn ok(status: u16, body: &Value, what: &str) -> Value {
-        assert_eq!(status, 200, "{what}: {body}");
-        assert_eq!(body["code"], 200, "{what}: {body}");
-        assert_eq!(body["message"], "success", "{what}: {body}");
-        body["data"].clone()
-    }
-
-    pub fn assert_error(status: u16, body: &Value, code: u16, what: &str) {
-        assert_eq!(status, code, "{what}: {body}");
-        assert_eq!(body["code"], code, "{what}: {body}");
-        assert!(body["data"].is_null(), "{what}: error data must be null: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: error message: {body}");
-    }
+    use serde_json::Value;
 
     /// A broadcast frame matching the `data` of the sendPublicMessage reply.
     pub fn assert_public(f: &Value, data: &Value, text: &str) {
@@ -197,12 +183,8 @@ mod util {
 
     /// `imd user role NAME ROLE --db PATH` against the running server's database.
     pub async fn set_role(server: &Server, name: &str, role: &str) {
-        let out = tokio::process::Command::new(BIN)
-            .args(["user", "role", name, role, "--db"])
-            .arg(&server.db)
-            .output()
-            .await
-            .expect("run imd user role");
+        let db = server.db.to_str().expect("utf-8 db path");
+        let out = run_imd(&["user", "role", name, role, "--db", db]).await;
         assert!(
             out.status.success(),
             "imd user role {name} {role}: {:?}\nstdout: {}\nstderr: {}",
@@ -210,12 +192,5 @@ mod util {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    pub async fn login(server: &Server, name: &str) -> String {
-        let (status, body) =
-            server.post_json("/user/login", json!({"username": name, "password": "secret-pw"}), None).await;
-        let data = ok(status, &body, "login");
-        data["access_token"].as_str().expect("access_token").to_string()
     }
 }

@@ -4,18 +4,13 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 
-use common::{Server, WAIT};
+use common::{Server, WAIT, single_chat_id, text_frame};
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-fn chat_id(a: u64, b: u64) -> String {
-    format!("1_{}_{}", a.min(b), a.max(b))
-}
-
 fn frame(to: u64, i: usize) -> Value {
-    json!({"action": "single_chat", "chat_type": 1, "msg_type": "text", "msg_id": format!("crash-{i}"),
-           "to_uid": to, "msg": format!("payload {i}")})
+    text_frame(to, &format!("crash-{i}"), &format!("payload {i}"))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +71,7 @@ async fn kill9_mid_stream(args: &[&str]) {
     let mut server = Server::start_with(args).await;
     let (a, ta) = server.register("sender").await;
     let (b, tb) = server.register("receiver").await;
-    let chat = chat_id(a, b);
+    let chat = single_chat_id(a, b);
     let (mut ws, _) = server.connect(&ta).await;
 
     // Pipelined: keep up to WINDOW messages in flight; kill -9 once KILL_AFTER are acked,

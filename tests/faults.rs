@@ -6,22 +6,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Server, WAIT, Ws};
+use common::{Server, WAIT, Ws, assert_frame_error, text_frame};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-fn text_frame(to: u64, msg_id: &str, text: &str) -> Value {
-    json!({"action": "single_chat", "chat_type": 1, "msg_type": "text", "msg_id": msg_id,
-           "to_uid": to, "msg": text})
-}
-
-fn assert_error(reply: &Value, code: u16, what: &str) {
-    assert_eq!(reply["action"], "error", "{what}: expected an error frame, got {reply}");
-    assert_eq!(reply["code"], code, "{what}: {reply}");
-    assert!(!reply["message"].as_str().unwrap_or_default().is_empty(), "{what}: error needs a message: {reply}");
-}
 
 /// Next frame, which must be the reply to what was just sent.
 async fn reply_to_raw(ws: &mut Ws, msg: Message) -> Value {
@@ -116,7 +105,7 @@ async fn malformed_frames_get_error_frames_and_the_connection_stays() {
     ];
     for (what, msg, code) in cases {
         let reply = reply_to_raw(&mut wa, msg).await;
-        assert_error(&reply, code, what);
+        assert_frame_error(&reply, code, None, what);
         assert_alive(&mut wa, what).await;
     }
     wb.expect_nothing_pending().await;
@@ -161,7 +150,7 @@ async fn wrong_field_types_are_400_with_the_msg_id() {
     for (what, frame) in cases {
         let msg_id = frame["msg_id"].clone();
         let reply = wa.request(frame).await;
-        assert_error(&reply, 400, what);
+        assert_frame_error(&reply, 400, None, what);
         assert_eq!(reply["msg_id"], msg_id, "{what}: the error carries the msg_id: {reply}");
         assert_alive(&mut wa, what).await;
     }
@@ -174,7 +163,7 @@ async fn wrong_field_types_are_400_with_the_msg_id() {
         ("read chat_id number", json!({"action": "read", "chat_id": 12, "seq": 1})),
     ] {
         let reply = wa.request(frame).await;
-        assert_error(&reply, 400, what);
+        assert_frame_error(&reply, 400, None, what);
         assert_alive(&mut wa, what).await;
     }
     // None of it reached bob.
@@ -191,7 +180,7 @@ async fn msg_id_is_limited_to_64_chars() {
 
     let long = "x".repeat(65);
     let reply = wa.request(text_frame(b, &long, "too long an id")).await;
-    assert_error(&reply, 400, "msg_id of 65 chars");
+    assert_frame_error(&reply, 400, None, "msg_id of 65 chars");
     assert_alive(&mut wa, "a long msg_id").await;
     wb.expect_nothing_pending().await;
 
@@ -214,7 +203,7 @@ async fn chat_type_must_agree_with_the_action() {
         let mut frame = text_frame(b, &format!("ct-{chat_type}"), "x");
         frame["chat_type"] = json!(chat_type);
         let reply = wa.request(frame).await;
-        assert_error(&reply, 400, &format!("single_chat with chat_type {chat_type}"));
+        assert_frame_error(&reply, 400, None, &format!("single_chat with chat_type {chat_type}"));
         assert_eq!(reply["msg_id"], format!("ct-{chat_type}"), "{reply}");
     }
     wb.expect_nothing_pending().await;
@@ -266,7 +255,7 @@ async fn rate_limit_answers_429() {
     let mut limited = 0;
     for reply in &replies {
         if reply["action"] == "error" {
-            assert_error(reply, 429, "rate limited");
+            assert_frame_error(reply, 429, None, "rate limited");
             limited += 1;
         } else {
             assert_eq!(reply["action"], "pong", "{reply}");
@@ -289,7 +278,7 @@ async fn rate_limit_answers_429() {
         if reply["action"] == "pong" {
             break;
         }
-        assert_error(&reply, 429, "while waiting for tokens");
+        assert_frame_error(&reply, 429, None, "while waiting for tokens");
         assert!(tokio::time::Instant::now() < deadline, "rate limit never let a frame through again");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -304,7 +293,7 @@ async fn expired_token_during_session_gets_401_then_close_1008() {
     loop {
         let reply = ws.request(json!({"action": "ping"})).await;
         if reply["action"] == "error" {
-            assert_error(&reply, 401, "expired token");
+            assert_frame_error(&reply, 401, None, "expired token");
             break;
         }
         assert_eq!(reply["action"], "pong", "{reply}");
@@ -323,7 +312,7 @@ async fn logout_during_session_gets_401_then_close_1008() {
     let (status, body) = server.post_json("/user/logout", json!({}), Some(&token)).await;
     assert_eq!(status, 200, "{body}");
     let reply = ws.request(json!({"action": "ping"})).await;
-    assert_error(&reply, 401, "revoked token");
+    assert_frame_error(&reply, 401, None, "revoked token");
     assert_eq!(ws.recv_close().await, Some(1008));
 }
 

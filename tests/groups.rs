@@ -82,9 +82,9 @@ async fn room_join_leave_members_and_online_flags() {
     // Both members listed, nobody online.
     let (status, body) = members(&server, &bob_t, &room).await;
     let data = ok(status, &body, "members asked by bob");
-    assert_eq!(member_uids(&data), HashSet::from([alice, bob]), "{body}");
-    assert_eq!(online_of(&data, alice), Some(false), "{body}");
-    assert_eq!(online_of(&data, bob), Some(false), "{body}");
+    assert_eq!(uids_in(&data, "members"), HashSet::from([alice, bob]), "{body}");
+    assert_eq!(online_in(&data, "members", alice), Some(false), "{body}");
+    assert_eq!(online_in(&data, "members", bob), Some(false), "{body}");
     let bob_entry = data["members"].as_array().unwrap().iter().find(|m| m["uid"] == json!(bob)).unwrap();
     assert_eq!(bob_entry["username"], "bob", "{body}");
 
@@ -96,13 +96,13 @@ async fn room_join_leave_members_and_online_flags() {
     let (mut bob_ws, _) = server.connect(&bob_t).await;
     let (status, body) = members(&server, &alice_t, &room).await;
     let data = ok(status, &body, "members while bob is connected");
-    assert_eq!(online_of(&data, bob), Some(true), "bob is connected: {body}");
-    assert_eq!(online_of(&data, alice), Some(false), "alice is not connected: {body}");
+    assert_eq!(online_in(&data, "members", bob), Some(true), "bob is connected: {body}");
+    assert_eq!(online_in(&data, "members", alice), Some(false), "alice is not connected: {body}");
 
     // After bob disconnects his flag goes back to false.
     bob_ws.stream.close(None).await.ok();
     drop(bob_ws);
-    wait_member_online(&server, &alice_t, &room, bob, false).await;
+    wait_online_in(&server, &alice_t, &format!("/room/members?chat_id={room}"), "members", bob, false).await;
 
     // Leaving: bob is no longer listed and can no longer ask.
     let (status, body) = leave(&server, &bob_t, &room).await;
@@ -110,7 +110,7 @@ async fn room_join_leave_members_and_online_flags() {
     assert_eq!(data["chat_id"], json!(room), "{body}");
     let (status, body) = members(&server, &alice_t, &room).await;
     let data = ok(status, &body, "members after bob left");
-    assert_eq!(member_uids(&data), HashSet::from([alice]), "{body}");
+    assert_eq!(uids_in(&data, "members"), HashSet::from([alice]), "{body}");
     let (status, body) = members(&server, &bob_t, &room).await;
     assert_error(status, &body, 403, "members asked by bob after leaving");
 }
@@ -135,8 +135,8 @@ async fn room_membership_survives_restart() {
 
     let (status, body) = members(&server, &bob_t, &room).await;
     let data = ok(status, &body, "members after restart");
-    assert_eq!(member_uids(&data), HashSet::from([alice, bob]), "membership after restart: {body}");
-    assert!(!member_uids(&data).contains(&carol));
+    assert_eq!(uids_in(&data, "members"), HashSet::from([alice, bob]), "membership after restart: {body}");
+    assert!(!uids_in(&data, "members").contains(&carol));
     let (status, body) = members(&server, &carol_t, &room).await;
     assert_error(status, &body, 403, "carol left before the restart");
 
@@ -146,7 +146,7 @@ async fn room_membership_survives_restart() {
     assert_ack(&ack, "after-restart", &room);
     let (mut carol_ws, _) = server.connect(&carol_t).await;
     let err = reply(&mut carol_ws, group_frame(&room, "carol-1", "let me in")).await;
-    assert_frame_error(&err, 403, Some("carol-1"));
+    assert_frame_error(&err, 403, Some("carol-1"), "carol posts after leaving before the restart");
 }
 
 #[tokio::test]
@@ -161,7 +161,7 @@ async fn join_and_leave_group_frames() {
 
     // Not a member: group_chat is 403.
     let err = reply(&mut bob_ws, group_frame(&room, "b-0", "hello?")).await;
-    assert_frame_error(&err, 403, Some("b-0"));
+    assert_frame_error(&err, 403, Some("b-0"), "group_chat by a non-member");
 
     // join_group
     let r = reply(&mut bob_ws, json!({"action": "join_group", "chat_type": 2, "chat_id": room})).await;
@@ -170,7 +170,7 @@ async fn join_and_leave_group_frames() {
     assert_eq!(r["chat_id"], json!(room), "{r}");
     let (status, body) = members(&server, &alice_t, &room).await;
     let data = ok(status, &body, "members after join_group");
-    assert!(member_uids(&data).contains(&bob), "bob joined by frame: {body}");
+    assert!(uids_in(&data, "members").contains(&bob), "bob joined by frame: {body}");
     let ack = reply(&mut bob_ws, group_frame(&room, "b-1", "hi all")).await;
     assert_ack(&ack, "b-1", &room);
 
@@ -187,16 +187,16 @@ async fn join_and_leave_group_frames() {
     assert_eq!(r["chat_id"], json!(room), "{r}");
     let (status, body) = members(&server, &alice_t, &room).await;
     let data = ok(status, &body, "members after leave_group");
-    assert!(!member_uids(&data).contains(&bob), "bob left by frame: {body}");
+    assert!(!uids_in(&data, "members").contains(&bob), "bob left by frame: {body}");
     let err = reply(&mut bob_ws, group_frame(&room, "b-2", "still here?")).await;
-    assert_frame_error(&err, 403, Some("b-2"));
+    assert_frame_error(&err, 403, Some("b-2"), "group_chat after leave_group");
 
     // Unknown rooms: 404 for join_group and group_chat.
     let unknown = "2_999_991231235959";
     let err = reply(&mut bob_ws, json!({"action": "join_group", "chat_type": 2, "chat_id": unknown})).await;
-    assert_frame_error(&err, 404, None);
+    assert_frame_error(&err, 404, None, "join_group of an unknown room");
     let err = reply(&mut bob_ws, group_frame(unknown, "b-3", "anyone?")).await;
-    assert_frame_error(&err, 404, Some("b-3"));
+    assert_frame_error(&err, 404, Some("b-3"), "group_chat to an unknown room");
 
     // The connections stay usable.
     bob_ws.expect_nothing_pending().await;
@@ -323,7 +323,7 @@ async fn leavers_get_no_more_group_messages_and_cannot_post() {
     ok(status, &body, "carol leaves over HTTP");
     let (status, body) = members(&server, &alice_t, &room).await;
     let data = ok(status, &body, "members after both left");
-    assert_eq!(member_uids(&data), HashSet::from([alice]), "{body}");
+    assert_eq!(uids_in(&data, "members"), HashSet::from([alice]), "{body}");
 
     // Alice's next message reaches neither of them.
     let ack = reply(&mut a, group_frame(&room, "after", "after leaving")).await;
@@ -333,9 +333,9 @@ async fn leavers_get_no_more_group_messages_and_cannot_post() {
 
     // Neither may post any more.
     let err = reply(&mut b, group_frame(&room, "b-after", "wait")).await;
-    assert_frame_error(&err, 403, Some("b-after"));
+    assert_frame_error(&err, 403, Some("b-after"), "bob posts after leaving");
     let err = reply(&mut c, group_frame(&room, "c-after", "wait")).await;
-    assert_frame_error(&err, 403, Some("c-after"));
+    assert_frame_error(&err, 403, Some("c-after"), "carol posts after leaving");
     a.expect_nothing_pending().await;
 
     // Nor does the post-leave message come to them through sync.
@@ -353,79 +353,17 @@ async fn leavers_get_no_more_group_messages_and_cannot_post() {
 }
 
 mod util {
-    use std::collections::HashSet;
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use super::common::*;
     use serde_json::{Value, json};
-
-    /// Asserts a success envelope and returns its `data`.
-    pub fn ok(status: u16, body: &Value, what: &str) -> Value {
-        assert_eq!(status, 200, "{what}: {body}");
-        assert_eq!(body["code"], 200, "{what}: {body}");
-        assert_eq!(body["message"], "success", "{what}: {body}");
-        body["data"].clone()
-    }
-
-    /// Asserts an error envelope with HTTP status = `code`.
-    pub fn assert_error(status: u16, body: &Value, code: u16, what: &str) {
-        assert_eq!(status, code, "{what}: {body}");
-        assert_eq!(body["code"], code, "{what}: {body}");
-        assert!(body["data"].is_null(), "{what}: error data must be null: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: error message: {body}");
-    }
-
-    /// Sends a frame and requires the very next frame to be its reply (nothing was delivered to
-    /// this connection in between, e.g. no echo of its own message).
-    pub async fn reply(ws: &mut Ws, frame: Value) -> Value {
-        ws.send(frame.clone()).await;
-        let r = ws.recv().await;
-        assert!(r.get("code").is_some(), "expected the reply to {frame}, got {r}");
-        r
-    }
-
-    pub fn group_frame(chat_id: &str, msg_id: &str, msg: &str) -> Value {
-        json!({"action": "group_chat", "chat_type": 2, "msg_type": "text", "msg_id": msg_id,
-               "chat_id": chat_id, "msg": msg})
-    }
-
-    pub fn assert_ack(ack: &Value, msg_id: &str, chat_id: &str) {
-        assert_eq!(ack["action"], "ack", "{ack}");
-        assert_eq!(ack["code"], 200, "{ack}");
-        assert_eq!(ack["msg_id"], msg_id, "{ack}");
-        assert_eq!(ack["chat_id"], chat_id, "{ack}");
-        assert!(ack["seq"].as_u64().is_some(), "ack seq: {ack}");
-        assert!(ack["id"].as_u64().is_some(), "ack id: {ack}");
-        assert!(ack["ts"].as_u64().is_some(), "ack ts: {ack}");
-    }
-
-    pub fn assert_frame_error(err: &Value, code: u16, msg_id: Option<&str>) {
-        assert_eq!(err["action"], "error", "{err}");
-        assert_eq!(err["code"], code, "{err}");
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "error message: {err}");
-        if let Some(msg_id) = msg_id {
-            assert_eq!(err["msg_id"], msg_id, "error carries the msg_id: {err}");
-        }
-    }
 
     pub fn assert_group_message(f: &Value, chat_id: &str, ack: &Value, from: u64, from_name: &str, msg: &str) {
         assert_eq!(f["action"], "group_chat", "{f}");
         assert_eq!(f["chat_type"], 2, "{f}");
         assert_eq!(f["chat_id"], chat_id, "{f}");
-        assert_eq!(f["seq"], ack["seq"], "seq as acked ({ack}): {f}");
-        assert_eq!(f["id"], ack["id"], "id as acked ({ack}): {f}");
         assert_eq!(f["msg_id"], ack["msg_id"], "{f}");
-        assert_eq!(f["from_uid"], json!(from), "{f}");
-        assert_eq!(f["from_name"], from_name, "{f}");
-        assert_eq!(f["msg_type"], "text", "{f}");
-        assert_eq!(f["msg"], msg, "{f}");
-        assert!(f["ts"].as_u64().is_some(), "ts: {f}");
-    }
-
-    pub async fn create_room(server: &Server, token: &str) -> String {
-        let (status, body) = server.post_json("/room/create", json!({}), Some(token)).await;
-        let data = ok(status, &body, "create room");
-        data["chat_id"].as_str().expect("chat_id").to_string()
+        assert_delivered_text(f, ack, from, from_name, msg);
     }
 
     pub async fn join(server: &Server, token: &str, chat_id: &str) -> (u16, Value) {
@@ -440,10 +378,6 @@ mod util {
         server.get(&format!("/room/members?chat_id={chat_id}"), Some(token)).await
     }
 
-    pub async fn history(server: &Server, token: &str, chat_id: &str) -> (u16, Value) {
-        server.get(&format!("/message/history?chat_id={chat_id}"), Some(token)).await
-    }
-
     /// The caller's entry for `chat_id` in `/message/conversations`.
     pub async fn conversation(server: &Server, token: &str, chat_id: &str) -> Value {
         let (status, body) = server.get("/message/conversations", Some(token)).await;
@@ -453,35 +387,6 @@ mod util {
             .find(|c| c["chat_id"] == chat_id)
             .unwrap_or_else(|| panic!("no conversation {chat_id}: {body}"))
             .clone()
-    }
-
-    pub fn member_uids(data: &Value) -> HashSet<u64> {
-        data["members"]
-            .as_array()
-            .unwrap_or_else(|| panic!("members list: {data}"))
-            .iter()
-            .map(|m| m["uid"].as_u64().unwrap_or_else(|| panic!("member uid: {m}")))
-            .collect()
-    }
-
-    pub fn online_of(data: &Value, uid: u64) -> Option<bool> {
-        let m = data["members"].as_array()?.iter().find(|m| m["uid"] == json!(uid))?;
-        Some(m["online"].as_bool().unwrap_or_else(|| panic!("online is a bool: {m}")))
-    }
-
-    /// Waits (bounded by WAIT) until the member's online flag is `want`: the server notices a
-    /// closed socket asynchronously.
-    pub async fn wait_member_online(server: &Server, token: &str, chat_id: &str, uid: u64, want: bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (status, body) = members(server, token, chat_id).await;
-            let data = ok(status, &body, "members");
-            if online_of(&data, uid) == Some(want) {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "online flag of {uid} never became {want}: {body}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// `2_<uid>_<yymmddHHMMSS>` with an optional suffix that does not run into the timestamp;

@@ -4,38 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Ws, http, http_raw};
+use common::{Server, Ws, assert_error, http, http_raw, ok, send_text, seqs, single_chat_id};
 use serde_json::{Value, json};
-
-fn ok_data(status: u16, body: &Value) -> Value {
-    assert_eq!(status, 200, "expected 200: {body}");
-    assert_eq!(body["code"], 200, "envelope code: {body}");
-    assert_eq!(body["message"], "success", "envelope message: {body}");
-    assert!(body.get("data").is_some(), "envelope needs data: {body}");
-    body["data"].clone()
-}
-
-fn assert_error(status: u16, body: &Value, code: u16) {
-    assert_eq!(status, code, "expected HTTP {code}: {body}");
-    assert_eq!(body["code"], code, "envelope code: {body}");
-    assert!(body.get("data").is_some() && body["data"].is_null(), "error data must be null: {body}");
-    let message = body["message"].as_str().unwrap_or_default();
-    assert!(!message.is_empty(), "error needs a message: {body}");
-}
-
-fn chat_id(a: u64, b: u64) -> String {
-    format!("1_{}_{}", a.min(b), a.max(b))
-}
-
-async fn send_text(ws: &mut Ws, to: u64, msg_id: &str, text: &str) -> Value {
-    let ack = ws
-        .request(json!({"action": "single_chat", "chat_type": 1, "msg_type": "text",
-                        "msg_id": msg_id, "to_uid": to, "msg": text}))
-        .await;
-    assert_eq!(ack["action"], "ack", "{ack}");
-    assert_eq!(ack["code"], 200, "{ack}");
-    ack
-}
 
 /// Sum of all samples of `name` (with or without labels) in Prometheus text; None if absent.
 fn metric_value(text: &str, name: &str) -> Option<f64> {
@@ -69,7 +39,7 @@ async fn envelope_status_equals_code() {
     let server = Server::start().await;
     let (status, body) =
         server.post_json("/user/register", json!({"username": "alice", "password": "secret-pw"}), None).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "POST /user/register");
     assert!(data.is_object(), "{body}");
     let obj = body.as_object().expect("object");
     for key in ["code", "message", "data"] {
@@ -79,17 +49,17 @@ async fn envelope_status_equals_code() {
     // Errors: 400, 401, 409 each with status == code and data null.
     let (status, body) =
         server.post_json("/user/register", json!({"username": "x", "password": "secret-pw"}), None).await;
-    assert_error(status, &body, 400);
+    assert_error(status, &body, 400, "POST /user/register");
     let (status, body) =
         server.post_json("/user/login", json!({"username": "alice", "password": "nope-nope"}), None).await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "POST /user/login");
     let (status, body) =
         server.post_json("/user/register", json!({"username": "alice", "password": "secret-pw"}), None).await;
-    assert_error(status, &body, 409);
+    assert_error(status, &body, 409, "POST /user/register");
     let (status, body) = server.get("/message/conversations", None).await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "GET /message/conversations");
     let (status, body) = server.get("/message/history?chat_id=1_1_2", None).await;
-    assert_error(status, &body, 401);
+    assert_error(status, &body, 401, "GET /message/history");
 }
 
 #[tokio::test]
@@ -97,28 +67,28 @@ async fn unknown_path_is_404_and_wrong_method_is_405() {
     let server = Server::start().await;
     for path in ["/nope", "/user/nope", "/message", "/user/me/extra"] {
         let (status, body) = server.get(path, None).await;
-        assert_error(status, &body, 404);
+        assert_error(status, &body, 404, &format!("GET {path}"));
     }
     let (status, body) = server.post_json("/does/not/exist", json!({}), None).await;
-    assert_error(status, &body, 404);
+    assert_error(status, &body, 404, "POST /does/not/exist");
 
     let (status, body) = server.get("/user/register", None).await;
-    assert_error(status, &body, 405);
+    assert_error(status, &body, 405, "GET /user/register");
     let (status, body) = server.get("/user/login", None).await;
-    assert_error(status, &body, 405);
+    assert_error(status, &body, 405, "GET /user/login");
     let (status, body) = server.post_json("/user/me", json!({}), None).await;
-    assert_error(status, &body, 405);
+    assert_error(status, &body, 405, "POST /user/me");
     let (status, body) = server.post_json("/message/history", json!({}), None).await;
-    assert_error(status, &body, 405);
+    assert_error(status, &body, 405, "POST /message/history");
     let (status, body) = http(server.addr, "DELETE", "/health", None, None).await;
-    assert_error(status, &body, 405);
+    assert_error(status, &body, 405, "DELETE /health");
 }
 
 #[tokio::test]
 async fn health_reports_ok_pid_uptime_online() {
     let server = Server::start().await;
     let (status, body) = server.get("/health", None).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /health");
     assert_eq!(data["status"], "ok", "{body}");
     assert_eq!(data["pid"].as_u64(), server.child.id().map(u64::from), "{body}");
     assert!(data["uptime_secs"].as_u64().is_some(), "{body}");
@@ -128,14 +98,14 @@ async fn health_reports_ok_pid_uptime_online() {
     let (_ws, _) = server.connect(&token).await;
     let (_ws2, _) = server.connect_device(&token, "mobile").await;
     let (status, body) = server.get("/health", None).await;
-    assert_eq!(ok_data(status, &body)["online"].as_u64(), Some(2), "{body}");
+    assert_eq!(ok(status, &body, "GET /health")["online"].as_u64(), Some(2), "{body}");
 }
 
 #[tokio::test]
 async fn get_root_without_upgrade_is_400() {
     let server = Server::start().await;
     let (status, body) = server.get("/", None).await;
-    assert_error(status, &body, 400);
+    assert_error(status, &body, 400, "GET /");
 }
 
 #[tokio::test]
@@ -144,7 +114,7 @@ async fn malformed_bodies_are_400() {
     for text in ["{\"username\":", "not json", "[1,2,3]", "42"] {
         let (status, body) =
             http(server.addr, "POST", "/user/register", Some(("application/json", text.to_string())), None).await;
-        assert_error(status, &body, 400);
+        assert_error(status, &body, 400, &format!("POST /user/register {text:?}"));
     }
     let (status, body) = http(
         server.addr,
@@ -154,7 +124,7 @@ async fn malformed_bodies_are_400() {
         None,
     )
     .await;
-    assert_error(status, &body, 400);
+    assert_error(status, &body, 400, "POST /user/login");
 }
 
 #[tokio::test]
@@ -163,7 +133,7 @@ async fn oversized_body_is_413() {
     let big = "x".repeat(70 * 1024);
     let text = json!({"username": "alice", "password": big}).to_string();
     let (status, body) = http(server.addr, "POST", "/user/register", Some(("application/json", text)), None).await;
-    assert_error(status, &body, 413);
+    assert_error(status, &body, 413, "POST /user/register");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,15 +201,6 @@ async fn send_many(ws: &mut Ws, to: u64, n: usize) -> Vec<Value> {
     acks
 }
 
-fn seqs(messages: &Value) -> Vec<u64> {
-    messages
-        .as_array()
-        .unwrap_or_else(|| panic!("messages must be an array: {messages}"))
-        .iter()
-        .map(|m| m["seq"].as_u64().unwrap_or_else(|| panic!("seq: {m}")))
-        .collect()
-}
-
 #[tokio::test]
 async fn history_pages_backwards() {
     let server = Server::start().await;
@@ -247,12 +208,12 @@ async fn history_pages_backwards() {
     let (b, tb) = server.register("bob").await;
     let (mut wa, _) = server.connect(&ta).await;
     let acks = send_many(&mut wa, b, 7).await;
-    let chat = chat_id(a, b);
+    let chat = single_chat_id(a, b);
     assert_eq!(acks[0]["chat_id"], chat.as_str());
 
     // Default limit (50) returns everything, ascending.
     let (status, body) = server.get(&format!("/message/history?chat_id={chat}"), Some(&ta)).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /message/history");
     assert_eq!(data["chat_id"], chat.as_str(), "{body}");
     assert_eq!(seqs(&data["messages"]), vec![1, 2, 3, 4, 5, 6, 7], "{body}");
     assert_eq!(data["has_more"], false, "{body}");
@@ -264,31 +225,31 @@ async fn history_pages_backwards() {
 
     // The newest page first.
     let (status, body) = server.get(&format!("/message/history?chat_id={chat}&limit=3"), Some(&ta)).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /message/history");
     assert_eq!(seqs(&data["messages"]), vec![5, 6, 7], "{body}");
     assert_eq!(data["has_more"], true, "{body}");
 
     // Then backwards with `before`; the recipient may read it too.
     let (status, body) = server.get(&format!("/message/history?chat_id={chat}&before=5&limit=3"), Some(&tb)).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /message/history");
     assert_eq!(seqs(&data["messages"]), vec![2, 3, 4], "{body}");
     assert_eq!(data["has_more"], true, "{body}");
 
     let (status, body) = server.get(&format!("/message/history?chat_id={chat}&before=2&limit=3"), Some(&tb)).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /message/history");
     assert_eq!(seqs(&data["messages"]), vec![1], "{body}");
     assert_eq!(data["has_more"], false, "{body}");
 
     // Exactly filling a page: before=4, limit=3 -> 1,2,3 and nothing more.
     let (status, body) = server.get(&format!("/message/history?chat_id={chat}&before=4&limit=3"), Some(&ta)).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /message/history");
     assert_eq!(seqs(&data["messages"]), vec![1, 2, 3], "{body}");
     assert_eq!(data["has_more"], false, "{body}");
 
     // Token in the query string works too.
     let (status, body) =
         server.get(&format!("/message/history?chat_id={chat}&limit=200&access_token={ta}"), None).await;
-    assert_eq!(seqs(&ok_data(status, &body)["messages"]).len(), 7, "{body}");
+    assert_eq!(seqs(&ok(status, &body, "GET /message/history")["messages"]).len(), 7, "{body}");
 }
 
 #[tokio::test]
@@ -299,25 +260,25 @@ async fn history_refuses_bad_limits_strangers_and_bad_ids() {
     let (_, tc) = server.register("carol").await;
     let (mut wa, _) = server.connect(&ta).await;
     send_many(&mut wa, b, 2).await;
-    let chat = chat_id(a, b);
+    let chat = single_chat_id(a, b);
 
     for limit in ["0", "201", "-1", "abc"] {
         let (status, body) = server.get(&format!("/message/history?chat_id={chat}&limit={limit}"), Some(&ta)).await;
-        assert_error(status, &body, 400);
+        assert_error(status, &body, 400, &format!("GET /message/history limit={limit}"));
     }
     let (status, body) = server.get(&format!("/message/history?chat_id={chat}&limit=200"), Some(&ta)).await;
-    ok_data(status, &body);
+    ok(status, &body, "GET /message/history");
     let (status, body) = server.get(&format!("/message/history?chat_id={chat}&limit=1"), Some(&ta)).await;
-    assert_eq!(seqs(&ok_data(status, &body)["messages"]), vec![2], "{body}");
+    assert_eq!(seqs(&ok(status, &body, "GET /message/history")["messages"]), vec![2], "{body}");
 
     // Not a participant.
     let (status, body) = server.get(&format!("/message/history?chat_id={chat}"), Some(&tc)).await;
-    assert_error(status, &body, 403);
+    assert_error(status, &body, 403, "GET /message/history");
 
     // Malformed chat ids.
     for bad in ["garbage", "1_abc", "1_x_y", "9_1_2"] {
         let (status, body) = server.get(&format!("/message/history?chat_id={bad}"), Some(&ta)).await;
-        assert_error(status, &body, 404);
+        assert_error(status, &body, 404, &format!("GET /message/history chat_id={bad}"));
     }
 }
 
@@ -328,7 +289,7 @@ async fn conversations_list_unread_and_read_positions() {
     let (b, tb) = server.register("bob").await;
     let (mut wa, _) = server.connect(&ta).await;
     send_many(&mut wa, b, 3).await;
-    let chat = chat_id(a, b);
+    let chat = single_chat_id(a, b);
 
     let conv_of = |body: &Value| -> Value {
         let list = body["data"]["conversations"]
@@ -339,7 +300,7 @@ async fn conversations_list_unread_and_read_positions() {
     };
 
     let (status, body) = server.get("/message/conversations", Some(&tb)).await;
-    ok_data(status, &body);
+    ok(status, &body, "GET /message/conversations");
     let c = conv_of(&body);
     assert_eq!(c["chat_id"], chat.as_str(), "{c}");
     assert_eq!(c["chat_type"], 1, "{c}");
@@ -354,7 +315,7 @@ async fn conversations_list_unread_and_read_positions() {
 
     // The sender's own messages are never unread for the sender.
     let (status, body) = server.get("/message/conversations", Some(&ta)).await;
-    ok_data(status, &body);
+    ok(status, &body, "GET /message/conversations");
     let c = conv_of(&body);
     assert_eq!(c["chat_id"], chat.as_str(), "{c}");
     assert_eq!(c["last_seq"], 3, "{c}");
@@ -367,7 +328,7 @@ async fn conversations_list_unread_and_read_positions() {
     let reply = wb.request(json!({"action": "read", "chat_id": chat, "seq": 2})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     let (status, body) = server.get("/message/conversations", Some(&tb)).await;
-    ok_data(status, &body);
+    ok(status, &body, "GET /message/conversations");
     let c = conv_of(&body);
     assert_eq!(c["read_seq"], 2, "{c}");
     assert_eq!(c["unread"], 1, "{c}");
@@ -375,7 +336,7 @@ async fn conversations_list_unread_and_read_positions() {
     let reply = wb.request(json!({"action": "read", "chat_id": chat, "seq": 3})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     let (status, body) = server.get(&format!("/message/conversations?access_token={tb}"), None).await;
-    ok_data(status, &body);
+    ok(status, &body, "GET /message/conversations");
     let c = conv_of(&body);
     assert_eq!(c["read_seq"], 3, "{c}");
     assert_eq!(c["unread"], 0, "{c}");
@@ -383,6 +344,6 @@ async fn conversations_list_unread_and_read_positions() {
     // A user with no conversations gets an empty list.
     let (_, tc) = server.register("carol").await;
     let (status, body) = server.get("/message/conversations", Some(&tc)).await;
-    let data = ok_data(status, &body);
+    let data = ok(status, &body, "GET /message/conversations");
     assert_eq!(data["conversations"], json!([]), "{body}");
 }

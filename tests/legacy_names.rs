@@ -48,8 +48,9 @@ async fn service_user_chat_works_as_a_customer_service_chat() {
     let (_owner, owner_t) = server.register("owner").await;
     let (g1, g1_t) = server.register("agent1").await;
     let (cust, cust_t) = server.register("customer").await;
-    let shop = create_shop(&server, &owner_t).await;
-    add_agent(&server, &owner_t, shop, g1).await;
+    let shop = create_shop(&server, &owner_t, "Shop").await;
+    let (status, body) = add_agent(&server, &owner_t, shop, g1).await;
+    ok(status, &body, "add agent");
     let (mut g, _) = server.connect(&g1_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
     let chat_id = format!("3_{shop}_{cust}");
@@ -65,7 +66,7 @@ async fn service_user_chat_works_as_a_customer_service_chat() {
     assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
     assert_eq!(ack["agent_uid"], json!(g1), "{ack}");
     let f = g.recv_action("service_chat").await;
-    assert_service(&f, &chat_id, shop, &ack, cust, "hello, shop service.");
+    assert_service_message(&f, &chat_id, shop, g1, &ack, cust, "customer", "hello, shop service.");
     assert_eq!(f["agent_uid"], json!(g1), "{f}");
 
     // shop_id as a string of digits, without chat_type.
@@ -79,7 +80,7 @@ async fn service_user_chat_works_as_a_customer_service_chat() {
     assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
     assert_eq!(ack["agent_uid"], json!(g1), "{ack}");
     let f = g.recv_action("service_chat").await;
-    assert_service(&f, &chat_id, shop, &ack, cust, "are you there?");
+    assert_service_message(&f, &chat_id, shop, g1, &ack, cust, "customer", "are you there?");
     c.expect_nothing_pending().await;
     g.expect_nothing_pending().await;
 }
@@ -91,8 +92,9 @@ async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
     let (g1, g1_t) = server.register("agent1").await;
     let (cust, cust_t) = server.register("customer").await;
     let (other, other_t) = server.register("other").await;
-    let shop = create_shop(&server, &owner_t).await;
-    add_agent(&server, &owner_t, shop, g1).await;
+    let shop = create_shop(&server, &owner_t, "Shop").await;
+    let (status, body) = add_agent(&server, &owner_t, shop, g1).await;
+    ok(status, &body, "add agent");
     let (mut g, _) = server.connect(&g1_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
     let chat_id = format!("3_{shop}_{cust}");
@@ -117,7 +119,7 @@ async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
     assert_eq!(ack["code"], 200, "{ack}");
     assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
     let f = c.recv_action("service_chat").await;
-    assert_service(&f, &chat_id, shop, &ack, g1, "let me check");
+    assert_service_message(&f, &chat_id, shop, g1, &ack, g1, "agent1", "let me check");
 
     // Strings of digits.
     let ack = reply(
@@ -129,7 +131,7 @@ async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
     assert_eq!(ack["code"], 200, "{ack}");
     assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
     let f = c.recv_action("service_chat").await;
-    assert_service(&f, &chat_id, shop, &ack, g1, "it ships today");
+    assert_service_message(&f, &chat_id, shop, g1, &ack, g1, "agent1", "it ships today");
 
     // With the chat_id, as the new name does.
     let ack = reply(
@@ -141,7 +143,7 @@ async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
     assert_eq!(ack["code"], 200, "{ack}");
     assert_eq!(ack["chat_id"], json!(chat_id), "{ack}");
     let f = c.recv_action("service_chat").await;
-    assert_service(&f, &chat_id, shop, &ack, g1, "anything else?");
+    assert_service_message(&f, &chat_id, shop, g1, &ack, g1, "agent1", "anything else?");
     c.expect_nothing_pending().await;
     g.expect_nothing_pending().await;
 
@@ -306,7 +308,7 @@ async fn swoole_readme_flow_with_form_bodies() {
     assert_eq!(ack["chat_id"], json!(service), "{ack}");
     assert_eq!(ack["agent_uid"], json!(carol), "{ack}");
     let f = c.recv_action("service_chat").await;
-    assert_service(&f, &service, shop, &ack, bob, "hello, shop service.");
+    assert_service_message(&f, &service, shop, carol, &ack, bob, "bob", "hello, shop service.");
     let ack = reply(
         &mut c,
         json!({"action": "service_chat", "chat_type": 3, "msg_type": "text", "msg_id": "c-4",
@@ -315,7 +317,7 @@ async fn swoole_readme_flow_with_form_bodies() {
     .await;
     assert_eq!(ack["code"], 200, "{ack}");
     let f = b.recv_action("service_chat").await;
-    assert_service(&f, &service, shop, &ack, carol, "how can I help?");
+    assert_service_message(&f, &service, shop, carol, &ack, carol, "carol", "how can I help?");
 
     // 5. broadcast (curl -X POST -d "data=..." .../message/sendPublicMessage), now with the
     // admin credential.
@@ -344,22 +346,7 @@ async fn swoole_readme_flow_with_form_bodies() {
 
 mod util {
     use super::common::*;
-    use serde_json::{Value, json};
-
-    pub fn ok(status: u16, body: &Value, what: &str) -> Value {
-        assert_eq!(status, 200, "{what}: {body}");
-        assert_eq!(body["code"], 200, "{what}: {body}");
-        assert_eq!(body["message"], "success", "{what}: {body}");
-        body["data"].clone()
-    }
-
-    /// Sends a frame and requires the very next frame to be its reply.
-    pub async fn reply(ws: &mut Ws, frame: Value) -> Value {
-        ws.send(frame.clone()).await;
-        let r = ws.recv().await;
-        assert!(r.get("code").is_some(), "expected the reply to {frame}, got {r}");
-        r
-    }
+    use serde_json::json;
 
     /// Connects as the README does (`/?access_token=`, no device) and checks the greeting.
     pub async fn open(server: &Server, token: &str, uid: u64, name: &str) -> Ws {
@@ -373,40 +360,5 @@ mod util {
         assert_eq!(done["action"], "sync_done", "nothing to sync for {name}: {done}");
         assert_eq!(done["count"], 0, "{done}");
         ws
-    }
-
-    pub fn group_frame(chat_id: &str, msg_id: &str, msg: &str) -> Value {
-        json!({"action": "group_chat", "chat_type": 2, "msg_type": "text", "msg_id": msg_id,
-               "chat_id": chat_id, "msg": msg})
-    }
-
-    pub fn assert_service(f: &Value, chat_id: &str, shop: u64, ack: &Value, from: u64, msg: &str) {
-        assert_eq!(f["action"], "service_chat", "{f}");
-        assert_eq!(f["chat_type"], 3, "{f}");
-        assert_eq!(f["chat_id"], chat_id, "{f}");
-        assert_eq!(f["shop_id"], json!(shop), "{f}");
-        assert_eq!(f["id"], ack["id"], "id as acked ({ack}): {f}");
-        assert_eq!(f["seq"], ack["seq"], "seq as acked ({ack}): {f}");
-        assert_eq!(f["from_uid"], json!(from), "{f}");
-        assert!(f.get("agent_uid").is_some(), "agent_uid: {f}");
-        assert_eq!(f["msg"], msg, "{f}");
-    }
-
-    pub async fn create_room(server: &Server, token: &str) -> String {
-        let (status, body) = server.post_json("/room/create", json!({}), Some(token)).await;
-        let data = ok(status, &body, "create room");
-        data["chat_id"].as_str().expect("chat_id").to_string()
-    }
-
-    pub async fn create_shop(server: &Server, token: &str) -> u64 {
-        let (status, body) = server.post_json("/shop/create", json!({"name": "Shop"}), Some(token)).await;
-        let data = ok(status, &body, "create shop");
-        data["shop_id"].as_u64().unwrap_or_else(|| panic!("shop_id is a number: {body}"))
-    }
-
-    pub async fn add_agent(server: &Server, token: &str, shop: u64, uid: u64) {
-        let (status, body) =
-            server.post_json("/shop/agent/add", json!({"shop_id": shop, "uid": uid}), Some(token)).await;
-        ok(status, &body, "add agent");
     }
 }

@@ -46,18 +46,18 @@ async fn shop_create_and_agent_management() {
     let (status, body) = agents(&server, &owner_t, shop).await;
     let data = ok(status, &body, "owner lists agents");
     assert_eq!(data["shop_id"], json!(shop), "{body}");
-    let uids = agent_uids(&data);
+    let uids = uids_in(&data, "agents");
     assert!(uids.contains(&g1) && uids.contains(&g2), "both agents listed: {body}");
-    assert_eq!(agent_online(&data, g1), Some(false), "{body}");
-    assert_eq!(agent_online(&data, g2), Some(false), "{body}");
+    assert_eq!(online_in(&data, "agents", g1), Some(false), "{body}");
+    assert_eq!(online_in(&data, "agents", g2), Some(false), "{body}");
     let entry = data["agents"].as_array().unwrap().iter().find(|a| a["uid"] == json!(g1)).unwrap();
     assert_eq!(entry["username"], "agent1", "{body}");
 
     let (_g1_ws, _) = server.connect(&g1_t).await;
     let (status, body) = agents(&server, &g2_t, shop).await;
     let data = ok(status, &body, "an agent lists agents");
-    assert_eq!(agent_online(&data, g1), Some(true), "agent1 is connected: {body}");
-    assert_eq!(agent_online(&data, g2), Some(false), "agent2 is not: {body}");
+    assert_eq!(online_in(&data, "agents", g1), Some(true), "agent1 is connected: {body}");
+    assert_eq!(online_in(&data, "agents", g2), Some(false), "agent2 is not: {body}");
     let (status, body) = agents(&server, &rand_t, shop).await;
     assert_error(status, &body, 403, "a stranger lists agents");
     let (status, body) = agents(&server, &owner_t, unknown_shop).await;
@@ -81,7 +81,7 @@ async fn shop_create_and_agent_management() {
 
     let (status, body) = agents(&server, &owner_t, shop).await;
     let data = ok(status, &body, "agents after removal");
-    let uids = agent_uids(&data);
+    let uids = uids_in(&data, "agents");
     assert!(uids.contains(&g1) && !uids.contains(&g2), "agent2 removed: {body}");
     let (status, body) = agents(&server, &g2_t, shop).await;
     assert_error(status, &body, 403, "a removed agent lists agents");
@@ -97,7 +97,7 @@ async fn shop_create_and_agent_management() {
     ok(status, &body, "add agent (form)");
     let (status, body) = agents(&server, &g2_t, hats).await;
     let data = ok(status, &body, "agent2 lists the hats shop");
-    assert!(agent_uids(&data).contains(&g2), "{body}");
+    assert!(uids_in(&data, "agents").contains(&g2), "{body}");
 }
 
 #[tokio::test]
@@ -216,7 +216,7 @@ async fn failover_moves_the_conversation_to_another_online_agent() {
     // The handling agent goes away; once the server sees it offline the conversation moves.
     h.stream.close(None).await.ok();
     drop(h);
-    wait_agent_online(&server, &owner_t, shop, first, false).await;
+    wait_online_in(&server, &owner_t, &format!("/shop/agents?shop_id={shop}"), "agents", first, false).await;
 
     let ack2 = reply(&mut c, customer_frame(shop, "f-2", "second")).await;
     assert_ack(&ack2, "f-2", &chat_id);
@@ -317,7 +317,7 @@ async fn handling_agent_offline_gets_the_message_through_sync() {
 
     g.stream.close(None).await.ok();
     drop(g);
-    wait_agent_online(&server, &owner_t, shop, g1, false).await;
+    wait_online_in(&server, &owner_t, &format!("/shop/agents?shop_id={shop}"), "agents", g1, false).await;
 
     let ack2 = reply(&mut c, customer_frame(shop, "h-2", "are you still there?")).await;
     assert_ack(&ack2, "h-2", &chat_id);
@@ -400,16 +400,16 @@ async fn only_agents_of_the_shop_may_reply() {
     // Another customer and a stranger may not.
     let (mut w2, _) = server.connect(&c2_t).await;
     let err = reply(&mut w2, agent_frame(&chat_id, "x-1", "I am an agent, honest")).await;
-    assert_frame_error(&err, 403, Some("x-1"));
+    assert_frame_error(&err, 403, Some("x-1"), "agent reply by another customer");
     let (mut r, _) = server.connect(&rand_t).await;
     let err = reply(&mut r, agent_frame(&chat_id, "x-2", "me too")).await;
-    assert_frame_error(&err, 403, Some("x-2"));
+    assert_frame_error(&err, 403, Some("x-2"), "agent reply by a stranger");
 
     // A removed agent may not either.
     let (status, body) = remove_agent(&server, &owner_t, shop, g2).await;
     ok(status, &body, "remove agent2");
     let err = reply(&mut a2, agent_frame(&chat_id, "g2-2", "one more thing")).await;
-    assert_frame_error(&err, 403, Some("g2-2"));
+    assert_frame_error(&err, 403, Some("g2-2"), "agent reply by a removed agent");
 
     // None of the refused replies reached anyone.
     c.expect_nothing_pending().await;
@@ -464,25 +464,8 @@ async fn service_history_is_for_the_customer_and_the_shops_agents() {
 }
 
 mod util {
-    use std::collections::HashSet;
-    use std::time::Duration;
-
     use super::common::*;
     use serde_json::{Value, json};
-
-    pub fn ok(status: u16, body: &Value, what: &str) -> Value {
-        assert_eq!(status, 200, "{what}: {body}");
-        assert_eq!(body["code"], 200, "{what}: {body}");
-        assert_eq!(body["message"], "success", "{what}: {body}");
-        body["data"].clone()
-    }
-
-    pub fn assert_error(status: u16, body: &Value, code: u16, what: &str) {
-        assert_eq!(status, code, "{what}: {body}");
-        assert_eq!(body["code"], code, "{what}: {body}");
-        assert!(body["data"].is_null(), "{what}: error data must be null: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: error message: {body}");
-    }
 
     /// Everything queued for this connection up to the pong of a fresh ping.
     pub async fn drain(ws: &mut Ws) -> Vec<Value> {
@@ -497,14 +480,6 @@ mod util {
         }
     }
 
-    /// Sends a frame and requires the very next frame to be its reply.
-    pub async fn reply(ws: &mut Ws, frame: Value) -> Value {
-        ws.send(frame.clone()).await;
-        let r = ws.recv().await;
-        assert!(r.get("code").is_some(), "expected the reply to {frame}, got {r}");
-        r
-    }
-
     pub fn customer_frame(shop: u64, msg_id: &str, msg: &str) -> Value {
         json!({"action": "service_chat", "chat_type": 3, "msg_type": "text", "msg_id": msg_id,
                "shop_id": shop, "msg": msg})
@@ -515,96 +490,11 @@ mod util {
                "chat_id": chat_id, "msg": msg})
     }
 
-    pub fn assert_ack(ack: &Value, msg_id: &str, chat_id: &str) {
-        assert_eq!(ack["action"], "ack", "{ack}");
-        assert_eq!(ack["code"], 200, "{ack}");
-        assert_eq!(ack["msg_id"], msg_id, "{ack}");
-        assert_eq!(ack["chat_id"], chat_id, "{ack}");
-        assert!(ack["seq"].as_u64().is_some(), "ack seq: {ack}");
-        assert!(ack["id"].as_u64().is_some(), "ack id: {ack}");
-    }
-
-    pub fn assert_frame_error(err: &Value, code: u16, msg_id: Option<&str>) {
-        assert_eq!(err["action"], "error", "{err}");
-        assert_eq!(err["code"], code, "{err}");
-        if let Some(msg_id) = msg_id {
-            assert_eq!(err["msg_id"], msg_id, "error carries the msg_id: {err}");
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn assert_service_message(
-        f: &Value,
-        chat_id: &str,
-        shop: u64,
-        agent: u64,
-        ack: &Value,
-        from: u64,
-        from_name: &str,
-        msg: &str,
-    ) {
-        assert_eq!(f["action"], "service_chat", "{f}");
-        assert_eq!(f["chat_type"], 3, "{f}");
-        assert_eq!(f["chat_id"], chat_id, "{f}");
-        assert_eq!(f["shop_id"], json!(shop), "{f}");
-        assert_eq!(f["agent_uid"], json!(agent), "{f}");
-        assert_eq!(f["seq"], ack["seq"], "seq as acked ({ack}): {f}");
-        assert_eq!(f["id"], ack["id"], "id as acked ({ack}): {f}");
-        assert_eq!(f["from_uid"], json!(from), "{f}");
-        assert_eq!(f["from_name"], from_name, "{f}");
-        assert_eq!(f["msg_type"], "text", "{f}");
-        assert_eq!(f["msg"], msg, "{f}");
-        assert!(f["ts"].as_u64().is_some(), "ts: {f}");
-    }
-
-    pub async fn create_shop(server: &Server, token: &str, name: &str) -> u64 {
-        let (status, body) = server.post_json("/shop/create", json!({"name": name}), Some(token)).await;
-        let data = ok(status, &body, "create shop");
-        data["shop_id"].as_u64().unwrap_or_else(|| panic!("shop_id is a number: {body}"))
-    }
-
-    pub async fn add_agent(server: &Server, token: &str, shop: u64, uid: u64) -> (u16, Value) {
-        server.post_json("/shop/agent/add", json!({"shop_id": shop, "uid": uid}), Some(token)).await
-    }
-
     pub async fn remove_agent(server: &Server, token: &str, shop: u64, uid: u64) -> (u16, Value) {
         server.post_json("/shop/agent/remove", json!({"shop_id": shop, "uid": uid}), Some(token)).await
     }
 
     pub async fn agents(server: &Server, token: &str, shop: u64) -> (u16, Value) {
         server.get(&format!("/shop/agents?shop_id={shop}"), Some(token)).await
-    }
-
-    pub async fn history(server: &Server, token: &str, chat_id: &str) -> (u16, Value) {
-        server.get(&format!("/message/history?chat_id={chat_id}"), Some(token)).await
-    }
-
-    pub fn agent_uids(data: &Value) -> HashSet<u64> {
-        data["agents"]
-            .as_array()
-            .unwrap_or_else(|| panic!("agents list: {data}"))
-            .iter()
-            .map(|a| a["uid"].as_u64().unwrap_or_else(|| panic!("agent uid: {a}")))
-            .collect()
-    }
-
-    pub fn agent_online(data: &Value, uid: u64) -> Option<bool> {
-        let a = data["agents"].as_array()?.iter().find(|a| a["uid"] == json!(uid))?;
-        Some(a["online"].as_bool().unwrap_or_else(|| panic!("online is a bool: {a}")))
-    }
-
-    /// Waits (bounded by WAIT) until the agent's online flag is `want`: the server notices a
-    /// closed socket asynchronously.
-    pub async fn wait_agent_online(server: &Server, token: &str, shop: u64, uid: u64, want: bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let (status, body) = agents(server, token, shop).await;
-            let data = ok(status, &body, "agents");
-            if agent_online(&data, uid) == Some(want) {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "online flag of agent {uid} never became {want}: {body}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }

@@ -4,19 +4,10 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Server, WAIT};
+use common::{Server, WAIT, single_chat_id, text_frame};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-
-fn chat_id(a: u64, b: u64) -> String {
-    format!("1_{}_{}", a.min(b), a.max(b))
-}
-
-fn text_frame(to: u64, msg_id: &str, text: &str) -> Value {
-    json!({"action": "single_chat", "chat_type": 1, "msg_type": "text", "msg_id": msg_id,
-           "to_uid": to, "msg": text})
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_with_1001_exits_0_and_keeps_messages() {
@@ -44,7 +35,7 @@ async fn sigterm_closes_with_1001_exits_0_and_keeps_messages() {
     assert_eq!(cb2, Some(1001), "bob's second device's close code");
 
     let server = server.restart().await;
-    let (status, body) = server.get(&format!("/message/history?chat_id={}", chat_id(a, b)), Some(&ta)).await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={}", single_chat_id(a, b)), Some(&ta)).await;
     assert_eq!(status, 200, "{body}");
     let messages = body["data"]["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 3, "{body}");
@@ -102,7 +93,8 @@ async fn sigterm_during_a_stream_keeps_every_acked_message() {
     drop(wa);
 
     let server = server.restart().await;
-    let (status, body) = server.get(&format!("/message/history?chat_id={}&limit=200", chat_id(a, b)), Some(&ta)).await;
+    let (status, body) =
+        server.get(&format!("/message/history?chat_id={}&limit=200", single_chat_id(a, b)), Some(&ta)).await;
     assert_eq!(status, 200, "{body}");
     let messages = body["data"]["messages"].as_array().expect("messages");
     let seqs: Vec<u64> = messages.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();

@@ -4,35 +4,11 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Server, Ws};
+use common::{Server, assert_frame_error, send_text, single_chat_id, text_frame};
 use serde_json::{Value, json};
-
-fn chat_id(a: u64, b: u64) -> String {
-    format!("1_{}_{}", a.min(b), a.max(b))
-}
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as i64
-}
-
-fn text_frame(to: u64, msg_id: &str, text: &str) -> Value {
-    json!({"action": "single_chat", "chat_type": 1, "msg_type": "text", "msg_id": msg_id,
-           "to_uid": to, "msg": text})
-}
-
-/// Sends a text message and asserts a successful, non-duplicate ack.
-async fn send_text(ws: &mut Ws, to: u64, msg_id: &str, text: &str) -> Value {
-    let ack = ws.request(text_frame(to, msg_id, text)).await;
-    assert_eq!(ack["action"], "ack", "{ack}");
-    assert_eq!(ack["code"], 200, "{ack}");
-    assert_ne!(ack["duplicate"], true, "a new message is not a duplicate: {ack}");
-    ack
-}
-
-fn assert_error(reply: &Value, code: u16) {
-    assert_eq!(reply["action"], "error", "expected an error frame: {reply}");
-    assert_eq!(reply["code"], code, "{reply}");
-    assert!(!reply["message"].as_str().unwrap_or_default().is_empty(), "error needs a message: {reply}");
 }
 
 #[tokio::test]
@@ -48,7 +24,7 @@ async fn ack_then_delivery_have_the_contract_shape() {
     let after = now_ms();
     assert_eq!(ack["msg_id"], "c-1", "{ack}");
     let id = ack["id"].as_u64().unwrap_or_else(|| panic!("id must be a number: {ack}"));
-    assert_eq!(ack["chat_id"], chat_id(a, b).as_str(), "{ack}");
+    assert_eq!(ack["chat_id"], single_chat_id(a, b).as_str(), "{ack}");
     assert_eq!(ack["seq"], 1, "{ack}");
     let ts = ack["ts"].as_i64().unwrap_or_else(|| panic!("ts must be a number: {ack}"));
     assert!(ts >= before - 2_000 && ts <= after + 2_000, "ts is ms since the epoch: {ts} not in [{before}, {after}]");
@@ -56,7 +32,7 @@ async fn ack_then_delivery_have_the_contract_shape() {
     let got = wb.recv().await;
     assert_eq!(got["action"], "single_chat", "{got}");
     assert_eq!(got["chat_type"], 1, "{got}");
-    assert_eq!(got["chat_id"], chat_id(a, b).as_str(), "{got}");
+    assert_eq!(got["chat_id"], single_chat_id(a, b).as_str(), "{got}");
     assert_eq!(got["seq"], 1, "{got}");
     assert_eq!(got["id"].as_u64(), Some(id), "{got}");
     assert_eq!(got["msg_id"], "c-1", "{got}");
@@ -81,7 +57,7 @@ async fn chat_id_is_the_same_in_both_directions() {
     let (b, tb) = server.register("bob").await;
     let (mut wa, _) = server.connect(&ta).await;
     let (mut wb, _) = server.connect(&tb).await;
-    let expected = chat_id(a, b);
+    let expected = single_chat_id(a, b);
 
     // From the larger uid to the smaller one.
     let ack = send_text(&mut wb, a, "b-1", "hi alice").await;
@@ -190,7 +166,7 @@ async fn every_device_gets_it_and_the_sender_gets_a_mirror() {
         assert_eq!(got["msg"], "to all devices", "{name}: {got}");
         assert_eq!(got["from_uid"].as_u64(), Some(a), "{name}: {got}");
         assert_eq!(got["to_uid"].as_u64(), Some(b), "{name}: {got}");
-        assert_eq!(got["chat_id"], chat_id(a, b).as_str(), "{name}: {got}");
+        assert_eq!(got["chat_id"], single_chat_id(a, b).as_str(), "{name}: {got}");
     }
     // The sending connection got only its ack; nobody got anything twice.
     a1.expect_nothing_pending().await;
@@ -262,7 +238,7 @@ async fn same_msg_id_again_is_a_duplicate() {
     assert_eq!(got["seq"], 2, "{got}");
 
     // History holds the message once.
-    let (status, body) = server.get(&format!("/message/history?chat_id={}", chat_id(a, b)), Some(&ta)).await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={}", single_chat_id(a, b)), Some(&ta)).await;
     assert_eq!(status, 200, "{body}");
     let messages = body["data"]["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 2, "{body}");
@@ -316,12 +292,12 @@ async fn unknown_recipient_is_404_and_self_is_400() {
     let (mut wa, _) = server.connect(&ta).await;
 
     let reply = wa.request(text_frame(999_999, "nobody-1", "hello?")).await;
-    assert_error(&reply, 404);
+    assert_frame_error(&reply, 404, None, "message to an unknown uid");
     assert_eq!(reply["msg_id"], "nobody-1", "error carries the msg_id: {reply}");
     wa.expect_nothing_pending().await;
 
     let reply = wa.request(text_frame(a, "self-1", "me")).await;
-    assert_error(&reply, 400);
+    assert_frame_error(&reply, 400, None, "message to oneself");
     assert_eq!(reply["msg_id"], "self-1", "{reply}");
 
     let pong = wa.request(json!({"action": "ping"})).await;
@@ -346,13 +322,13 @@ async fn identity_comes_from_the_token_only() {
     frame["openid"] = json!("carol-openid");
     let ack = wa.request(frame).await;
     assert_eq!(ack["action"], "ack", "{ack}");
-    assert_eq!(ack["chat_id"], chat_id(a, b).as_str(), "the chat is alice-bob: {ack}");
+    assert_eq!(ack["chat_id"], single_chat_id(a, b).as_str(), "the chat is alice-bob: {ack}");
 
     let got = wb.recv().await;
     assert_eq!(got["from_uid"].as_u64(), Some(a), "{got}");
     assert_eq!(got["uid"].as_u64(), Some(a), "{got}");
     assert_eq!(got["from_name"], "alice", "{got}");
-    assert_eq!(got["chat_id"], chat_id(a, b).as_str(), "{got}");
+    assert_eq!(got["chat_id"], single_chat_id(a, b).as_str(), "{got}");
     wc.expect_nothing_pending().await;
 }
 
@@ -377,7 +353,7 @@ async fn image_messages_carry_an_object() {
     assert_eq!(got["from_uid"].as_u64(), Some(a), "{got}");
 
     // History keeps the object too.
-    let (status, body) = server.get(&format!("/message/history?chat_id={}", chat_id(a, b)), Some(&tb)).await;
+    let (status, body) = server.get(&format!("/message/history?chat_id={}", single_chat_id(a, b)), Some(&tb)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["messages"][0]["msg"], image, "{body}");
 
@@ -386,7 +362,7 @@ async fn image_messages_carry_an_object() {
         .request(json!({"action": "single_chat", "msg_type": "image", "msg_id": "img-2",
                         "to_uid": b, "msg": "not an object"}))
         .await;
-    assert_error(&reply, 400);
+    assert_frame_error(&reply, 400, None, "image with a string body");
     wb.expect_nothing_pending().await;
 }
 
@@ -398,7 +374,7 @@ async fn read_replies_is_mirrored_and_never_moves_back() {
     let (mut wa, _) = server.connect(&ta).await;
     let (mut b1, _) = server.connect_device(&tb, "web").await;
     let (mut b2, _) = server.connect_device(&tb, "mobile").await;
-    let chat = chat_id(a, b);
+    let chat = single_chat_id(a, b);
     for i in 1..=3 {
         send_text(&mut wa, b, &format!("r-{i}"), &format!("m{i}")).await;
         b1.recv_action("single_chat").await;

@@ -1,28 +1,8 @@
 //! Offline delivery and sync at connect (PROTOCOL.md 3.3; BEHAVIOUR.md "Sync").
 mod common;
 
-use common::{Server, Ws};
+use common::{Server, Ws, send_text, seqs, single_chat_id, text_frame};
 use serde_json::{Value, json};
-
-fn chat_id(a: u64, b: u64) -> String {
-    format!("1_{}_{}", a.min(b), a.max(b))
-}
-
-fn text_frame(to: u64, msg_id: &str, text: &str) -> Value {
-    json!({"action": "single_chat", "chat_type": 1, "msg_type": "text", "msg_id": msg_id,
-           "to_uid": to, "msg": text})
-}
-
-async fn send_text(ws: &mut Ws, to: u64, msg_id: &str, text: &str) -> Value {
-    let ack = ws.request(text_frame(to, msg_id, text)).await;
-    assert_eq!(ack["action"], "ack", "{ack}");
-    assert_eq!(ack["code"], 200, "{ack}");
-    ack
-}
-
-fn seqs(frames: &[Value]) -> Vec<u64> {
-    frames.iter().map(|f| f["seq"].as_u64().unwrap_or_else(|| panic!("seq: {f}"))).collect()
-}
 
 #[tokio::test]
 async fn offline_messages_arrive_between_connected_and_sync_done() {
@@ -46,7 +26,7 @@ async fn offline_messages_arrive_between_connected_and_sync_done() {
         let got = wb.recv().await;
         assert_eq!(got["action"], "single_chat", "{got}");
         assert_eq!(got["chat_type"], 1, "{got}");
-        assert_eq!(got["chat_id"], chat_id(a, b).as_str(), "{got}");
+        assert_eq!(got["chat_id"], single_chat_id(a, b).as_str(), "{got}");
         assert_eq!(got["seq"], i as u64 + 1, "ascending seq: {got}");
         assert_eq!(got["id"], ack["id"], "{got}");
         assert_eq!(got["msg_id"], format!("off-{}", i + 1), "{got}");
@@ -132,14 +112,14 @@ async fn after_reading_everything_nothing_is_synced() {
     assert_eq!(seqs(&synced), vec![1, 2, 3, 4]);
 
     // Read up to 2: 3 and 4 come again.
-    let reply = wb.request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 2})).await;
+    let reply = wb.request(json!({"action": "read", "chat_id": single_chat_id(a, b), "seq": 2})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     drop(wb);
     let (mut wb, synced) = server.connect(&tb).await;
     assert_eq!(seqs(&synced), vec![3, 4]);
 
     // Read up to the last seq: nothing.
-    let reply = wb.request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 4})).await;
+    let reply = wb.request(json!({"action": "read", "chat_id": single_chat_id(a, b), "seq": 4})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     drop(wb);
     let (mut wb, synced) = server.connect(&tb).await;
@@ -164,7 +144,7 @@ async fn read_position_survives_restart() {
         send_text(&mut wa, b, &format!("p-{i}"), "x").await;
     }
     let (mut wb, _) = server.connect(&tb).await;
-    let reply = wb.request(json!({"action": "read", "chat_id": chat_id(a, b), "seq": 2})).await;
+    let reply = wb.request(json!({"action": "read", "chat_id": single_chat_id(a, b), "seq": 2})).await;
     assert_eq!(reply["code"], 200, "{reply}");
     drop(wa);
     drop(wb);
@@ -190,7 +170,7 @@ async fn several_conversations_each_ascending() {
     let (_wb, synced) = server.connect(&tb).await;
     assert_eq!(synced.len(), 6, "{synced:?}");
     for (peer, name) in [(a, "alice"), (c, "carol")] {
-        let chat = chat_id(peer, b);
+        let chat = single_chat_id(peer, b);
         let conv: Vec<Value> = synced.iter().filter(|m| m["chat_id"] == chat.as_str()).cloned().collect();
         assert_eq!(seqs(&conv), vec![1, 2, 3], "{chat}: {synced:?}");
         for (i, m) in conv.iter().enumerate() {
@@ -223,7 +203,7 @@ async fn only_the_newest_200_per_conversation_are_synced() {
     assert_eq!(synced[0]["msg"], format!("m{}", N - 199));
 
     // The rest through history.
-    let chat = chat_id(a, b);
+    let chat = single_chat_id(a, b);
     let (status, body) =
         server.get(&format!("/message/history?chat_id={chat}&before={}&limit=200", N - 199), Some(&tb)).await;
     assert_eq!(status, 200, "{body}");

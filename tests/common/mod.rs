@@ -2,6 +2,7 @@
 //! database, and talks to it over real HTTP and WebSocket connections.
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -126,6 +127,13 @@ impl Server {
         assert_eq!(status, 200, "register {username}: {body}");
         let data = &body["data"];
         (data["uid"].as_u64().expect("uid"), data["access_token"].as_str().expect("token").to_string())
+    }
+
+    /// Logs in with the password [`Server::register`] uses and returns the new access token.
+    pub async fn login(&self, username: &str) -> String {
+        let (status, body) = login(self, username, "secret-pw").await;
+        let data = ok(status, &body, "login");
+        data["access_token"].as_str().expect("access_token").to_string()
     }
 
     /// Opens a WebSocket and consumes `connected` .. `sync_done`; returns the socket and the
@@ -283,4 +291,223 @@ impl Ws {
         let next = self.recv().await;
         assert_eq!(next["action"], "pong", "expected nothing pending, got {next}");
     }
+}
+
+/// Runs the `imd` binary with `args` (e.g. `user role NAME ROLE --db PATH`) to completion,
+/// bounded by [`WAIT`].
+pub async fn run_imd(args: &[&str]) -> std::process::Output {
+    let child = Command::new(BIN).args(args).stdin(Stdio::null()).output();
+    tokio::time::timeout(WAIT, child)
+        .await
+        .unwrap_or_else(|_| panic!("imd {args:?} did not finish in time"))
+        .expect("run imd")
+}
+
+// HTTP: the response envelope and the requests several test files make.
+
+/// Asserts a success envelope (HTTP 200, `code` 200, `message` "success", a `data` field) and
+/// returns its `data`. `what` names the request in failure messages.
+#[track_caller]
+pub fn ok(status: u16, body: &Value, what: &str) -> Value {
+    assert_eq!(status, 200, "{what}: expected HTTP 200: {body}");
+    assert_eq!(body["code"], 200, "{what}: envelope code: {body}");
+    assert_eq!(body["message"], "success", "{what}: envelope message: {body}");
+    assert!(body.get("data").is_some(), "{what}: the envelope needs data: {body}");
+    body["data"].clone()
+}
+
+/// Asserts an error envelope: HTTP status and `code` both equal to `code`, `data` present and
+/// null, and a non-empty `message`. `what` names the request in failure messages.
+#[track_caller]
+pub fn assert_error(status: u16, body: &Value, code: u16, what: &str) {
+    assert_eq!(status, code, "{what}: expected HTTP {code}: {body}");
+    assert_eq!(body["code"], code, "{what}: envelope code: {body}");
+    assert!(body.get("data").is_some_and(Value::is_null), "{what}: error data must be null: {body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: error needs a message: {body}");
+}
+
+/// `POST /user/login` with a JSON body; returns (status, body) unchecked.
+pub async fn login(server: &Server, username: &str, password: &str) -> (u16, Value) {
+    server.post_json("/user/login", json!({"username": username, "password": password}), None).await
+}
+
+/// `GET /message/history?chat_id=...` (the newest page, default limit); returns (status, body)
+/// unchecked.
+pub async fn history(server: &Server, token: &str, chat_id: &str) -> (u16, Value) {
+    server.get(&format!("/message/history?chat_id={chat_id}"), Some(token)).await
+}
+
+/// Creates a room (`POST /room/create`, no name) and returns its chat_id.
+pub async fn create_room(server: &Server, token: &str) -> String {
+    let (status, body) = server.post_json("/room/create", json!({}), Some(token)).await;
+    let data = ok(status, &body, "create room");
+    data["chat_id"].as_str().expect("chat_id").to_string()
+}
+
+/// Creates a shop named `name` (`POST /shop/create`) and returns its shop_id.
+pub async fn create_shop(server: &Server, token: &str, name: &str) -> u64 {
+    let (status, body) = server.post_json("/shop/create", json!({"name": name}), Some(token)).await;
+    let data = ok(status, &body, "create shop");
+    data["shop_id"].as_u64().unwrap_or_else(|| panic!("shop_id is a number: {body}"))
+}
+
+/// `POST /shop/agent/add` (JSON body); returns (status, body) unchecked.
+pub async fn add_agent(server: &Server, token: &str, shop: u64, uid: u64) -> (u16, Value) {
+    server.post_json("/shop/agent/add", json!({"shop_id": shop, "uid": uid}), Some(token)).await
+}
+
+// Lists of users with an online flag: `members` of /room/members, `agents` of /shop/agents.
+
+/// The uids in the list `data[list]`.
+pub fn uids_in(data: &Value, list: &str) -> HashSet<u64> {
+    data[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("{list} list: {data}"))
+        .iter()
+        .map(|m| m["uid"].as_u64().unwrap_or_else(|| panic!("uid in {list}: {m}")))
+        .collect()
+}
+
+/// The `online` flag of `uid` in the list `data[list]`; None if `uid` is not listed.
+pub fn online_in(data: &Value, list: &str, uid: u64) -> Option<bool> {
+    let m = data[list].as_array()?.iter().find(|m| m["uid"] == json!(uid))?;
+    Some(m["online"].as_bool().unwrap_or_else(|| panic!("online is a bool: {m}")))
+}
+
+/// Polls `GET path` (bounded by [`WAIT`]) until the online flag of `uid` in the list
+/// `data[list]` is `want`: the server notices a closed socket asynchronously.
+pub async fn wait_online_in(server: &Server, token: &str, path: &str, list: &str, uid: u64, want: bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.get(path, Some(token)).await;
+        let data = ok(status, &body, path);
+        if online_in(&data, list, uid) == Some(want) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "online flag of {uid} in {path} never became {want}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// WebSocket frames: building them, sending them, and checking replies and deliveries.
+
+/// The chat_id of the 1:1 conversation between `a` and `b`: `1_<smaller uid>_<larger uid>`.
+pub fn single_chat_id(a: u64, b: u64) -> String {
+    format!("1_{}_{}", a.min(b), a.max(b))
+}
+
+/// A 1:1 text message frame (`single_chat`, chat_type 1) to `to`.
+pub fn text_frame(to: u64, msg_id: &str, text: &str) -> Value {
+    json!({"action": "single_chat", "chat_type": 1, "msg_type": "text", "msg_id": msg_id,
+           "to_uid": to, "msg": text})
+}
+
+/// A room text message frame (`group_chat`, chat_type 2) to the room `chat_id`.
+pub fn group_frame(chat_id: &str, msg_id: &str, msg: &str) -> Value {
+    json!({"action": "group_chat", "chat_type": 2, "msg_type": "text", "msg_id": msg_id,
+           "chat_id": chat_id, "msg": msg})
+}
+
+/// Sends a 1:1 text message (see [`text_frame`]) and asserts a successful ack of a new,
+/// non-duplicate message; returns the ack.
+pub async fn send_text(ws: &mut Ws, to: u64, msg_id: &str, text: &str) -> Value {
+    let ack = ws.request(text_frame(to, msg_id, text)).await;
+    assert_eq!(ack["action"], "ack", "{ack}");
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_ne!(ack["duplicate"], true, "a new message is not a duplicate: {ack}");
+    ack
+}
+
+/// Sends a frame and requires the very next frame to be its reply: nothing was delivered to
+/// this connection in between (e.g. no echo of its own message). Unlike [`Ws::request`], which
+/// skips frames until the reply.
+pub async fn reply(ws: &mut Ws, frame: Value) -> Value {
+    ws.send(frame.clone()).await;
+    let r = ws.recv().await;
+    assert!(r.get("code").is_some(), "expected the reply to {frame}, got {r}");
+    r
+}
+
+/// Asserts a successful ack of the message `msg_id` in `chat_id`, with a seq, an id and a ts.
+#[track_caller]
+pub fn assert_ack(ack: &Value, msg_id: &str, chat_id: &str) {
+    assert_eq!(ack["action"], "ack", "{ack}");
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["msg_id"], msg_id, "{ack}");
+    assert_eq!(ack["chat_id"], chat_id, "{ack}");
+    assert!(ack["seq"].as_u64().is_some(), "ack seq: {ack}");
+    assert!(ack["id"].as_u64().is_some(), "ack id: {ack}");
+    assert!(ack["ts"].as_u64().is_some(), "ack ts: {ack}");
+}
+
+/// Asserts an `error` frame with `code` and a non-empty `message`; with `Some(msg_id)`, also
+/// that it carries the msg_id of the refused frame. `what` names the case in failure messages.
+#[track_caller]
+pub fn assert_frame_error(reply: &Value, code: u16, msg_id: Option<&str>, what: &str) {
+    assert_eq!(reply["action"], "error", "{what}: expected an error frame, got {reply}");
+    assert_eq!(reply["code"], code, "{what}: {reply}");
+    assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: error needs a message: {reply}");
+    if let Some(msg_id) = msg_id {
+        assert_eq!(reply["msg_id"], msg_id, "{what}: the error carries the msg_id: {reply}");
+    }
+}
+
+/// Asserts a delivered `service_chat` frame: conversation `chat_id` of `shop`, handled by
+/// `agent`, the message of `ack`, sent by `from` (`from_name`) with the text `msg`.
+#[allow(clippy::too_many_arguments)]
+#[track_caller]
+pub fn assert_service_message(
+    f: &Value,
+    chat_id: &str,
+    shop: u64,
+    agent: u64,
+    ack: &Value,
+    from: u64,
+    from_name: &str,
+    msg: &str,
+) {
+    assert_eq!(f["action"], "service_chat", "{f}");
+    assert_eq!(f["chat_type"], 3, "{f}");
+    assert_eq!(f["chat_id"], chat_id, "{f}");
+    assert_eq!(f["shop_id"], json!(shop), "{f}");
+    assert_eq!(f["agent_uid"], json!(agent), "{f}");
+    assert_delivered_text(f, ack, from, from_name, msg);
+}
+
+/// Asserts what every delivered text message shares: the `seq` and `id` of its `ack`, the
+/// sender `from` (`from_name`), the text `msg` and a ts.
+#[track_caller]
+pub fn assert_delivered_text(f: &Value, ack: &Value, from: u64, from_name: &str, msg: &str) {
+    assert_eq!(f["seq"], ack["seq"], "seq as acked ({ack}): {f}");
+    assert_eq!(f["id"], ack["id"], "id as acked ({ack}): {f}");
+    assert_eq!(f["from_uid"], json!(from), "{f}");
+    assert_eq!(f["from_name"], from_name, "{f}");
+    assert_eq!(f["msg_type"], "text", "{f}");
+    assert_eq!(f["msg"], msg, "{f}");
+    assert!(f["ts"].as_u64().is_some(), "ts: {f}");
+}
+
+/// Something [`seqs`] reads a list of frames or stored messages from: the frames `connect`
+/// synced, or a JSON array.
+pub trait FrameList {
+    fn frames(&self) -> &[Value];
+}
+
+impl FrameList for Vec<Value> {
+    fn frames(&self) -> &[Value] {
+        self
+    }
+}
+
+/// A JSON array, such as `data["messages"]` of `/message/history`.
+impl FrameList for Value {
+    fn frames(&self) -> &[Value] {
+        self.as_array().unwrap_or_else(|| panic!("messages must be an array: {self}"))
+    }
+}
+
+/// The `seq` of every frame or message in `list` (synced frames, or a history page's
+/// `messages`), in order.
+pub fn seqs<L: FrameList + ?Sized>(list: &L) -> Vec<u64> {
+    list.frames().iter().map(|m| m["seq"].as_u64().unwrap_or_else(|| panic!("seq: {m}"))).collect()
 }
