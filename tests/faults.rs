@@ -338,3 +338,32 @@ async fn a_client_that_answers_pings_stays_connected() {
     assert_alive(&mut ws, "idle time with server pings").await;
     assert_eq!(online(&server).await, 1);
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_and_the_user_goes_offline() {
+    let server = Server::start().await;
+    let (_, token) = server.register("closer").await;
+    let (mut ws, _) = server.connect(&token).await;
+    ws.stream.close(None).await.expect("send close");
+    let reply = tokio::time::timeout(WAIT, async {
+        loop {
+            match futures_util::StreamExt::next(&mut ws.stream).await {
+                Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return false,
+            }
+        }
+    })
+    .await
+    .expect("no close reply within the timeout");
+    assert!(reply, "the server answers a close frame with its own");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, health) = server.get("/health", None).await;
+        if health["data"]["online"] == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still online after closing: {health}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -176,9 +176,9 @@ where
                 self.refuse(frames::error(400, "binary frames are not supported: send JSON text frames", None), 400);
                 Ok(())
             }
-            // tungstenite queued the pong; send it now.
-            Message::Ping(_) => self.ws.flush().await.map_err(|_| End::Gone),
-            Message::Pong(_) | Message::Close(_) | Message::Frame(_) => Ok(()),
+            // tungstenite queued the pong, or the reply to a close; send it now.
+            Message::Ping(_) | Message::Close(_) => self.ws.flush().await.map_err(|_| End::Gone),
+            Message::Pong(_) | Message::Frame(_) => Ok(()),
         }
     }
 
