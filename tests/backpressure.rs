@@ -8,9 +8,17 @@ use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
-const MESSAGES: usize = 2000;
-/// 2000 frames of ~4 KB: far more than the kernel buffers the slow reader's socket can hold.
 const TEXT_BYTES: usize = 4000;
+
+/// Enough ~4 KB frames to overrun what the kernel can buffer for the slow reader: twice the
+/// largest send buffer TCP may grow to (its receive buffer is pinned small below), at least 8 MB.
+fn messages_to_overrun() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2).and_then(|max| max.parse::<usize>().ok()))
+        .unwrap_or(4 << 20);
+    (2 * wmem_max).max(8 << 20) / TEXT_BYTES
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_falls_behind_is_closed_with_1008_and_catches_up_by_sync() {
@@ -29,15 +37,16 @@ async fn a_reader_that_falls_behind_is_closed_with_1008_and_catches_up_by_sync()
     let mut slow = Ws { stream: slow };
 
     let (mut sender, _) = server.connect(&alice).await;
+    let messages = messages_to_overrun();
     // Alice keeps up to 64 messages in flight and reads her acks as they come: she is a
     // reader that keeps up.
     let text = "x".repeat(TEXT_BYTES);
     let mut acked = Vec::new();
-    for i in 0..MESSAGES {
+    for i in 0..messages {
         let frame = json!({"action": "single_chat", "msg_type": "text", "msg_id": format!("m{i}"),
                            "to_uid": bob_uid, "msg": text});
         sender.send_raw(Message::text(frame.to_string())).await;
-        while i + 1 - acked.len() >= 64 || (i + 1 == MESSAGES && acked.len() < MESSAGES) {
+        while i + 1 - acked.len() >= 64 || (i + 1 == messages && acked.len() < messages) {
             let reply = sender.recv().await;
             assert_eq!(reply["action"], "ack", "{reply}");
             acked.push(reply["seq"].as_i64().expect("seq"));
