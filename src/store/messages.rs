@@ -18,16 +18,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn from_code(code: i64) -> Option<Kind> {
-        match code {
-            0 => Some(Kind::System),
-            1 => Some(Kind::Single),
-            2 => Some(Kind::Group),
-            3 => Some(Kind::Service),
-            _ => None,
-        }
-    }
-
     /// The `action` of the frame that carries a message of this kind.
     pub fn action(self) -> &'static str {
         match self {
