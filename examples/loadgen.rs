@@ -779,6 +779,31 @@ async fn idle(ctx: &Ctx, conns: usize, users: usize, hold: Duration) -> Res<(Val
     ))
 }
 
+/// What a held connection's next item means: `Some(Some(text))` a text frame, `Some(None)`
+/// something else to ignore, `None` the connection's end (recorded as an error).
+fn held_frame(
+    msg: Option<Result<Message, tungstenite::Error>>,
+    what: &str,
+    errors: &Errors,
+) -> Option<Option<tungstenite::Utf8Bytes>> {
+    match msg {
+        Some(Ok(Message::Text(text))) => Some(Some(text)),
+        Some(Ok(Message::Close(f))) => {
+            errors.add(format!("{what} connection closed by server: {f:?}"));
+            None
+        }
+        Some(Ok(_)) => Some(None),
+        Some(Err(e)) => {
+            errors.add(format!("{what} connection: {e}"));
+            None
+        }
+        None => {
+            errors.add(format!("{what} connection ended"));
+            None
+        }
+    }
+}
+
 async fn hold_task(mut ws: Ws, mut stop: watch::Receiver<bool>, errors: Rc<Errors>) {
     loop {
         if *stop.borrow_and_update() {
@@ -786,20 +811,8 @@ async fn hold_task(mut ws: Ws, mut stop: watch::Receiver<bool>, errors: Rc<Error
         }
         tokio::select! {
             _ = stop.changed() => {}
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Close(f))) => {
-                    errors.add(format!("idle connection closed by server: {f:?}"));
-                    return;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    errors.add(format!("idle connection: {e}"));
-                    return;
-                }
-                None => {
-                    errors.add("idle connection ended".into());
-                    return;
-                }
+            msg = ws.next() => if held_frame(msg, "idle", &errors).is_none() {
+                return;
             },
         }
     }
@@ -1401,8 +1414,9 @@ async fn broadcast_task(
         }
         tokio::select! {
             _ = stop.changed() => {}
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(t))) => {
+            msg = ws.next() => match held_frame(msg, "broadcast", &errors) {
+                None => return,
+                Some(Some(t)) => {
                     let now = now_us();
                     let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
                         errors.add(format!("broadcast: frame is not JSON: {t}"));
@@ -1417,19 +1431,7 @@ async fn broadcast_task(
                         }
                     }
                 }
-                Some(Ok(Message::Close(f))) => {
-                    errors.add(format!("broadcast connection closed by server: {f:?}"));
-                    return;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    errors.add(format!("broadcast connection: {e}"));
-                    return;
-                }
-                None => {
-                    errors.add("broadcast connection ended".into());
-                    return;
-                }
+                Some(None) => {}
             },
         }
     }
