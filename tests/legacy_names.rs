@@ -45,15 +45,11 @@ async fn exit_group_works_as_leave_group() {
 #[tokio::test]
 async fn service_user_chat_works_as_a_customer_service_chat() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
+    let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shop", ["agent1"]).await;
     let (cust, cust_t) = server.register("customer").await;
-    let shop = create_shop(&server, &owner_t, "Shop").await;
-    let (status, body) = add_agent(&server, &owner_t, shop, g1).await;
-    ok(status, &body, "add agent");
     let (mut g, _) = server.connect(&g1_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
 
     let ack = reply(
         &mut c,
@@ -88,16 +84,12 @@ async fn service_user_chat_works_as_a_customer_service_chat() {
 #[tokio::test]
 async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
+    let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shop", ["agent1"]).await;
     let (cust, cust_t) = server.register("customer").await;
     let (other, other_t) = server.register("other").await;
-    let shop = create_shop(&server, &owner_t, "Shop").await;
-    let (status, body) = add_agent(&server, &owner_t, shop, g1).await;
-    ok(status, &body, "add agent");
     let (mut g, _) = server.connect(&g1_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
 
     let ack = reply(
         &mut c,

@@ -103,19 +103,13 @@ async fn shop_create_and_agent_management() {
 #[tokio::test]
 async fn customer_message_goes_to_exactly_one_agent_who_keeps_the_conversation() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
-    let (g2, g2_t) = server.register("agent2").await;
+    let ShopSetup { shop, agents: [(g1, g1_t), (g2, g2_t)], .. } =
+        shop_with_agents(&server, "Shoes", ["agent1", "agent2"]).await;
     let (cust, cust_t) = server.register("customer").await;
-    let shop = create_shop(&server, &owner_t, "Shoes").await;
-    for g in [g1, g2] {
-        let (status, body) = add_agent(&server, &owner_t, shop, g).await;
-        ok(status, &body, "add agent");
-    }
     let (g1_ws, _) = server.connect(&g1_t).await;
     let (g2_ws, _) = server.connect(&g2_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
 
     let ack = reply(&mut c, customer_frame(shop, "s-1", "hello, shop service.")).await;
     assert_ack(&ack, "s-1", &chat_id);
@@ -148,18 +142,14 @@ async fn customer_message_goes_to_exactly_one_agent_who_keeps_the_conversation()
 #[tokio::test]
 async fn customer_cannot_choose_the_conversation_chat_id() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
+    let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shoes", ["agent1"]).await;
     let (c1, c1_t) = server.register("customer1").await;
     let (c2, c2_t) = server.register("customer2").await;
-    let shop = create_shop(&server, &owner_t, "Shoes").await;
-    let (status, body) = add_agent(&server, &owner_t, shop, g1).await;
-    ok(status, &body, "add agent");
     let (mut g, _) = server.connect(&g1_t).await;
     let (mut w1, _) = server.connect(&c1_t).await;
     let (mut w2, _) = server.connect(&c2_t).await;
-    let conv1 = format!("3_{shop}_{c1}");
-    let conv2 = format!("3_{shop}_{c2}");
+    let conv1 = service_chat_id(shop, c1);
+    let conv2 = service_chat_id(shop, c2);
 
     let ack = reply(&mut w1, customer_frame(shop, "c1-1", "I am customer one")).await;
     assert_ack(&ack, "c1-1", &conv1);
@@ -191,19 +181,13 @@ async fn customer_cannot_choose_the_conversation_chat_id() {
 #[tokio::test]
 async fn failover_moves_the_conversation_to_another_online_agent() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
-    let (g2, g2_t) = server.register("agent2").await;
+    let ShopSetup { owner: (_, owner_t), shop, agents: [(g1, g1_t), (g2, g2_t)] } =
+        shop_with_agents(&server, "Shoes", ["agent1", "agent2"]).await;
     let (cust, cust_t) = server.register("customer").await;
-    let shop = create_shop(&server, &owner_t, "Shoes").await;
-    for g in [g1, g2] {
-        let (status, body) = add_agent(&server, &owner_t, shop, g).await;
-        ok(status, &body, "add agent");
-    }
     let (g1_ws, _) = server.connect(&g1_t).await;
     let (g2_ws, _) = server.connect(&g2_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
 
     let ack1 = reply(&mut c, customer_frame(shop, "f-1", "first")).await;
     assert_ack(&ack1, "f-1", &chat_id);
@@ -260,17 +244,11 @@ async fn failover_moves_the_conversation_to_another_online_agent() {
 #[tokio::test]
 async fn no_agent_online_stores_and_delivers_to_every_agent_through_sync() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
-    let (g2, g2_t) = server.register("agent2").await;
+    let ShopSetup { shop, agents: [(g1, g1_t), (g2, g2_t)], .. } =
+        shop_with_agents(&server, "Shoes", ["agent1", "agent2"]).await;
     let (cust, cust_t) = server.register("customer").await;
-    let shop = create_shop(&server, &owner_t, "Shoes").await;
-    for g in [g1, g2] {
-        let (status, body) = add_agent(&server, &owner_t, shop, g).await;
-        ok(status, &body, "add agent");
-    }
     let (mut c, _) = server.connect(&cust_t).await;
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
 
     let ack = reply(&mut c, customer_frame(shop, "n-1", "anybody there?")).await;
     assert_ack(&ack, "n-1", &chat_id);
@@ -296,16 +274,10 @@ async fn no_agent_online_stores_and_delivers_to_every_agent_through_sync() {
 #[tokio::test]
 async fn handling_agent_offline_gets_the_message_through_sync() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
-    let (g2, _g2_t) = server.register("agent2").await;
+    let ShopSetup { owner: (_, owner_t), shop, agents: [(g1, g1_t), _] } =
+        shop_with_agents(&server, "Shoes", ["agent1", "agent2"]).await;
     let (cust, cust_t) = server.register("customer").await;
-    let shop = create_shop(&server, &owner_t, "Shoes").await;
-    for g in [g1, g2] {
-        let (status, body) = add_agent(&server, &owner_t, shop, g).await;
-        ok(status, &body, "add agent");
-    }
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
     let (mut g, _) = server.connect(&g1_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
     let ack1 = reply(&mut c, customer_frame(shop, "h-1", "first")).await;
@@ -334,13 +306,9 @@ async fn handling_agent_offline_gets_the_message_through_sync() {
 #[tokio::test]
 async fn agent_reply_reaches_every_customer_device() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
+    let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shoes", ["agent1"]).await;
     let (cust, cust_t) = server.register("customer").await;
-    let shop = create_shop(&server, &owner_t, "Shoes").await;
-    let (status, body) = add_agent(&server, &owner_t, shop, g1).await;
-    ok(status, &body, "add agent");
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
     let (mut g, _) = server.connect(&g1_t).await;
     let (mut web, _) = server.connect_device(&cust_t, "web").await;
     let (mut mobile, _) = server.connect_device(&cust_t, "mobile").await;
@@ -367,18 +335,12 @@ async fn agent_reply_reaches_every_customer_device() {
 #[tokio::test]
 async fn only_agents_of_the_shop_may_reply() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
-    let (g2, g2_t) = server.register("agent2").await;
+    let ShopSetup { owner: (_, owner_t), shop, agents: [(g1, g1_t), (g2, g2_t)] } =
+        shop_with_agents(&server, "Shoes", ["agent1", "agent2"]).await;
     let (cust, cust_t) = server.register("customer").await;
     let (_c2, c2_t) = server.register("customer2").await;
     let (_rand, rand_t) = server.register("random").await;
-    let shop = create_shop(&server, &owner_t, "Shoes").await;
-    for g in [g1, g2] {
-        let (status, body) = add_agent(&server, &owner_t, shop, g).await;
-        ok(status, &body, "add agent");
-    }
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
     let (mut a1, _) = server.connect(&g1_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
     let ack = reply(&mut c, customer_frame(shop, "o-1", "hello")).await;
@@ -423,18 +385,12 @@ async fn only_agents_of_the_shop_may_reply() {
 #[tokio::test]
 async fn service_history_is_for_the_customer_and_the_shops_agents() {
     let server = Server::start().await;
-    let (_owner, owner_t) = server.register("owner").await;
-    let (g1, g1_t) = server.register("agent1").await;
-    let (g2, g2_t) = server.register("agent2").await;
+    let ShopSetup { shop, agents: [(g1, g1_t), (_, g2_t)], .. } =
+        shop_with_agents(&server, "Shoes", ["agent1", "agent2"]).await;
     let (cust, cust_t) = server.register("customer").await;
     let (_c2, c2_t) = server.register("customer2").await;
     let (_rand, rand_t) = server.register("random").await;
-    let shop = create_shop(&server, &owner_t, "Shoes").await;
-    for g in [g1, g2] {
-        let (status, body) = add_agent(&server, &owner_t, shop, g).await;
-        ok(status, &body, "add agent");
-    }
-    let chat_id = format!("3_{shop}_{cust}");
+    let chat_id = service_chat_id(shop, cust);
     let (mut a1, _) = server.connect(&g1_t).await;
     let (mut c, _) = server.connect(&cust_t).await;
     let ack1 = reply(&mut c, customer_frame(shop, "p-1", "question")).await;

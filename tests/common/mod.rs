@@ -356,6 +356,38 @@ pub async fn add_agent(server: &Server, token: &str, shop: u64, uid: u64) -> (u1
     server.post_json("/shop/agent/add", json!({"shop_id": shop, "uid": uid}), Some(token)).await
 }
 
+/// A shop ready for customer-service tests, made by [`shop_with_agents`].
+pub struct ShopSetup<const N: usize> {
+    /// The uid and token of the user "owner", who created the shop.
+    pub owner: (u64, String),
+    pub shop: u64,
+    /// (uid, token) of each agent, in the order their names were given.
+    pub agents: [(u64, String); N],
+}
+
+/// Registers "owner" and then a user for each of `agents`, creates the shop `shop_name` as the
+/// owner and adds every agent to it, asserting each add succeeded. Uids and the shop id come out
+/// as if a test made the same requests itself.
+pub async fn shop_with_agents<const N: usize>(server: &Server, shop_name: &str, agents: [&str; N]) -> ShopSetup<N> {
+    let owner = server.register("owner").await;
+    let mut registered = Vec::with_capacity(N);
+    for name in agents {
+        registered.push(server.register(name).await);
+    }
+    let shop = create_shop(server, &owner.1, shop_name).await;
+    for (uid, _) in &registered {
+        let (status, body) = add_agent(server, &owner.1, shop, *uid).await;
+        ok(status, &body, "add agent");
+    }
+    let agents = registered.try_into().unwrap_or_else(|_| unreachable!("one entry per name"));
+    ShopSetup { owner, shop, agents }
+}
+
+/// The chat_id of `customer`'s customer-service conversation with `shop`: `3_<shop>_<customer>`.
+pub fn service_chat_id(shop: u64, customer: u64) -> String {
+    format!("3_{shop}_{customer}")
+}
+
 // Lists of users with an online flag: `members` of /room/members, `agents` of /shop/agents.
 
 /// The uids in the list `data[list]`.
