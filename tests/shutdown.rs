@@ -122,3 +122,15 @@ async fn sigterm_with_no_clients_exits_0() {
         server.post_json("/user/login", json!({"username": "alice", "password": "secret-pw"}), None).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn a_clean_stop_leaves_the_database_in_one_file() {
+    let mut server = Server::start().await;
+    let (_, token) = server.register("alice").await;
+    // Reads open the read-only connections, which must not be the last to close.
+    let (status, _) = server.get("/message/conversations", Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(server.terminate().await.code(), Some(0));
+    let wal = server.db.with_extension("db-wal");
+    assert!(!wal.exists(), "the WAL is checkpointed and removed at a clean stop: {}", wal.display());
+}

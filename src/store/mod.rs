@@ -128,6 +128,11 @@ impl Store {
     /// Asks the writer to commit what is queued and stop; later commands are refused.
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Close).await;
+        // Read-only connections cannot remove the WAL; closing them now leaves the last
+        // close to the checkpointer, which empties the WAL and lets SQLite delete it.
+        if let Ok(mut idle) = self.readers.idle.lock() {
+            idle.clear();
+        }
     }
 
     /// Queues a message; the writer commits it, then delivers it and answers its origin.
