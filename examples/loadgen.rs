@@ -136,15 +136,8 @@ enum Scenario {
     Pairs {
         #[arg(long)]
         pairs: usize,
-        /// Messages in flight per sender awaiting their ack.
-        #[arg(long, default_value_t = 1)]
-        window: usize,
-        /// Seconds of load.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Total messages per second over all senders (paced); default: as fast as acks allow.
-        #[arg(long)]
-        rate: Option<f64>,
+        #[command(flatten)]
+        pacing: Pacing,
     },
     /// One room; K of its M members send group_chat.
     Group {
@@ -152,12 +145,8 @@ enum Scenario {
         members: usize,
         #[arg(long, default_value_t = 1)]
         senders: usize,
-        #[arg(long, default_value_t = 1)]
-        window: usize,
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        #[arg(long)]
-        rate: Option<f64>,
+        #[command(flatten)]
+        pacing: Pacing,
     },
     /// One public message to N connections.
     Broadcast {
@@ -248,13 +237,6 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
     {
         return Err("--user-prefix must be 1..=24 characters of A-Za-z0-9_.-".into());
     }
-    let check_duration = |d: f64| {
-        if d > 0.0 && d <= 3600.0 { Ok(()) } else { Err("--duration must be in (0, 3600]".to_string()) }
-    };
-    let check_rate = |r: Option<f64>| match r {
-        Some(r) if !(r > 0.0 && r.is_finite()) => Err("--rate must be positive".to_string()),
-        _ => Ok(()),
-    };
     let mut settings = json!({
         "addr": addr.to_string(),
         "sources": cli.sources,
@@ -278,28 +260,20 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
             s.insert("users".into(), json!(users));
             s.insert("hold".into(), json!(hold));
         }
-        Scenario::Pairs { pairs, window, duration, rate } => {
-            if *pairs == 0 || *window == 0 {
-                return Err("need --pairs >= 1 and --window >= 1".into());
+        Scenario::Pairs { pairs, pacing } => {
+            if *pairs == 0 {
+                return Err("need --pairs >= 1".into());
             }
-            check_duration(*duration)?;
-            check_rate(*rate)?;
             s.insert("pairs".into(), json!(pairs));
-            s.insert("window".into(), json!(window));
-            s.insert("duration".into(), json!(duration));
-            s.insert("rate".into(), json!(rate));
+            pacing.check_into(s)?;
         }
-        Scenario::Group { members, senders, window, duration, rate } => {
-            if *members < 2 || *senders == 0 || *senders > *members || *window == 0 {
-                return Err("need --members >= 2, 1 <= --senders <= --members, --window >= 1".into());
+        Scenario::Group { members, senders, pacing } => {
+            if *members < 2 || *senders == 0 || *senders > *members {
+                return Err("need --members >= 2 and 1 <= --senders <= --members".into());
             }
-            check_duration(*duration)?;
-            check_rate(*rate)?;
             s.insert("members".into(), json!(members));
             s.insert("senders".into(), json!(senders));
-            s.insert("window".into(), json!(window));
-            s.insert("duration".into(), json!(duration));
-            s.insert("rate".into(), json!(rate));
+            pacing.check_into(s)?;
         }
         Scenario::Broadcast { conns, users, admin_token } => {
             let users = users.unwrap_or(*conns);
@@ -332,23 +306,9 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
         Scenario::Idle { conns, users, hold } => {
             idle(&ctx, *conns, users.unwrap_or(*conns), Duration::from_secs_f64(*hold)).await
         }
-        Scenario::Pairs { pairs, window, duration, rate } => {
-            let spec = LoadSpec {
-                kind: Kind::Pairs { pairs: *pairs },
-                window: *window,
-                duration: Duration::from_secs_f64(*duration),
-                rate: *rate,
-            };
-            chat_load(&ctx, spec).await
-        }
-        Scenario::Group { members, senders, window, duration, rate } => {
-            let spec = LoadSpec {
-                kind: Kind::Group { members: *members, senders: *senders },
-                window: *window,
-                duration: Duration::from_secs_f64(*duration),
-                rate: *rate,
-            };
-            chat_load(&ctx, spec).await
+        Scenario::Pairs { pairs, pacing } => chat_load(&ctx, Kind::Pairs { pairs: *pairs }, *pacing).await,
+        Scenario::Group { members, senders, pacing } => {
+            chat_load(&ctx, Kind::Group { members: *members, senders: *senders }, *pacing).await
         }
         Scenario::Broadcast { conns, users, admin_token } => {
             broadcast(&ctx, *conns, users.unwrap_or(*conns), admin_token).await
@@ -858,11 +818,41 @@ impl Kind {
     }
 }
 
-struct LoadSpec {
-    kind: Kind,
+/// How hard the chat scenarios (pairs, group) push.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Pacing {
+    /// Messages in flight per sender awaiting their ack.
+    #[arg(long, default_value_t = 1)]
     window: usize,
-    duration: Duration,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Total messages per second over all senders (paced); default: as fast as acks allow.
+    #[arg(long)]
     rate: Option<f64>,
+}
+
+impl Pacing {
+    /// Checks the values and records them in the run's settings.
+    fn check_into(&self, settings: &mut serde_json::Map<String, Value>) -> Res<()> {
+        if self.window == 0 {
+            return Err("need --window >= 1".into());
+        }
+        if !(self.duration > 0.0 && self.duration <= 3600.0) {
+            return Err("--duration must be in (0, 3600]".into());
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err("--rate must be positive".into());
+        }
+        settings.insert("window".into(), json!(self.window));
+        settings.insert("duration".into(), json!(self.duration));
+        settings.insert("rate".into(), json!(self.rate));
+        Ok(())
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration)
+    }
 }
 
 /// Per sender: the fate of each message it sent, by the sender's message number.
@@ -1153,8 +1143,7 @@ async fn client_task(load: Rc<Load>, me: usize, mut ws: Ws, plan: Option<SendPla
     close_ws(ws).await;
 }
 
-async fn chat_load(ctx: &Ctx, spec: LoadSpec) -> Res<(Value, bool)> {
-    let kind = spec.kind;
+async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> {
     let clients = kind.clients();
     let senders = kind.senders();
     let (users, register_took) = register_users(ctx, clients).await?;
@@ -1206,14 +1195,14 @@ async fn chat_load(ctx: &Ctx, spec: LoadSpec) -> Res<(Value, bool)> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
-    let until = start + spec.duration;
-    let period = spec.rate.map(|r| Duration::from_secs_f64(senders as f64 / r));
+    let until = start + pacing.duration();
+    let period = pacing.rate.map(|r| Duration::from_secs_f64(senders as f64 / r));
     let mut tasks = Vec::with_capacity(clients);
     for (me, ws) in streams.into_iter().enumerate() {
         let plan = targets.get(me).map(|head| SendPlan {
             head: head.clone(),
             tail: r#""}"#.to_string(),
-            window: spec.window,
+            window: pacing.window,
             period,
             // Stagger paced senders over one period so they do not fire together.
             first_due: start + period.map_or(Duration::ZERO, |p| p.mul_f64(me as f64 / senders as f64)),
@@ -1221,7 +1210,7 @@ async fn chat_load(ctx: &Ctx, spec: LoadSpec) -> Res<(Value, bool)> {
         });
         tasks.push(tokio::task::spawn_local(client_task(load.clone(), me, ws, plan, stop_rx.clone())));
     }
-    eprintln!("loadgen: load running for {:.1}s", spec.duration.as_secs_f64());
+    eprintln!("loadgen: load running for {:.1}s", pacing.duration);
 
     // Figures over the load period.
     tokio::time::sleep_until(until).await;

@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+
 use crate::directory::Directory;
 use crate::frames;
 use crate::metrics::Metrics;
 use crate::registry::{Connection, Registry};
-use tokio::sync::mpsc;
-
 use crate::store::{Accepted, Committed, Kind, Origin, StoreError};
 
 /// What the writer hands over after a commit, in commit order.
@@ -36,18 +36,20 @@ impl Fanout {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Delivery>>();
         tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
-                for delivery in batch {
-                    match delivery {
-                        Delivery::Committed(committed) => self.deliver(committed),
-                        Delivery::Refused { origin, msg_id, error } => self.refuse(origin, msg_id.as_deref(), error),
-                    }
-                }
+                batch.into_iter().for_each(|delivery| self.apply(delivery));
             }
         });
         tx
     }
 
-    pub fn deliver(&self, committed: Committed) {
+    fn apply(&self, delivery: Delivery) {
+        match delivery {
+            Delivery::Committed(committed) => self.deliver(committed),
+            Delivery::Refused { origin, msg_id, error } => self.refuse(origin, msg_id.as_deref(), error),
+        }
+    }
+
+    fn deliver(&self, committed: Committed) {
         let Committed { message, duplicate, origin } = committed;
         let origin_conn = match &origin {
             Origin::Connection(conn) => Some(conn.id),
@@ -95,7 +97,7 @@ impl Fanout {
     }
 
     /// Tells the origin that its message could not be stored.
-    pub fn refuse(&self, origin: Origin, msg_id: Option<&str>, error: StoreError) {
+    fn refuse(&self, origin: Origin, msg_id: Option<&str>, error: StoreError) {
         tracing::warn!("message not stored: {error}");
         self.metrics.error(500);
         match origin {

@@ -61,7 +61,7 @@ async fn serve(
     let registry = Arc::new(Registry::new(config.outbox_bytes, metrics.clone()));
     let fanout = Fanout { registry: registry.clone(), directory: directory.clone(), metrics: metrics.clone() };
     let settings = WriterSettings { durable: !config.no_store, sync: config.sync };
-    let (store, writer) = Store::start(db, &config.db, settings, fanout, metrics.clone())?;
+    let (store, store_threads) = Store::start(db, &config.db, settings, fanout, metrics.clone())?;
     if config.no_store {
         tracing::warn!("--no-store: messages are NOT written to disk (benchmarks only)");
     }
@@ -105,7 +105,7 @@ async fn serve(
         tracing::warn!("some sessions did not close in time");
     }
     app.store.close().await;
-    tokio::task::spawn_blocking(move || writer.join()).await?;
+    tokio::task::spawn_blocking(move || store_threads.join()).await?;
     tracing::info!("imd stopped");
     Ok(())
 }

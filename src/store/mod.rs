@@ -74,12 +74,12 @@ pub struct Store {
 }
 
 /// The store's threads, joined on shutdown.
-pub struct WriterThread {
+pub struct StoreThreads {
     writer: std::thread::JoinHandle<()>,
     checkpointer: checkpoint::Checkpointer,
 }
 
-impl WriterThread {
+impl StoreThreads {
     /// Waits until every queued command is committed and the threads have stopped (after
     /// `Store::close`, or once every `Store` handle is dropped).
     pub fn join(self) {
@@ -105,7 +105,7 @@ impl Store {
         settings: WriterSettings,
         fanout: Fanout,
         metrics: Arc<Metrics>,
-    ) -> StoreResult<(Store, WriterThread)> {
+    ) -> StoreResult<(Store, StoreThreads)> {
         conn.pragma_update(None, "synchronous", settings.sync.pragma())?;
         // Checkpoints run on their own thread (checkpoint.rs), not inside the writer's commits.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -122,7 +122,7 @@ impl Store {
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(READERS),
         });
-        Ok((Store { commands, readers }, WriterThread { writer: handle, checkpointer }))
+        Ok((Store { commands, readers }, StoreThreads { writer: handle, checkpointer }))
     }
 
     /// Asks the writer to commit what is queued and stop; later commands are refused.

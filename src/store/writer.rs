@@ -104,16 +104,11 @@ impl Writer {
                     if result.is_ok() {
                         result = updates.flush(&self.conn);
                     }
-                    // A batch that already failed runs nothing more; dropping the job tells its
-                    // waiter that it did not run.
-                    let complete = match &result {
-                        Ok(()) => self.run_job(job),
-                        Err(_) => {
-                            drop(job);
-                            Box::new(|_: StoreResult<()>| ()) as Box<dyn FnOnce(StoreResult<()>) + Send>
-                        }
-                    };
-                    outcomes.push(Outcome::Job(complete));
+                    // A batch that already failed runs nothing more: the job is dropped, which
+                    // tells its waiter that it did not run.
+                    if result.is_ok() {
+                        outcomes.push(Outcome::Job(self.run_job(job)));
+                    }
                 }
             }
         }
