@@ -1,5 +1,6 @@
 //! WebSocket: the upgrade of an HTTP request on `/`, then one session task per connection.
 
+mod liveness;
 pub mod outbox;
 mod rate;
 mod session;

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
+use super::liveness::{Liveness, Tick};
 use super::outbox::OutboxState;
 use super::rate::RateLimit;
 use crate::actions::{self, Step};
@@ -44,7 +45,7 @@ struct Session<S> {
     claims: Claims,
     ws: WebSocketStream<S>,
     rate: RateLimit,
-    last_heard: Instant,
+    liveness: Liveness,
 }
 
 pub async fn run<S>(app: Arc<App>, io: S, claims: Claims, device: String)
@@ -62,7 +63,8 @@ where
     let conn = app.registry.add(claims.uid, &device);
     app.metrics.connections_total.inc();
     let rate = RateLimit::new(app.config.rate_limit, app.config.rate_burst);
-    let mut session = Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, last_heard: Instant::now() };
+    let liveness = Liveness::new(Duration::from_secs(app.config.ping_interval.max(1)), Instant::now());
+    let mut session = Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, liveness };
     let end = session.serve().await;
     session.finish(end).await;
     app.registry.remove(&conn);
@@ -78,6 +80,9 @@ where
         }
         let interval = Duration::from_secs(self.app.config.ping_interval.max(1));
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        // After a stall, late ticks must not fire back to back: the second would find the
+        // first one's ping unanswered.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outgoing = Vec::new();
         loop {
             tokio::select! {
@@ -93,16 +98,18 @@ where
                         return end;
                     }
                 }
-                _ = ping.tick() => {
-                    let idle = self.last_heard.elapsed();
-                    if idle >= 2 * interval {
+                _ = ping.tick() => match self.liveness.on_tick(Instant::now()) {
+                    Tick::Quiet => {}
+                    Tick::Ping => {
+                        if self.ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    Tick::Dead => {
                         tracing::debug!(uid = self.conn.uid, "dropping a connection that stopped answering pings");
                         return End::Gone;
                     }
-                    if idle >= interval && self.ws.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return End::Gone;
-                    }
-                }
+                },
             }
         }
     }
@@ -169,7 +176,7 @@ where
             }
             Some(Err(_)) => return Err(End::Gone),
         };
-        self.last_heard = Instant::now();
+        self.liveness.heard(Instant::now());
         match message {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
