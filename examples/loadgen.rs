@@ -51,7 +51,9 @@
 //!
 //! Output: one JSON object with `scenario`, `ok`, `error` (null or the fatal error), `settings`
 //! (every option; secrets redacted), `errors` and `error_samples` (error frames, unexpected
-//! closes), and the scenario's figures: idle `connect_rate`, `connect_secs`,
+//! closes), `cpu_cores` / `connect_cpu_cores` {`server`,`loadgen`} (CPU time over the measured
+//! period divided by its length: near 1.0 means that side was the limit), and the scenario's
+//! figures: idle `connect_rate`, `connect_secs`,
 //! `rss_before_bytes`, `rss_after_bytes`, `rss_per_conn_bytes`, `server_online`; pairs and
 //! group `acked_per_sec`, `delivered_per_sec` / `deliveries_per_sec` (over the load period),
 //! `sent`, `acked`, `unacked`, `refused`, `latency_us` {`count`,`p50`,`p90`,`p99`,`max`,`mean`},
@@ -404,6 +406,47 @@ fn vm_rss(pid: u64) -> Res<u64> {
     Err(format!("{path}: no VmRSS line"))
 }
 
+/// CPU time (user + system) of a process in seconds, from `/proc/PID/stat`.
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses; utime and stime
+    // are the 14th and 15th fields of the line.
+    let mut fields = text[text.rfind(')')? + 1..].split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
+/// How busy the server and the load generator were over a period, in cores (1.0 = one core
+/// all the time): tells whether a figure is the server's limit or the load generator's.
+struct CpuMeter {
+    server_pid: u64,
+    start: Instant,
+    server: Option<f64>,
+    loadgen: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(server_pid: u64) -> CpuMeter {
+        let server = cpu_secs(&server_pid.to_string());
+        CpuMeter { server_pid, start: Instant::now(), server, loadgen: cpu_secs("self") }
+    }
+
+    fn report(&self) -> Value {
+        let wall = self.start.elapsed().as_secs_f64();
+        let share = |before: Option<f64>, now: Option<f64>| match (before, now) {
+            (Some(b), Some(n)) if wall > 0.0 => json!(((n - b) / wall * 100.0).round() / 100.0),
+            _ => Value::Null,
+        };
+        json!({
+            "server": share(self.server, cpu_secs(&self.server_pid.to_string())),
+            "loadgen": share(self.loadgen, cpu_secs("self")),
+        })
+    }
+}
+
 /// Keeps the first few error messages for the report.
 #[derive(Default)]
 struct Errors {
@@ -696,7 +739,9 @@ async fn idle(ctx: &Ctx, conns: usize, users: usize, hold: Duration) -> Res<(Val
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = vm_rss(h.pid);
     let tokens = (0..conns).map(|i| accounts[i % users].token.clone()).collect();
+    let cpu = CpuMeter::start(h.pid);
     let (streams, connect_took) = connect_all(ctx, tokens).await?;
+    let connect_cpu = cpu.report();
 
     // Every connection gets a task that keeps reading (answers pings) until told to stop.
     let errors = Rc::new(Errors::default());
@@ -727,6 +772,7 @@ async fn idle(ctx: &Ctx, conns: usize, users: usize, hold: Duration) -> Res<(Val
             "register_per_sec": per_sec(users as u64, register_took),
             "connect_secs": secs(connect_took),
             "connect_rate": per_sec(conns as u64, connect_took),
+            "connect_cpu_cores": connect_cpu,
             "rss_before_bytes": before,
             "rss_after_bytes": after,
             "rss_per_conn_bytes": per_conn,
@@ -1176,6 +1222,7 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> 
 
     let tokens = users.iter().map(|u| u.token.clone()).collect();
     let (streams, connect_took) = connect_all(ctx, tokens).await?;
+    let server_pid = health(&ctx.net).await?.pid;
 
     let load = Rc::new(Load {
         kind,
@@ -1213,8 +1260,11 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> 
     eprintln!("loadgen: load running for {:.1}s", pacing.duration);
 
     // Figures over the load period.
+    tokio::time::sleep_until(start).await;
+    let cpu = CpuMeter::start(server_pid);
     tokio::time::sleep_until(until).await;
     let measured = tokio::time::Instant::now() - start;
+    let load_cpu = cpu.report();
     let acked_in_period = load.acked.get();
     let delivered_in_period = load.deliveries.get();
 
@@ -1265,6 +1315,7 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> 
         "connect_secs": secs(connect_took),
         "connect_rate": per_sec(clients as u64, connect_took),
         "duration_secs": secs(measured),
+        "cpu_cores": load_cpu,
         "sent": load.sent.get(),
         "acked": load.acked.get(),
         "acked_per_sec": per_sec(acked_in_period, measured),
@@ -1342,6 +1393,8 @@ async fn broadcast(ctx: &Ctx, conns: usize, users: usize, admin_token: &str) -> 
         .collect();
     tokio::task::yield_now().await;
 
+    let server_pid = health(&ctx.net).await?.pid;
+    let cpu = CpuMeter::start(server_pid);
     let mut http = Http::new(ctx.net.clone());
     let sent_at = now_us();
     let body = json!({"data": &*text});
@@ -1353,6 +1406,7 @@ async fn broadcast(ctx: &Ctx, conns: usize, users: usize, admin_token: &str) -> 
     while receipts.borrow().len() < conns && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let broadcast_cpu = cpu.report();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), futures_util::future::join_all(tasks)).await;
 
@@ -1382,6 +1436,7 @@ async fn broadcast(ctx: &Ctx, conns: usize, users: usize, admin_token: &str) -> 
             "p50_received_ms": pick(0.5),
             "p99_received_ms": pick(0.99),
             "all_received_ms": if missing == 0 { pick(1.0) } else { Value::Null },
+            "cpu_cores": broadcast_cpu,
             "errors": errors.get(),
             "error_samples": errors.samples(),
         }),

@@ -107,6 +107,7 @@ async fn idle_scenario() {
     assert!(u(&v, "rss_before_bytes") > 0, "{v}");
     assert!(u(&v, "rss_after_bytes") > 0, "{v}");
     assert!(v["rss_per_conn_bytes"].is_number(), "{v}");
+    assert!(v["connect_cpu_cores"]["server"].is_number(), "{v}");
 }
 
 #[tokio::test]
@@ -125,6 +126,9 @@ async fn pairs_scenario_closed_loop() {
     assert!(f(&v, "acked_per_sec") > 0.0, "{v}");
     assert!(f(&v, "delivered_per_sec") > 0.0, "{v}");
     assert_latency(&v, acked);
+    // A second of closed-loop load keeps both processes busy for more than a clock tick.
+    assert!(v["cpu_cores"]["server"].as_f64().is_some_and(|c| c > 0.0), "{v}");
+    assert!(v["cpu_cores"]["loadgen"].as_f64().is_some_and(|c| c > 0.0), "{v}");
 }
 
 #[tokio::test]
