@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use rusqlite::Connection;
 
 use crate::store::StoreResult;
+use crate::unread::UnreadHints;
 
 pub struct UserEntry {
     pub name: Arc<str>,
@@ -30,16 +31,21 @@ pub struct Directory {
     shops: DashMap<u64, Shop>,
     /// The agent handling each service conversation.
     handlers: DashMap<Arc<str>, u64>,
+    /// Who may have something unread, so most connects skip the sync query.
+    pub unread: UnreadHints,
 }
 
 impl Directory {
     pub fn load(conn: &Connection) -> StoreResult<Directory> {
-        let directory = Directory::default();
+        let mut directory = Directory::default();
         let mut users = conn.prepare("SELECT uid, username, token_gen FROM users")?;
+        let mut max_uid = 0;
         for row in users.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?, r.get::<_, u64>(2)?)))? {
             let (uid, name, token_gen) = row?;
             directory.add_user(uid, &name, token_gen);
+            max_uid = max_uid.max(uid);
         }
+        directory.unread = UnreadHints::new(max_uid);
         let mut rooms = conn.prepare("SELECT chat_id FROM rooms")?;
         for chat_id in rooms.query_map([], |r| r.get::<_, String>(0))? {
             directory.rooms.insert(Arc::from(chat_id?), Arc::new(HashSet::new()));

@@ -67,10 +67,16 @@ impl Fanout {
                     delivered += 1;
                 }
             };
+            // Hints before the registry lookups (see `unread`). The sender has read what it sent.
+            let unread = &self.directory.unread;
             match message.kind {
-                Kind::System => self.registry.for_each(&mut send),
+                Kind::System => {
+                    unread.note_everyone();
+                    self.registry.for_each(&mut send);
+                }
                 Kind::Group => {
                     if let Some(members) = self.directory.room_members(&message.chat_id) {
+                        unread.note(members.iter().copied().filter(|&uid| uid != message.from_uid));
                         for &uid in members.iter().filter(|&&uid| uid != message.from_uid) {
                             self.registry.for_each_of(uid, &mut send);
                         }
@@ -78,7 +84,12 @@ impl Fanout {
                     self.registry.for_each_of(message.from_uid, &mut send);
                 }
                 Kind::Single | Kind::Service => {
+                    if message.kind == Kind::Service {
+                        // Handlers and agents come and go: who may read it is the store's to say.
+                        unread.note_everyone();
+                    }
                     if let Some(to) = message.to_uid.filter(|&to| to != message.from_uid) {
+                        unread.note([to]);
                         self.registry.for_each_of(to, &mut send);
                     }
                     self.registry.for_each_of(message.from_uid, &mut send);

@@ -9,6 +9,9 @@ pub struct Metrics {
     pub messages_stored: IntCounter,
     pub frames_delivered: IntCounter,
     pub errors: IntCounterVec,
+    /// Connect-time syncs answered from memory (nothing unread) and by the store.
+    pub syncs_from_memory: IntCounter,
+    pub syncs_from_store: IntCounter,
     pub store_batch_size: Histogram,
     pub store_commit_seconds: Histogram,
 }
@@ -25,6 +28,11 @@ impl Metrics {
             IntCounter::new("imd_frames_delivered_total", "Message frames queued to connections").expect("metric");
         let errors =
             IntCounterVec::new(Opts::new("imd_errors_total", "Error replies, by code"), &["code"]).expect("metric");
+        let syncs = IntCounterVec::new(
+            Opts::new("imd_syncs_total", "Connect-time syncs, by how they were answered (memory: nothing unread)"),
+            &["answered_from"],
+        )
+        .expect("metric");
         let store_batch_size = Histogram::with_opts(
             HistogramOpts::new("imd_store_batch_size", "Commands committed per store transaction")
                 .buckets(prometheus::exponential_buckets(1.0, 2.0, 13).expect("buckets")),
@@ -41,6 +49,7 @@ impl Metrics {
             Box::new(messages_stored.clone()),
             Box::new(frames_delivered.clone()),
             Box::new(errors.clone()),
+            Box::new(syncs.clone()),
             Box::new(store_batch_size.clone()),
             Box::new(store_commit_seconds.clone()),
         ] {
@@ -53,6 +62,8 @@ impl Metrics {
             messages_stored,
             frames_delivered,
             errors,
+            syncs_from_memory: syncs.with_label_values(&["memory"]),
+            syncs_from_store: syncs.with_label_values(&["store"]),
             store_batch_size,
             store_commit_seconds,
         }

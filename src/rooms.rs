@@ -78,6 +78,9 @@ pub async fn join(app: &App, chat_id: &str, uid: u64) -> Result<(), RoomError> {
         })
         .await?;
     app.directory.add_member(chat_id, uid);
+    // A message committed after the join but delivered before `add_member` reached neither
+    // the new member's connections nor their hint: make their next connect ask the store.
+    app.directory.unread.note([uid]);
     Ok(())
 }
 

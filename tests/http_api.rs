@@ -4,35 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Ws, assert_error, http, http_raw, ok, send_text, seqs, single_chat_id};
+use common::{Server, Ws, assert_error, http, metric_value, ok, send_text, seqs, single_chat_id};
 use serde_json::{Value, json};
-
-/// Sum of all samples of `name` (with or without labels) in Prometheus text; None if absent.
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
-        if let Some(v) = value {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
-async fn metrics(server: &Server) -> String {
-    let (status, text) = http_raw(server.addr, "GET", "/metrics", None, None).await;
-    assert_eq!(status, 200, "/metrics: {text}");
-    text
-}
 
 #[tokio::test]
 async fn envelope_status_equals_code() {
@@ -144,7 +117,7 @@ async fn metrics_are_prometheus_text_and_count_messages() {
     let (mut wa, _) = server.connect(&ta).await;
     let (mut wb, _) = server.connect(&tb).await;
 
-    let before = metrics(&server).await;
+    let before = server.metrics().await;
     let stored_before = metric_value(&before, "imd_messages_stored_total").unwrap_or(0.0);
     let delivered_before = metric_value(&before, "imd_frames_delivered_total").unwrap_or(0.0);
     let online = metric_value(&before, "imd_online_connections");
@@ -160,7 +133,7 @@ async fn metrics_are_prometheus_text_and_count_messages() {
     // The counters may be updated just after the ack; poll with a deadline.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let after = loop {
-        let text = metrics(&server).await;
+        let text = server.metrics().await;
         let stored = metric_value(&text, "imd_messages_stored_total").unwrap_or(0.0);
         let delivered = metric_value(&text, "imd_frames_delivered_total").unwrap_or(0.0);
         if stored > stored_before && delivered > delivered_before {

@@ -1,7 +1,7 @@
 //! Offline delivery and sync at connect (PROTOCOL.md 3.3; BEHAVIOUR.md "Sync").
 mod common;
 
-use common::{Server, Ws, send_text, seqs, single_chat_id, text_frame};
+use common::{Server, Ws, metric_value, send_text, seqs, single_chat_id, text_frame};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -210,4 +210,77 @@ async fn only_the_newest_200_per_conversation_are_synced() {
     let older: Vec<Value> = body["data"]["messages"].as_array().expect("messages").clone();
     assert_eq!(seqs(&older), (1..N - 199).collect::<Vec<u64>>(), "{body}");
     assert_eq!(body["data"]["has_more"], false, "{body}");
+}
+
+/// Connect-time syncs answered from memory and by the store so far.
+async fn sync_sources(server: &Server) -> (f64, f64) {
+    let text = server.metrics().await;
+    let memory = metric_value(&text, r#"imd_syncs_total{answered_from="memory"}"#).unwrap_or(0.0);
+    let store = metric_value(&text, r#"imd_syncs_total{answered_from="store"}"#).unwrap_or(0.0);
+    (memory, store)
+}
+
+/// Connects `token`, checks what was synced, and returns which source answered the sync.
+async fn reconnect(server: &Server, token: &str, want_seqs: &[u64]) -> &'static str {
+    let before = sync_sources(server).await;
+    let (ws, synced) = server.connect(token).await;
+    assert_eq!(seqs(&synced), want_seqs, "{synced:?}");
+    drop(ws);
+    let after = sync_sources(server).await;
+    match (after.0 - before.0, after.1 - before.1) {
+        (1.0, 0.0) => "memory",
+        (0.0, 1.0) => "store",
+        moved => panic!("one sync expected, counters moved by {moved:?}"),
+    }
+}
+
+#[tokio::test]
+async fn nothing_unread_is_known_without_the_store_until_a_message_arrives() {
+    let server = Server::start_with(&["--admin-token", "admin-secret"]).await;
+    let (a, ta) = server.register("alice").await;
+    let (b, tb) = server.register("bob").await;
+
+    // A new account has nothing unread.
+    assert_eq!(reconnect(&server, &tb, &[]).await, "memory");
+    let (mut wa, _) = server.connect(&ta).await;
+
+    // A message to bob while he is away: the store is asked, and asked again until he reads.
+    send_text(&mut wa, b, "u-1", "one").await;
+    send_text(&mut wa, b, "u-2", "two").await;
+    assert_eq!(reconnect(&server, &tb, &[1, 2]).await, "store");
+    let (mut wb, synced) = server.connect(&tb).await;
+    assert_eq!(seqs(&synced), vec![1, 2]);
+    let reply = wb.request(json!({"action": "read", "chat_id": single_chat_id(a, b), "seq": 2})).await;
+    assert_eq!(reply["code"], 200, "{reply}");
+    drop(wb);
+    // Once a sync found nothing, memory answers again.
+    assert_eq!(reconnect(&server, &tb, &[]).await, "store");
+    assert_eq!(reconnect(&server, &tb, &[]).await, "memory");
+
+    // A group message while bob is away reaches him through the store.
+    let room = common::create_room(&server, &ta).await;
+    let (status, body) = server.post_json("/room/join", json!({"chat_id": room}), Some(&tb)).await;
+    common::ok(status, &body, "bob joins");
+    assert_eq!(reconnect(&server, &tb, &[]).await, "store", "a join may race a message: ask once");
+    assert_eq!(reconnect(&server, &tb, &[]).await, "memory");
+    let ack = wa.request(common::group_frame(&room, "g-1", "to the room")).await;
+    assert_eq!(ack["action"], "ack", "{ack}");
+    assert_eq!(reconnect(&server, &tb, &[1]).await, "store");
+
+    // The sender has read what it sent; a broadcast may be unread for anyone.
+    assert_eq!(reconnect(&server, &ta, &[]).await, "memory");
+    let (status, body) =
+        server.post_json("/message/sendPublicMessage", json!({"data": "to all"}), Some("admin-secret")).await;
+    common::ok(status, &body, "broadcast");
+    assert_eq!(reconnect(&server, &ta, &[1]).await, "store");
+}
+
+#[tokio::test]
+async fn after_a_restart_every_user_asks_the_store_once() {
+    let server = Server::start().await;
+    let (_, ta) = server.register("alice").await;
+    assert_eq!(reconnect(&server, &ta, &[]).await, "memory");
+    let server = server.restart().await;
+    assert_eq!(reconnect(&server, &ta, &[]).await, "store");
+    assert_eq!(reconnect(&server, &ta, &[]).await, "memory");
 }

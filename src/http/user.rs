@@ -27,6 +27,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
     }
     let hash = app.auth.hash_password(password).await.ok_or_else(|| ApiError::new(500, "cannot hash the password"))?;
     let name = username.clone();
+    let shared_mark = app.directory.unread.shared_mark();
     let created = app
         .store
         .write(move |conn| {
@@ -53,6 +54,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
         }
         Err(e) => return Err(e.into()),
     };
+    app.directory.unread.registered(uid, shared_mark);
     app.directory.add_user(uid, &username, 0);
     let (token, expires_in) = app.auth.issue(uid, &username, 0);
     Ok(json!({"uid": uid, "username": username, "access_token": token, "expires_in": expires_in}))

@@ -22,6 +22,7 @@ use crate::auth::Claims;
 use crate::frames;
 use crate::registry::Connection;
 use crate::store::queries;
+use crate::unread::SyncNeed;
 
 /// Socket read buffer per connection (tungstenite allocates it up front; it grows for larger
 /// frames): small, because most connections are mostly idle. 4 KiB cost 3 KiB per connection.
@@ -120,11 +121,25 @@ where
         let connected =
             json!({"action": "connected", "uid": uid, "username": self.claims.name, "device": &*self.conn.device});
         self.feed(frames::json(connected)).await?;
-        let missed = match self.app.store.read(move |db| queries::sync_for(db, uid)).await {
-            Ok(batch) => batch.messages,
-            Err(e) => {
-                tracing::error!(uid, "sync failed: {e}");
+        let missed = match self.app.directory.unread.check(uid) {
+            SyncNeed::Nothing => {
+                self.app.metrics.syncs_from_memory.inc();
                 Vec::new()
+            }
+            SyncNeed::Query(snapshot) => {
+                self.app.metrics.syncs_from_store.inc();
+                match self.app.store.read(move |db| queries::sync_for(db, uid)).await {
+                    Ok(batch) => {
+                        if batch.messages.is_empty() {
+                            self.app.directory.unread.synced(snapshot);
+                        }
+                        batch.messages
+                    }
+                    Err(e) => {
+                        tracing::error!(uid, "sync failed: {e}");
+                        Vec::new()
+                    }
+                }
             }
         };
         for message in &missed {

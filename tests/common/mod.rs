@@ -120,6 +120,13 @@ impl Server {
         http(self.addr, "POST", path, Some(("application/x-www-form-urlencoded", body)), token).await
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let (status, text) = http_raw(self.addr, "GET", "/metrics", None, None).await;
+        assert_eq!(status, 200, "/metrics: {text}");
+        text
+    }
+
     /// Registers a user and returns (uid, token).
     pub async fn register(&self, username: &str) -> (u64, String) {
         let (status, body) =
@@ -161,6 +168,27 @@ impl Server {
 }
 
 /// One HTTP/1.1 request over a fresh connection; returns (status, JSON body).
+/// Sum of all samples of `name` (with or without labels) in Prometheus text; None if absent.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = value {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
 pub async fn http(
     addr: SocketAddr,
     method: &str,
