@@ -9,6 +9,7 @@ mod shop;
 mod user;
 
 use std::convert::Infallible;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -28,18 +29,20 @@ use crate::app::App;
 /// Serves one TCP connection until it closes (or is upgraded to a WebSocket).
 pub async fn serve_connection(app: Arc<App>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    // For the WebSocket upgrade, which corks the socket while it answers (see `ws::cork`).
+    let socket = stream.as_raw_fd();
     let io = TokioIo::new(stream);
     let service = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(handle(app, req).await) }
+        async move { Ok::<_, Infallible>(handle(app, req, socket).await) }
     });
     let _ = http1::Builder::new().serve_connection(io, service).with_upgrades().await;
 }
 
-async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
     let path = req.uri().path();
     if path == "/" {
-        return crate::ws::upgrade(app, req);
+        return crate::ws::upgrade(app, req, socket);
     }
     let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return reply(Err(ApiError::not_found(format!("no such endpoint: {path}"))));

@@ -1,10 +1,12 @@
 //! WebSocket: the upgrade of an HTTP request on `/`, then one session task per connection.
 
+mod cork;
 mod liveness;
 pub mod outbox;
 mod rate;
 mod session;
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -13,12 +15,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use self::cork::Cork;
 use crate::app::App;
 use crate::http::{ApiError, Body, envelope};
 
 /// Answers `GET /?access_token=…`: 401 before the upgrade for a bad token, else 101 and a
 /// session task on the upgraded connection.
-pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, socket: RawFd) -> Response<Body> {
     let headers = req.headers();
     let wants_upgrade =
         headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
@@ -40,10 +43,11 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let device: String = param("device").or_else(|| param("fromSource")).unwrap_or("web").chars().take(32).collect();
 
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let cork = Cork::new(socket);
     let tracker = app.sessions.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => session::run(app, TokioIo::new(upgraded), claims, device).await,
+            Ok(upgraded) => session::run(app, TokioIo::new(upgraded), claims, device, cork).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
+use super::cork::Cork;
 use super::liveness::{Liveness, Tick};
 use super::outbox::OutboxState;
 use super::rate::RateLimit;
@@ -47,9 +48,11 @@ struct Session<S> {
     ws: WebSocketStream<S>,
     rate: RateLimit,
     liveness: Liveness,
+    /// Holds the `101` until the sync is written (see `cork`).
+    cork: Option<Cork>,
 }
 
-pub async fn run<S>(app: Arc<App>, io: S, claims: Claims, device: String)
+pub async fn run<S>(app: Arc<App>, io: S, claims: Claims, device: String, cork: Option<Cork>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -65,7 +68,7 @@ where
     app.metrics.connections_total.inc();
     let rate = RateLimit::new(app.config.rate_limit, app.config.rate_burst);
     let liveness = Liveness::new(Duration::from_secs(app.config.ping_interval.max(1)), Instant::now());
-    let mut session = Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, liveness };
+    let mut session = Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, liveness, cork };
     let end = session.serve().await;
     session.finish(end).await;
     app.registry.remove(&conn);
@@ -147,7 +150,11 @@ where
             self.feed(frames::message(message, name.as_deref().unwrap_or("system"))).await?;
         }
         self.feed(frames::json(json!({"action": "sync_done", "count": missed.len()}))).await?;
-        self.ws.flush().await.map_err(|_| End::Gone)
+        self.ws.flush().await.map_err(|_| End::Gone)?;
+        if let Some(cork) = self.cork.take() {
+            cork.release();
+        }
+        Ok(())
     }
 
     async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), End> {
