@@ -77,6 +77,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
@@ -961,15 +962,16 @@ impl<'a> Frame<'a> {
         if !text.starts_with('{') {
             return None;
         }
-        let action = str_field(text, "\"action\":\"")?;
+        let keys = keys();
+        let action = str_field(text, &keys.action)?;
         let (code, chat) = match action {
-            "ack" => (Some(num_field(text, "\"code\":")? as u32), false),
+            "ack" => (Some(num_field(text, &keys.code)? as u32), false),
             "single_chat" | "group_chat" => (None, true),
             _ => return None,
         };
-        let msg_id = str_field(text, "\"msg_id\":\"")?;
+        let msg_id = str_field(text, &keys.msg_id)?;
         let (from_uid, seq) = if chat {
-            (Some(num_field(text, "\"from_uid\":")?), Some(num_field(text, "\"seq\":")?))
+            (Some(num_field(text, &keys.from_uid)?), Some(num_field(text, &keys.seq)?))
         } else {
             (None, None)
         };
@@ -977,14 +979,40 @@ impl<'a> Frame<'a> {
     }
 }
 
-fn str_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let rest = &text[text.find(key)? + key.len()..];
+/// The keys `Frame::scan` looks for, with their searchers built once: building a substring
+/// searcher per call was a quarter of the load generator's time at a million frames per second.
+struct Keys {
+    action: Finder<'static>,
+    code: Finder<'static>,
+    msg_id: Finder<'static>,
+    from_uid: Finder<'static>,
+    seq: Finder<'static>,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| Keys {
+        action: Finder::new("\"action\":\""),
+        code: Finder::new("\"code\":"),
+        msg_id: Finder::new("\"msg_id\":\""),
+        from_uid: Finder::new("\"from_uid\":"),
+        seq: Finder::new("\"seq\":"),
+    })
+}
+
+fn value_after<'a>(text: &'a str, key: &Finder<'_>) -> Option<&'a str> {
+    let at = key.find(text.as_bytes())? + key.needle().len();
+    text.get(at..)
+}
+
+fn str_field<'a>(text: &'a str, key: &Finder<'_>) -> Option<&'a str> {
+    let rest = value_after(text, key)?;
     let end = rest.find(['"', '\\'])?;
     (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
 }
 
-fn num_field(text: &str, key: &str) -> Option<u64> {
-    let rest = &text[text.find(key)? + key.len()..];
+fn num_field(text: &str, key: &Finder<'_>) -> Option<u64> {
+    let rest = value_after(text, key)?;
     let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
