@@ -17,6 +17,9 @@ use crate::metrics::Metrics;
 
 /// Most commands in one transaction; bounds the latency a batch adds to its first message.
 const MAX_BATCH: usize = 4096;
+/// Conversations whose last seq the writer keeps in memory (~100 bytes each). Past this, the
+/// cache is emptied after a commit and refills from the `conversations` table.
+const SEQ_CACHE_LIMIT: usize = 200_000;
 
 /// A message the writer has committed (or found to be a resend), ready for delivery.
 pub struct Committed {
@@ -31,8 +34,9 @@ pub(super) struct Writer {
     durable: bool,
     deliveries: DeliverySender,
     metrics: Arc<Metrics>,
-    /// last_seq of every conversation seen so far; the table row is updated once per batch.
+    /// last_seq of conversations written recently; the table row is updated once per batch.
     last_seq: HashMap<Arc<str>, i64>,
+    seq_cache_limit: usize,
     next_id: i64,
 }
 
@@ -56,7 +60,8 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> StoreResult<Writer> {
         let next_id = max_message_id(&conn)? + 1;
-        Ok(Writer { conn, durable, deliveries, metrics, last_seq: HashMap::new(), next_id })
+        let seq_cache_limit = SEQ_CACHE_LIMIT;
+        Ok(Writer { conn, durable, deliveries, metrics, last_seq: HashMap::new(), seq_cache_limit, next_id })
     }
 
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -122,6 +127,10 @@ impl Writer {
             // Seqs and ids handed out in this batch were not kept: forget them.
             self.last_seq.clear();
             self.next_id = max_message_id(&self.conn).unwrap_or(self.next_id) + 1;
+        } else if self.durable && self.last_seq.len() > self.seq_cache_limit {
+            // Committed, so the table holds every seq the cache knew. (Without the store the
+            // cache is the only record, and is kept.)
+            self.last_seq.clear();
         }
         self.metrics.store_batch_size.observe(size as f64);
         self.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
@@ -343,5 +352,56 @@ fn clone_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Closed => StoreError::Closed,
         other => StoreError::Refused(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::{mpsc, oneshot};
+
+    fn message(chat_id: &str, to_uid: u64) -> Command {
+        let (reply, _) = oneshot::channel();
+        Command::Message(Box::new(NewMessage {
+            kind: Kind::Single,
+            chat_id: Arc::from(chat_id),
+            from_uid: 1,
+            to_uid: Some(to_uid),
+            msg_id: None,
+            msg_type: "text".into(),
+            body: RawValue::from_string("\"hi\"".to_string()).unwrap(),
+            service: None,
+            origin: Origin::Http(reply),
+        }))
+    }
+
+    fn seqs(deliveries: &mut mpsc::UnboundedReceiver<Vec<Delivery>>) -> Vec<i64> {
+        let batch = deliveries.try_recv().unwrap();
+        batch
+            .into_iter()
+            .map(|d| match d {
+                Delivery::Committed(c) => c.message.seq,
+                Delivery::Refused { error, .. } => panic!("refused: {error}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_seq_cache_is_bounded_and_seqs_continue_after_it_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let (tx, mut deliveries) = mpsc::unbounded_channel();
+        let mut writer = Writer::new(conn, true, tx, Arc::new(Metrics::new())).unwrap();
+        writer.seq_cache_limit = 2;
+
+        let mut batch = vec![message("1_1_2", 2), message("1_1_3", 3), message("1_1_4", 4)];
+        writer.run_batch(&mut batch);
+        assert_eq!(seqs(&mut deliveries), vec![1, 1, 1]);
+        assert!(writer.last_seq.is_empty(), "three conversations exceed a limit of two");
+
+        let mut batch = vec![message("1_1_2", 2), message("1_1_2", 2), message("1_1_4", 4)];
+        writer.run_batch(&mut batch);
+        assert_eq!(seqs(&mut deliveries), vec![2, 3, 2]);
+        assert_eq!(writer.last_seq.len(), 2);
     }
 }
