@@ -93,7 +93,7 @@ impl Writer {
         let size = batch.len();
         let mut outcomes = Vec::with_capacity(size);
         let mut updates = BatchUpdates::default();
-        let mut result = self.conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from);
+        let mut result = self.control("BEGIN IMMEDIATE");
         for command in batch.drain(..) {
             match command {
                 Command::Message(message) => {
@@ -120,7 +120,7 @@ impl Writer {
         if result.is_ok() {
             result = updates.flush(&self.conn);
         }
-        let result = result.and_then(|()| self.conn.execute_batch("COMMIT").map_err(StoreError::from));
+        let result = result.and_then(|()| self.control("COMMIT"));
         if let Err(e) = &result {
             tracing::error!("store batch of {size} failed: {e}");
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -154,6 +154,13 @@ impl Writer {
         if !deliveries.is_empty() {
             let _ = self.deliveries.send(deliveries);
         }
+    }
+
+    /// BEGIN / COMMIT through the statement cache: parsing them for every batch showed in
+    /// profiles of small batches.
+    fn control(&self, sql: &str) -> StoreResult<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
     }
 
     fn run_job(&mut self, job: super::Job) -> Box<dyn FnOnce(StoreResult<()>) + Send> {

@@ -88,10 +88,13 @@ where
         // first one's ping unanswered.
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut outgoing = Vec::new();
+        // One registration with the shutdown token for the whole session, not one per turn.
+        let shutdown = self.app.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = self.app.shutdown.cancelled() => return End::Close(CloseCode::Away, "server shutting down"),
+                _ = &mut shutdown => return End::Close(CloseCode::Away, "server shutting down"),
                 _ = self.conn.outbox.ready() => {
                     if let Err(end) = self.write_queued(&mut outgoing).await {
                         return end;
