@@ -178,4 +178,12 @@ impl Directory {
     pub fn set_handler(&self, chat_id: &str, agent_uid: u64) {
         self.handlers.insert(Arc::from(chat_id), agent_uid);
     }
+
+    /// `agent_uid` no longer handles any conversation of `shop_id` (they left the shop).
+    pub fn forget_handler(&self, shop_id: u64, agent_uid: u64) {
+        self.handlers.retain(|chat_id, handler| {
+            *handler != agent_uid
+                || !matches!(crate::chat_id::parse(chat_id), Some(crate::chat_id::ChatId::Service { shop_id: s, .. }) if s == shop_id)
+        });
+    }
 }

@@ -304,6 +304,43 @@ async fn handling_agent_offline_gets_the_message_through_sync() {
 }
 
 #[tokio::test]
+async fn a_removed_handler_stops_getting_the_conversation_and_the_other_agents_get_it() {
+    let server = Server::start().await;
+    let ShopSetup { owner: (_, owner_t), shop, agents: [(g1, g1_t), (_, g2_t)] } =
+        shop_with_agents(&server, "Shoes", ["agent1", "agent2"]).await;
+    let (cust, cust_t) = server.register("customer").await;
+    let chat_id = service_chat_id(shop, cust);
+
+    // agent1 is the only one online, so agent1 handles the conversation.
+    let (mut g, _) = server.connect(&g1_t).await;
+    let (mut c, _) = server.connect(&cust_t).await;
+    let ack1 = reply(&mut c, customer_frame(shop, "r-1", "first")).await;
+    assert_eq!(ack1["agent_uid"], json!(g1), "{ack1}");
+    g.recv_action("service_chat").await;
+    g.stream.close(None).await.ok();
+    drop(g);
+    wait_online_in(&server, &owner_t, &format!("/shop/agents?shop_id={shop}"), "agents", g1, false).await;
+
+    let (status, body) = remove_agent(&server, &owner_t, shop, g1).await;
+    ok(status, &body, "remove the handling agent");
+
+    // Nobody is online: the message waits for the shop's agents.
+    let ack2 = reply(&mut c, customer_frame(shop, "r-2", "hello?")).await;
+    assert_eq!(ack2.get("agent_uid"), Some(&Value::Null), "{ack2}");
+
+    let (mut g, synced) = server.connect(&g1_t).await;
+    assert!(
+        synced.iter().all(|f| f["chat_id"] != json!(chat_id)),
+        "a removed agent gets nothing more of the shop's conversations: {synced:?}"
+    );
+    g.expect_nothing_pending().await;
+    let (_, synced) = server.connect(&g2_t).await;
+    let waiting: Vec<&Value> = synced.iter().filter(|f| f["id"] == ack2["id"]).collect();
+    assert_eq!(waiting.len(), 1, "the remaining agent gets the waiting message through sync: {synced:?}");
+    assert_eq!(waiting[0]["msg"], "hello?", "{synced:?}");
+}
+
+#[tokio::test]
 async fn agent_reply_reaches_every_customer_device() {
     let server = Server::start().await;
     let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shoes", ["agent1"]).await;

@@ -62,9 +62,23 @@ pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
     app.store
         .write(move |conn| {
             conn.execute("DELETE FROM shop_agents WHERE shop_id = ?1 AND uid = ?2", params![shop_id, uid])?;
+            // The conversations they handled wait for the shop's other agents again, and sync
+            // stops offering the shop's conversations to them (unless they are its customer).
+            conn.execute(
+                "UPDATE conversations SET handler_uid = NULL WHERE shop_id = ?1 AND handler_uid = ?2",
+                params![shop_id, uid],
+            )?;
+            conn.execute(
+                "DELETE FROM participants WHERE uid = ?2 AND chat_id IN
+                    (SELECT chat_id FROM conversations WHERE shop_id = ?1 AND customer_uid IS NOT ?2)",
+                params![shop_id, uid],
+            )?;
             Ok(())
         })
         .await?;
+    app.directory.forget_handler(shop_id, uid);
+    // Every agent of the shop may now have those conversations unread.
+    app.directory.unread.note_everyone();
     Ok(json!({"shop_id": shop_id, "uid": uid}))
 }
 

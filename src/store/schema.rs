@@ -5,7 +5,8 @@ use rusqlite::Connection;
 
 use super::StoreResult;
 
-const MIGRATIONS: &[&str] = &[include_str!("../../sql/001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../../sql/001_init.sql"), include_str!("../../sql/002_service_by_shop.sql")];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
     let applied: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -32,5 +33,9 @@ mod tests {
         let system: i64 =
             conn.query_row("SELECT COUNT(*) FROM conversations WHERE chat_id = '0_system'", [], |r| r.get(0)).unwrap();
         assert_eq!(system, 1);
+        let index: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'conversations_by_shop'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(index, 1, "migration 002 ran");
     }
 }
