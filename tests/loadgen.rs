@@ -9,21 +9,18 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// The loadgen example, built by `cargo test` next to the `imd` binary
-/// (`target/<profile>/examples/loadgen`). `cargo test --test loadgen` alone does not build
-/// examples, so a missing binary is built once with the same profile.
+/// The loadgen example (`target/<profile>/examples/loadgen`), built once per run with the same
+/// profile as the tests: `cargo test` builds examples, but `cargo test --test loadgen` alone does
+/// not, and a binary left from an older checkout must not stand in for the current source.
 fn loadgen_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let profile_dir = Path::new(common::BIN).parent().expect("imd binary has a directory");
         let exe = profile_dir.join("examples").join("loadgen");
-        if exe.exists() {
-            return exe;
-        }
         let profile = profile_dir.file_name().and_then(|s| s.to_str()).unwrap_or("debug");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--example", "loadgen"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args(["build", "--quiet", "--example", "loadgen"]).current_dir(env!("CARGO_MANIFEST_DIR"));
         match profile {
             "debug" => {}
             "release" => {
@@ -35,10 +32,8 @@ fn loadgen_bin() -> &'static Path {
         }
         let status = cmd.status();
         assert!(
-            exe.exists(),
-            "the loadgen example is missing at {} and building it failed ({status:?}); \
-             run `cargo build{} --example loadgen` first",
-            exe.display(),
+            status.as_ref().is_ok_and(|s| s.success()) && exe.exists(),
+            "building the loadgen example failed ({status:?}); try `cargo build{} --example loadgen`",
             if profile == "release" { " --release" } else { "" },
         );
         exe
