@@ -89,8 +89,6 @@ pub async fn leave(app: &App, chat_id: &str, uid: u64) -> Result<(), RoomError> 
     if !app.directory.room_exists(chat_id) {
         return Err(RoomError::NoSuchRoom);
     }
-    // Out of the directory first, so no delivery reaches the user once the reply is out.
-    app.directory.remove_member(chat_id, uid);
     let room = chat_id.to_string();
     app.store
         .write(move |conn| {
@@ -99,5 +97,8 @@ pub async fn leave(app: &App, chat_id: &str, uid: u64) -> Result<(), RoomError> 
             Ok(())
         })
         .await?;
+    // After the commit, so a failed one leaves the user a member in memory and database alike;
+    // before the reply, so deliveries that start once the user has it leave them out.
+    app.directory.remove_member(chat_id, uid);
     Ok(())
 }
