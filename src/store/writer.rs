@@ -60,8 +60,8 @@ impl Writer {
         metrics: Arc<Metrics>,
     ) -> StoreResult<Writer> {
         let next_id = max_message_id(&conn)? + 1;
-        let seq_cache_limit = SEQ_CACHE_LIMIT;
-        Ok(Writer { conn, durable, deliveries, metrics, last_seq: HashMap::new(), seq_cache_limit, next_id })
+        let last_seq = HashMap::new();
+        Ok(Writer { conn, durable, deliveries, metrics, last_seq, seq_cache_limit: SEQ_CACHE_LIMIT, next_id })
     }
 
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
