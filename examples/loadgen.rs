@@ -989,27 +989,37 @@ struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
-    /// Fast path for the hot frames (acks and chat messages) in the compact form the server
-    /// writes; `None` sends the frame through the full JSON parser. The only string values
-    /// read are looked at up to their first quote, and one with an escape is left to serde.
+    /// Fast path for the hot frames (acks and chat messages) in the compact form and field
+    /// order the server writes, read in one pass; `None` sends the frame through the full JSON
+    /// parser (so another order or an escaped string is still read, only slower).
     fn scan(text: &'a str) -> Option<Frame<'a>> {
         if !text.starts_with('{') {
             return None;
         }
         let keys = keys();
-        let action = str_field(text, &keys.action)?;
-        let (code, chat) = match action {
-            "ack" => (Some(num_field(text, &keys.code)? as u32), false),
-            "single_chat" | "group_chat" => (None, true),
+        let mut cursor = Cursor { text, at: 0 };
+        let action = cursor.str_after(&keys.action)?;
+        let frame = match action {
+            "ack" => {
+                let code = Some(cursor.num_after(&keys.code)? as u32);
+                let msg_id = cursor.str_after(&keys.msg_id)?;
+                Frame {
+                    action: Cow::Borrowed(action),
+                    code,
+                    msg_id: Some(Cow::Borrowed(msg_id)),
+                    from_uid: None,
+                    seq: None,
+                }
+            }
+            "single_chat" | "group_chat" => {
+                let seq = Some(cursor.num_after(&keys.seq)?);
+                let msg_id = cursor.str_after(&keys.msg_id)?;
+                let from_uid = Some(cursor.num_after(&keys.from_uid)?);
+                Frame { action: Cow::Borrowed(action), code: None, msg_id: Some(Cow::Borrowed(msg_id)), from_uid, seq }
+            }
             _ => return None,
         };
-        let msg_id = str_field(text, &keys.msg_id)?;
-        let (from_uid, seq) = if chat {
-            (Some(num_field(text, &keys.from_uid)?), Some(num_field(text, &keys.seq)?))
-        } else {
-            (None, None)
-        };
-        Some(Frame { action: Cow::Borrowed(action), code, msg_id: Some(Cow::Borrowed(msg_id)), from_uid, seq })
+        Some(frame)
     }
 }
 
@@ -1034,21 +1044,35 @@ fn keys() -> &'static Keys {
     })
 }
 
-fn value_after<'a>(text: &'a str, key: &Finder<'_>) -> Option<&'a str> {
-    let at = key.find(text.as_bytes())? + key.needle().len();
-    text.get(at..)
+/// Reads a frame's values front to back: each key is looked for after the previous value.
+struct Cursor<'a> {
+    text: &'a str,
+    at: usize,
 }
 
-fn str_field<'a>(text: &'a str, key: &Finder<'_>) -> Option<&'a str> {
-    let rest = value_after(text, key)?;
-    let end = rest.find(['"', '\\'])?;
-    (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
-}
+impl<'a> Cursor<'a> {
+    /// The string value after `key`, if it has no escapes.
+    fn str_after(&mut self, key: &Finder<'_>) -> Option<&'a str> {
+        let start = self.value_at(key)?;
+        let len = memchr::memchr2(b'"', b'\\', &self.text.as_bytes()[start..])?;
+        (self.text.as_bytes()[start + len] == b'"').then(|| {
+            self.at = start + len + 1;
+            &self.text[start..start + len]
+        })
+    }
 
-fn num_field(text: &str, key: &Finder<'_>) -> Option<u64> {
-    let rest = value_after(text, key)?;
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-    rest[..end].parse().ok()
+    /// The unsigned number after `key`.
+    fn num_after(&mut self, key: &Finder<'_>) -> Option<u64> {
+        let start = self.value_at(key)?;
+        let digits = self.text.as_bytes()[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+        self.at = start + digits;
+        self.text[start..start + digits].parse().ok()
+    }
+
+    fn value_at(&self, key: &Finder<'_>) -> Option<usize> {
+        let found = key.find(&self.text.as_bytes()[self.at..])?;
+        Some(self.at + found + key.needle().len())
+    }
 }
 
 /// `msg_id` = `<sender index>.<message number>.<send time in µs>`.

@@ -113,6 +113,7 @@ async fn pairs_scenario_closed_loop() {
         loadgen(&["pairs", "--addr", &addr, "--pairs", "3", "--window", "4", "--duration", "1"]).await;
     assert_ok(code, &v, &stderr, "pairs");
     assert_eq!(u(&v, "lost"), 0, "{v}");
+    assert_eq!(u(&v, "reordered"), 0, "every connection sees ascending seqs: {v}");
     assert_eq!(u(&v, "unacked"), 0, "{v}");
     let acked = u(&v, "acked");
     assert!(acked > 0, "{v}");
@@ -135,6 +136,7 @@ async fn pairs_scenario_paced() {
     assert_ok(code, &v, &stderr, "pairs");
     assert_eq!(v["settings"]["rate"], 200.0, "{v}");
     assert_eq!(u(&v, "lost"), 0, "{v}");
+    assert_eq!(u(&v, "reordered"), 0, "every connection sees ascending seqs: {v}");
     let sent = u(&v, "sent");
     // 200/s for one second, paced: about 200, never far above.
     assert!((100..=230).contains(&sent), "paced sends: {v}");
@@ -150,6 +152,7 @@ async fn group_scenario() {
             .await;
     assert_ok(code, &v, &stderr, "group");
     assert_eq!(u(&v, "missing"), 0, "{v}");
+    assert_eq!(u(&v, "reordered"), 0, "every connection sees ascending seqs: {v}");
     let acked = u(&v, "acked");
     assert!(acked > 0, "{v}");
     assert_eq!(u(&v, "expected_deliveries"), acked * 4, "{v}");
