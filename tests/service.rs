@@ -198,9 +198,7 @@ async fn failover_moves_the_conversation_to_another_online_agent() {
     assert_eq!(f["id"], ack1["id"], "{f}");
 
     // The handling agent goes away; once the server sees it offline the conversation moves.
-    h.stream.close(None).await.ok();
-    drop(h);
-    wait_online_in(&server, &owner_t, &format!("/shop/agents?shop_id={shop}"), "agents", first, false).await;
+    go_offline(&server, &owner_t, shop, h, first).await;
 
     let ack2 = reply(&mut c, customer_frame(shop, "f-2", "second")).await;
     assert_ack(&ack2, "f-2", &chat_id);
@@ -287,9 +285,7 @@ async fn handling_agent_offline_gets_the_message_through_sync() {
     let r = reply(&mut g, json!({"action": "read", "chat_id": chat_id, "seq": ack1["seq"]})).await;
     assert_eq!(r["code"], 200, "{r}");
 
-    g.stream.close(None).await.ok();
-    drop(g);
-    wait_online_in(&server, &owner_t, &format!("/shop/agents?shop_id={shop}"), "agents", g1, false).await;
+    go_offline(&server, &owner_t, shop, g, g1).await;
 
     let ack2 = reply(&mut c, customer_frame(shop, "h-2", "are you still there?")).await;
     assert_ack(&ack2, "h-2", &chat_id);
@@ -317,9 +313,7 @@ async fn a_removed_handler_stops_getting_the_conversation_and_the_other_agents_g
     let ack1 = reply(&mut c, customer_frame(shop, "r-1", "first")).await;
     assert_eq!(ack1["agent_uid"], json!(g1), "{ack1}");
     g.recv_action("service_chat").await;
-    g.stream.close(None).await.ok();
-    drop(g);
-    wait_online_in(&server, &owner_t, &format!("/shop/agents?shop_id={shop}"), "agents", g1, false).await;
+    go_offline(&server, &owner_t, shop, g, g1).await;
 
     let (status, body) = remove_agent(&server, &owner_t, shop, g1).await;
     ok(status, &body, "remove the handling agent");
@@ -481,6 +475,13 @@ mod util {
     pub fn agent_frame(chat_id: &str, msg_id: &str, msg: &str) -> Value {
         json!({"action": "service_chat", "chat_type": 3, "msg_type": "text", "msg_id": msg_id,
                "chat_id": chat_id, "msg": msg})
+    }
+
+    /// Closes an agent's only connection and waits until the shop lists them offline.
+    pub async fn go_offline(server: &Server, owner_token: &str, shop: u64, mut ws: Ws, uid: u64) {
+        ws.stream.close(None).await.ok();
+        drop(ws);
+        wait_online_in(server, owner_token, &format!("/shop/agents?shop_id={shop}"), "agents", uid, false).await;
     }
 
     pub async fn remove_agent(server: &Server, token: &str, shop: u64, uid: u64) -> (u16, Value) {
