@@ -27,6 +27,11 @@ impl Liveness {
         Liveness { interval, last_heard: now, ping_sent: None }
     }
 
+    /// How often `on_tick` should run.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// Anything arrived from the peer (a frame, a pong, a close).
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;

@@ -82,7 +82,7 @@ where
         if let Err(end) = self.sync().await {
             return end;
         }
-        let interval = Duration::from_secs(self.app.config.ping_interval.max(1));
+        let interval = self.liveness.interval();
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         // After a stall, late ticks must not fire back to back: the second would find the
         // first one's ping unanswered.
