@@ -23,9 +23,6 @@ use crate::metrics::Metrics;
 
 /// How many commands may wait for the writer before senders are made to wait.
 const QUEUE_DEPTH: usize = 16_384;
-/// The writer's page cache, in KiB as SQLite's negative cache_size wants it: the indexes'
-/// hot pages stay in memory instead of being read back for every batch.
-const WRITER_CACHE_KIB: i64 = -16_384;
 /// Read-only connections (and so concurrent reads) at most.
 const READERS: usize = 4;
 
@@ -106,13 +103,9 @@ impl Store {
         fanout: Fanout,
         metrics: Arc<Metrics>,
     ) -> StoreResult<(Store, StoreThreads)> {
-        conn.pragma_update(None, "synchronous", settings.sync.pragma())?;
-        // Checkpoints run on their own thread (checkpoint.rs), not inside the writer's commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         let checkpointer = checkpoint::Checkpointer::start(path)?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = writer::Writer::new(conn, settings.durable, fanout.spawn(), metrics)?;
+        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics)?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || writer.run(rx))
