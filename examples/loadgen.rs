@@ -48,6 +48,10 @@
 //!   receipt, latency, `missing` = acked x (M-1) - receipts.
 //! - `broadcast --conns N [--users U] --admin-token SECRET`: N connections, one
 //!   `POST /message/sendPublicMessage`; time until every connection has the `public_message`.
+//! - `floor [--rate R] [--duration S] [--echo-core C]`: no server; a bare TCP echo thread
+//!   (pinned to core C) and one blocking client sending a 160-byte message R times a second.
+//!   Its `latency_us` is the machine's own round trip: no server's send-to-receipt latency at
+//!   that rate can be lower.
 //!
 //! Output: one JSON object with `scenario`, `ok`, `error` (null or the fatal error), `settings`
 //! (every option; secrets redacted), `errors` and `error_samples` (error frames, unexpected
@@ -61,7 +65,7 @@
 //! above the previous one on a connection); broadcast `delivered` (the server's reply),
 //! `received`, `missing`, `http_reply_ms`, `first_received_ms`, `p50_received_ms`,
 //! `p99_received_ms`, `all_received_ms` (from just before the POST to the last receipt as seen
-//! by the load generator).
+//! by the load generator); floor `round_trips`, `round_trips_per_sec`, `latency_us`.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -164,6 +168,20 @@ enum Scenario {
         #[arg(long)]
         admin_token: String,
     },
+    /// No imd: a bare TCP echo over loopback, paced like `pairs --rate`. The machine's own
+    /// round-trip latency, under which no server's figure can go.
+    Floor {
+        /// Round trips per second.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Pin the echo thread to this core (the server's; the load generator's own core is
+        /// whatever `taskset` gave it).
+        #[arg(long)]
+        echo_core: Option<usize>,
+    },
 }
 
 impl Scenario {
@@ -173,6 +191,7 @@ impl Scenario {
             Scenario::Pairs { .. } => "pairs",
             Scenario::Group { .. } => "group",
             Scenario::Broadcast { .. } => "broadcast",
+            Scenario::Floor { .. } => "floor",
         }
     }
 }
@@ -293,6 +312,18 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
             s.insert("users".into(), json!(users));
             s.insert("admin_token".into(), json!("<redacted>"));
         }
+        Scenario::Floor { rate, duration, echo_core } => {
+            // Written so that NaN fails too.
+            let rate_ok = *rate > 0.0 && *rate <= 100_000.0;
+            let duration_ok = *duration > 0.0 && *duration <= 3600.0;
+            if !(rate_ok && duration_ok) {
+                return Err("need 0 < --rate <= 100000 and 0 < --duration <= 3600".into());
+            }
+            s.insert("rate".into(), json!(rate));
+            s.insert("duration".into(), json!(duration));
+            s.insert("echo_core".into(), json!(echo_core));
+            s.insert("message_bytes".into(), json!(FLOOR_MESSAGE_BYTES));
+        }
     }
     Ok((prefix, settings))
 }
@@ -305,6 +336,10 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
     let read_buffer = match cli.scenario {
         Scenario::Idle { .. } | Scenario::Broadcast { .. } => 1024,
         Scenario::Pairs { .. } | Scenario::Group { .. } => 8 * 1024,
+        // Talks to no server: blocking sockets on its own threads, nothing else runs meanwhile.
+        Scenario::Floor { rate, duration, echo_core } => {
+            return floor(rate, Duration::from_secs_f64(duration), echo_core);
+        }
     };
     let net = Rc::new(Net::new(addr, cli.sources, read_buffer));
     let ctx = Ctx {
@@ -326,6 +361,7 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
         Scenario::Broadcast { conns, users, admin_token } => {
             broadcast(&ctx, *conns, users.unwrap_or(*conns), admin_token).await
         }
+        Scenario::Floor { .. } => unreachable!("answered above"),
     }
 }
 
@@ -1574,4 +1610,87 @@ async fn broadcast_task(
         }
     }
     close_ws(ws).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// floor: the machine without imd
+
+/// About the size of a `single_chat` frame of the pairs scenario.
+const FLOOR_MESSAGE_BYTES: usize = 160;
+
+/// One connection to an echo thread; each message is sent at its paced time, and its latency
+/// is from the send to the echo's arrival (as `pairs` measures send to receipt).
+fn floor(rate: f64, duration: Duration, echo_core: Option<usize>) -> Res<(Value, bool)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("local_addr: {e}"))?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        if let Some(core) = echo_core {
+            pin_to_core(core)?;
+        }
+        let (mut sock, _) = listener.accept()?;
+        sock.set_nodelay(true)?;
+        let mut message = [0u8; FLOOR_MESSAGE_BYTES];
+        loop {
+            match sock.read_exact(&mut message) {
+                Ok(()) => sock.write_all(&message)?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut sock = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    sock.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let count = (rate * duration.as_secs_f64()).ceil() as u32;
+    let gap = Duration::from_secs_f64(1.0 / rate);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram");
+    let mut message = [b'x'; FLOOR_MESSAGE_BYTES];
+    let start = Instant::now();
+    for i in 0..count {
+        if let Some(wait) = (start + gap * i).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let sent = Instant::now();
+        sock.write_all(&message).and_then(|()| sock.read_exact(&mut message)).map_err(|e| format!("echo: {e}"))?;
+        hist.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+    }
+    let took = start.elapsed();
+    drop(sock);
+    match echo.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("echo thread: {e}")),
+        Err(_) => return Err("echo thread panicked".into()),
+    }
+    let report = json!({
+        "duration_secs": secs(took),
+        "round_trips": count,
+        "round_trips_per_sec": per_sec(count.into(), took),
+        "latency_us": {
+            "count": hist.len(),
+            "p50": hist.value_at_quantile(0.50),
+            "p90": hist.value_at_quantile(0.90),
+            "p99": hist.value_at_quantile(0.99),
+            "max": hist.max(),
+            "mean": hist.mean().round(),
+        },
+        "errors": 0,
+        "error_samples": [],
+    });
+    Ok((report, true))
+}
+
+fn pin_to_core(core: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET checks nothing but writes within
+    // the set for core < CPU_SETSIZE (checked); sched_setaffinity(0) affects the calling thread.
+    unsafe {
+        if core >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "core number too large"));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -197,3 +197,13 @@ async fn refuses_non_loopback_addresses() {
         assert!(v["error"].as_str().is_some_and(|e| e.contains("loopback")), "{v}");
     }
 }
+
+#[tokio::test]
+async fn floor_scenario_needs_no_server() {
+    let (code, v, stderr) = loadgen(&["floor", "--rate", "200", "--duration", "0.5", "--echo-core", "0"]).await;
+    assert_ok(code, &v, &stderr, "floor");
+    assert_eq!(u(&v, "round_trips"), 100, "{v}");
+    assert_latency(&v, 100);
+    assert_eq!(v["settings"]["echo_core"], 0, "{v}");
+    assert!(f(&v, "round_trips_per_sec") > 0.0, "{v}");
+}
