@@ -2,9 +2,12 @@
 //! wait for pages to be copied back into the database file (and fsynced there).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use rusqlite::wal::CheckpointMode;
 
 use super::{StoreError, StoreResult, open_connection};
 
@@ -17,7 +20,8 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub fn start(path: &Path) -> StoreResult<Checkpointer> {
+    /// `copied` gets the frames each checkpoint had copied, for the writer (writer.rs).
+    pub fn start(path: &Path, copied: Arc<AtomicU32>) -> StoreResult<Checkpointer> {
         let conn = open_connection(path, false)?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let signal = stop.clone();
@@ -33,8 +37,11 @@ impl Checkpointer {
                         Err(_) => return,
                     };
                     // PASSIVE never blocks the writer; whatever it cannot copy now waits.
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        tracing::warn!("checkpoint: {e}");
+                    match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+                        Ok((_, done)) => copied.store(done.try_into().unwrap_or(0), Ordering::Relaxed),
+                        // The writer is checkpointing itself.
+                        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+                        Err(e) => tracing::warn!("checkpoint: {e}"),
                     }
                 }
                 // Last one: empty the WAL so the database file stands alone.

@@ -103,9 +103,10 @@ impl Store {
         fanout: Fanout,
         metrics: Arc<Metrics>,
     ) -> StoreResult<(Store, StoreThreads)> {
-        let checkpointer = checkpoint::Checkpointer::start(path)?;
+        let thread_copied = Arc::default();
+        let checkpointer = checkpoint::Checkpointer::start(path, Arc::clone(&thread_copied))?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics)?;
+        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied)?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || writer.run(rx))
