@@ -391,6 +391,18 @@ fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e6
 }
 
+/// The `latency_us` object of a report.
+fn latency_json(hist: &Histogram<u64>) -> Value {
+    json!({
+        "count": hist.len(),
+        "p50": hist.value_at_quantile(0.50),
+        "p90": hist.value_at_quantile(0.90),
+        "p99": hist.value_at_quantile(0.99),
+        "max": hist.max(),
+        "mean": hist.mean().round(),
+    })
+}
+
 fn per_sec(count: u64, d: Duration) -> f64 {
     let s = d.as_secs_f64();
     if s > 0.0 { (count as f64 / s * 10.0).round() / 10.0 } else { 0.0 }
@@ -1429,15 +1441,7 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> 
             }
         }
     }
-    let hist = load.hist.borrow();
-    let latency = json!({
-        "count": hist.len(),
-        "p50": hist.value_at_quantile(0.50),
-        "p90": hist.value_at_quantile(0.90),
-        "p99": hist.value_at_quantile(0.99),
-        "max": hist.max(),
-        "mean": hist.mean().round(),
-    });
+    let latency = latency_json(&load.hist.borrow());
     let errors = load.errors.get();
     let ok = errors == 0 && missing == 0 && unacked == 0;
     let mut report = json!({
@@ -1665,14 +1669,7 @@ fn floor(rate: f64, duration: Duration, echo_core: Option<usize>) -> Res<(Value,
         "duration_secs": secs(took),
         "round_trips": count,
         "round_trips_per_sec": per_sec(count.into(), took),
-        "latency_us": {
-            "count": hist.len(),
-            "p50": hist.value_at_quantile(0.50),
-            "p90": hist.value_at_quantile(0.90),
-            "p99": hist.value_at_quantile(0.99),
-            "max": hist.max(),
-            "mean": hist.mean().round(),
-        },
+        "latency_us": latency_json(&hist),
         "errors": 0,
         "error_samples": [],
     });
