@@ -56,7 +56,8 @@
 //! Output: one JSON object with `scenario`, `ok`, `error` (null or the fatal error), `settings`
 //! (every option; secrets redacted), `errors` and `error_samples` (error frames, unexpected
 //! closes), `cpu_cores` / `connect_cpu_cores` {`server`,`loadgen`} (CPU time over the measured
-//! period divided by its length: near 1.0 means that side was the limit), and the scenario's
+//! period divided by its length: near 1.0 means that side was the limit) with
+//! `server_threads` (the same per server thread name: `imd-worker`, `imd-store-write`, ...), and the scenario's
 //! figures: idle `connect_rate`, `connect_secs`,
 //! `rss_before_bytes`, `rss_after_bytes`, `rss_per_conn_bytes`, `server_online`; pairs and
 //! group `acked_per_sec`, `delivered_per_sec` / `deliveries_per_sec` (over the load period),
@@ -69,6 +70,7 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -467,7 +469,27 @@ fn vm_rss(pid: u64) -> Res<u64> {
 
 /// CPU time (user + system) of a process in seconds, from `/proc/PID/stat`.
 fn cpu_secs(pid: &str) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU seconds per thread name of a process (threads of one name summed), from
+/// `/proc/PID/task/*/stat`: says which of the server's threads (`imd-worker`, the store
+/// writer, the checkpointer) a load keeps busy.
+fn cpu_secs_by_thread(pid: &str) -> BTreeMap<String, f64> {
+    let mut by_name = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let name = text.find('(').zip(text.rfind(')')).map(|(open, close)| &text[open + 1..close]);
+        if let (Some(name), Some(secs)) = (name, stat_cpu_secs(&text)) {
+            *by_name.entry(name.to_string()).or_insert(0.0) += secs;
+        }
+    }
+    by_name
+}
+
+/// utime + stime of a `stat` line, in seconds.
+fn stat_cpu_secs(text: &str) -> Option<f64> {
     // Fields after the command name (which may hold spaces) in parentheses; utime and stime
     // are the 14th and 15th fields of the line.
     let mut fields = text[text.rfind(')')? + 1..].split_whitespace().skip(11);
@@ -481,16 +503,19 @@ fn cpu_secs(pid: &str) -> Option<f64> {
 /// How busy the server and the load generator were over a period, in cores (1.0 = one core
 /// all the time): tells whether a figure is the server's limit or the load generator's.
 struct CpuMeter {
-    server_pid: u64,
+    server_pid: String,
     start: Instant,
     server: Option<f64>,
+    server_threads: BTreeMap<String, f64>,
     loadgen: Option<f64>,
 }
 
 impl CpuMeter {
     fn start(server_pid: u64) -> CpuMeter {
-        let server = cpu_secs(&server_pid.to_string());
-        CpuMeter { server_pid, start: Instant::now(), server, loadgen: cpu_secs("self") }
+        let server_pid = server_pid.to_string();
+        let server = cpu_secs(&server_pid);
+        let server_threads = cpu_secs_by_thread(&server_pid);
+        CpuMeter { server_pid, start: Instant::now(), server, server_threads, loadgen: cpu_secs("self") }
     }
 
     fn report(&self) -> Value {
@@ -499,8 +524,17 @@ impl CpuMeter {
             (Some(b), Some(n)) if wall > 0.0 => json!(((n - b) / wall * 100.0).round() / 100.0),
             _ => Value::Null,
         };
+        // A thread that started during the period counts from zero.
+        let threads: serde_json::Map<String, Value> = cpu_secs_by_thread(&self.server_pid)
+            .into_iter()
+            .map(|(name, now)| {
+                let before = self.server_threads.get(&name).copied().unwrap_or(0.0);
+                (name, share(Some(before), Some(now)))
+            })
+            .collect();
         json!({
-            "server": share(self.server, cpu_secs(&self.server_pid.to_string())),
+            "server": share(self.server, cpu_secs(&self.server_pid)),
+            "server_threads": threads,
             "loadgen": share(self.loadgen, cpu_secs("self")),
         })
     }

@@ -125,6 +125,14 @@ async fn pairs_scenario_closed_loop() {
     // A second of closed-loop load keeps both processes busy for more than a clock tick.
     assert!(v["cpu_cores"]["server"].as_f64().is_some_and(|c| c > 0.0), "{v}");
     assert!(v["cpu_cores"]["loadgen"].as_f64().is_some_and(|c| c > 0.0), "{v}");
+    // Per server thread (Linux cuts thread names to 15 bytes): the store writer worked, and
+    // the threads' shares add up to the process's.
+    let threads = v["cpu_cores"]["server_threads"].as_object().unwrap_or_else(|| panic!("server_threads: {v}"));
+    assert!(threads.contains_key("imd-worker"), "{v}");
+    assert!(threads.get("imd-store-write").and_then(Value::as_f64).is_some_and(|c| c > 0.0), "{v}");
+    let sum: f64 = threads.values().filter_map(Value::as_f64).sum();
+    let server = f(&v["cpu_cores"], "server");
+    assert!((sum - server).abs() <= 0.05 + 0.01 * threads.len() as f64, "threads {sum} vs process {server}: {v}");
 }
 
 #[tokio::test]
