@@ -287,9 +287,13 @@ impl Writer {
         }
         self.next_id += 1;
         self.last_seq.insert(message.chat_id.clone(), seq);
-        updates.last_seq.insert(message.chat_id.clone(), seq);
-        // What a user sends, that user has read.
-        updates.read_seq.insert((message.from_uid, message.chat_id.clone()), seq);
+        // Without the store the seq cache is the only record: a message must not touch the
+        // database at all, or `--no-store` would still pay for commits (rooms' rows exist).
+        if self.durable {
+            updates.last_seq.insert(message.chat_id.clone(), seq);
+            // What a user sends, that user has read.
+            updates.read_seq.insert((message.from_uid, message.chat_id.clone()), seq);
+        }
         Ok((message, false))
     }
 
@@ -481,6 +485,28 @@ mod tests {
         writer.run_batch(&mut batch);
         assert_eq!(seqs(&mut deliveries), vec![2, 3, 2]);
         assert_eq!(writer.last_seq.len(), 2);
+    }
+
+    #[test]
+    fn without_the_store_messages_write_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        // A conversation row that exists anyway, as a room's does.
+        conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 0, 0)", [])
+            .unwrap();
+        let (tx, mut deliveries) = mpsc::unbounded_channel();
+        let settings = WriterSettings { durable: false, ..SETTINGS };
+        let mut writer = Writer::new(conn, settings, tx, Arc::new(Metrics::new()), Arc::default()).unwrap();
+
+        let mut batch = vec![message("1_1_2", 2), message("1_1_2", 2), message("1_1_3", 3)];
+        writer.run_batch(&mut batch);
+        assert_eq!(seqs(&mut deliveries), vec![1, 2, 1]);
+        assert_eq!(writer.wal_frames.load(Ordering::Relaxed), 0, "a commit wrote WAL frames");
+        let stored: i64 = writer
+            .conn
+            .query_row("SELECT last_seq FROM conversations WHERE chat_id = '1_1_2'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, 0);
     }
 
     #[test]
