@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::wal::CheckpointMode;
+use rusqlite::{Connection, ErrorCode};
 
 use super::{StoreError, StoreResult, open_connection};
 
@@ -36,12 +37,8 @@ impl Checkpointer {
                         Ok((guard, _)) => guard,
                         Err(_) => return,
                     };
-                    // PASSIVE never blocks the writer; whatever it cannot copy now waits.
-                    match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-                        Ok((_, done)) => copied.store(done.try_into().unwrap_or(0), Ordering::Relaxed),
-                        // The writer is checkpointing itself.
-                        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
-                        Err(e) => tracing::warn!("checkpoint: {e}"),
+                    if let Some(done) = passive(&conn, "background") {
+                        copied.store(done, Ordering::Relaxed);
                     }
                 }
                 // Last one: empty the WAL so the database file stands alone.
@@ -58,6 +55,20 @@ impl Checkpointer {
         }
         wake.notify_one();
         let _ = self.thread.join();
+    }
+}
+
+/// A PASSIVE checkpoint, which never blocks the writer (what it cannot copy now waits): the
+/// frames it had copied, or None when another checkpoint was running (busy: whoever asked
+/// tries again later) or it failed (logged).
+pub(super) fn passive(conn: &Connection, who: &str) -> Option<u32> {
+    match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
+        Ok((_, copied)) => Some(copied.try_into().unwrap_or(0)),
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => None,
+        Err(e) => {
+            tracing::warn!("{who} checkpoint: {e}");
+            None
+        }
     }
 }
 

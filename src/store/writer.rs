@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
-use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
@@ -204,14 +203,10 @@ impl Writer {
     /// transaction starts the WAL over. Busy (the checkpoint thread is at it) is fine: the
     /// next batch tries again.
     fn checkpoint(&mut self) {
-        match self.conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
-            Ok(_) => {
-                // The WAL starts over at the next transaction: both counts refer to the old one.
-                self.wal_frames.store(0, Ordering::Relaxed);
-                self.thread_copied.store(0, Ordering::Relaxed);
-            }
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {}
-            Err(e) => tracing::warn!("writer checkpoint: {e}"),
+        if super::checkpoint::passive(&self.conn, "writer").is_some() {
+            // The WAL starts over at the next transaction: both counts refer to the old one.
+            self.wal_frames.store(0, Ordering::Relaxed);
+            self.thread_copied.store(0, Ordering::Relaxed);
         }
     }
 
