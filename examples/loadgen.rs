@@ -336,12 +336,8 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
     // zeroed up front: at 15,000 connections 8 KiB each cost the load generator ~10% of its
     // connect time); chat loads read many frames per call.
     let read_buffer = match cli.scenario {
-        Scenario::Idle { .. } | Scenario::Broadcast { .. } => 1024,
+        Scenario::Idle { .. } | Scenario::Broadcast { .. } | Scenario::Floor { .. } => 1024,
         Scenario::Pairs { .. } | Scenario::Group { .. } => 8 * 1024,
-        // Talks to no server: blocking sockets on its own threads, nothing else runs meanwhile.
-        Scenario::Floor { rate, duration, echo_core } => {
-            return floor(rate, Duration::from_secs_f64(duration), echo_core);
-        }
     };
     let net = Rc::new(Net::new(addr, cli.sources, read_buffer));
     let ctx = Ctx {
@@ -363,7 +359,8 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
         Scenario::Broadcast { conns, users, admin_token } => {
             broadcast(&ctx, *conns, users.unwrap_or(*conns), admin_token).await
         }
-        Scenario::Floor { .. } => unreachable!("answered above"),
+        // Talks to no server: blocking sockets on its own threads, nothing else runs meanwhile.
+        Scenario::Floor { rate, duration, echo_core } => floor(*rate, Duration::from_secs_f64(*duration), *echo_core),
     }
 }
 
@@ -391,6 +388,11 @@ fn now_us() -> u64 {
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e6
+}
+
+/// Latencies in µs, from 1 µs to an hour, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds are valid")
 }
 
 /// The `latency_us` object of a report.
@@ -1404,7 +1406,7 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> 
         kind,
         uids: users.iter().map(|u| u.uid).collect(),
         tracks: (0..senders).map(|_| RefCell::new(Track::default())).collect(),
-        hist: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram")),
+        hist: RefCell::new(latency_histogram()),
         sent: Cell::new(0),
         acked: Cell::new(0),
         refused: Cell::new(0),
@@ -1681,7 +1683,7 @@ fn floor(rate: f64, duration: Duration, echo_core: Option<usize>) -> Res<(Value,
     sock.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
     let count = (rate * duration.as_secs_f64()).ceil() as u32;
     let gap = Duration::from_secs_f64(1.0 / rate);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("histogram");
+    let mut hist = latency_histogram();
     let mut message = [b'x'; FLOOR_MESSAGE_BYTES];
     let start = Instant::now();
     for i in 0..count {
