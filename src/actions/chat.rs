@@ -9,6 +9,7 @@ use super::{ClientFrame, Ctx, Refusal, Step};
 use crate::chat_id;
 use crate::service;
 use crate::store::{Kind, NewMessage, Origin};
+use crate::ws::inflight::Unacked;
 
 /// Longest client `msg_id` kept for deduplication.
 const MAX_MSG_ID: usize = 64;
@@ -59,7 +60,7 @@ fn new_message(ctx: &Ctx<'_>, kind: Kind, chat_id: String, to_uid: Option<u64>, 
         msg_type: content.msg_type,
         body: content.body,
         service: None,
-        origin: Origin::Connection(ctx.conn.clone()),
+        origin: Origin::Connection(Unacked::new(ctx.conn.clone())),
     }
 }
 
