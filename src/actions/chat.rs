@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::{ClientFrame, Ctx, Refusal, Step};
+use super::{ClientFrame, Ctx, Refusal, Step, msg_check};
 use crate::chat_id;
 use crate::service;
 use crate::store::{Kind, NewMessage, Origin};
@@ -47,6 +47,8 @@ fn content(frame: &ClientFrame<'_>) -> Result<Content, Refusal> {
     } else if !raw.starts_with('{') {
         return Err(Refusal::new(400, format!("msg must be a JSON object for msg_type {msg_type}")));
     }
+    // Before the ack: what is acked must come back unchanged from history too.
+    msg_check::check(raw).map_err(|e| Refusal::new(400, format!("msg cannot be stored as sent: {e}")))?;
     Ok(Content { msg_id: msg_id.map(Into::into), msg_type: msg_type.into(), body: msg.to_owned() })
 }
 

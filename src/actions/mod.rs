@@ -5,6 +5,7 @@
 mod chat;
 mod frame;
 mod membership;
+mod msg_check;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -205,7 +205,8 @@ where
         match message {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
-                self.refuse(frames::error(400, "binary frames are not supported: send JSON text frames", None), 400).await
+                self.refuse(frames::error(400, "binary frames are not supported: send JSON text frames", None), 400)
+                    .await
             }
             // tungstenite queued the pong, or the reply to a close; send it now.
             Message::Ping(_) | Message::Close(_) => self.ws.flush().await.map_err(|_| End::Gone),
