@@ -177,6 +177,8 @@ async fn old_service_chat_id_zero_and_numeric_msg_ids() {
         reply(&mut a, json!({"action": "group_chat", "chat_type": 2, "msg_id": 7, "chat_id": 77, "msg": "x"})).await;
     assert_frame_error(&r, 404, Some("7"), "numeric room id");
     assert!(r["message"].as_str().is_some_and(|m| m.contains("77")), "{r}");
+    let r = reply(&mut a, json!({"action": "read", "chat_id": 12, "seq": 1})).await;
+    assert_frame_error(&r, 403, None, "read of the conversation \"12\"");
     let r =
         reply(&mut a, json!({"action": "group_chat", "chat_type": 2, "msg_id": "g-0", "chat_id": 0, "msg": "x"})).await;
     assert_frame_error(&r, 400, Some("g-0"), "chat_id 0 is no chat_id");
