@@ -7,6 +7,7 @@ use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
+use crate::ws::inflight::InFlight;
 use crate::ws::outbox::Outbox;
 
 /// One open WebSocket connection (a device of a user).
@@ -15,6 +16,8 @@ pub struct Connection {
     pub uid: u64,
     pub device: Box<str>,
     pub outbox: Outbox,
+    /// Its messages in the store not answered yet: its other replies wait behind them.
+    pub in_flight: InFlight,
 }
 
 impl Connection {
@@ -42,6 +45,7 @@ impl Registry {
             uid,
             device: device.into(),
             outbox: Outbox::new(self.outbox_bytes),
+            in_flight: InFlight::default(),
         });
         self.by_uid.entry(uid).or_default().push(conn.clone());
         self.metrics.online_connections.inc();

@@ -160,7 +160,7 @@ async fn wrong_field_types_are_400_with_the_msg_id() {
         ("read seq letters", json!({"action": "read", "chat_id": "1_1_2", "seq": "abc"})),
         ("read seq bool", json!({"action": "read", "chat_id": "1_1_2", "seq": true})),
         ("read without chat_id", json!({"action": "read", "seq": 1})),
-        ("read chat_id number", json!({"action": "read", "chat_id": 12, "seq": 1})),
+        ("read chat_id bool", json!({"action": "read", "chat_id": true, "seq": 1})),
     ] {
         let reply = wa.request(frame).await;
         assert_frame_error(&reply, 400, None, what);

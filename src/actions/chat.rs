@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::{ClientFrame, Ctx, Refusal, Step};
+use super::{ClientFrame, Ctx, Refusal, Step, msg_check};
 use crate::chat_id;
 use crate::service;
 use crate::store::{Kind, NewMessage, Origin};
+use crate::ws::inflight::Unacked;
 
 /// Longest client `msg_id` kept for deduplication.
 const MAX_MSG_ID: usize = 64;
@@ -46,6 +47,8 @@ fn content(frame: &ClientFrame<'_>) -> Result<Content, Refusal> {
     } else if !raw.starts_with('{') {
         return Err(Refusal::new(400, format!("msg must be a JSON object for msg_type {msg_type}")));
     }
+    // Before the ack: what is acked must come back unchanged from history too.
+    msg_check::check(raw).map_err(|e| Refusal::new(400, format!("msg cannot be stored as sent: {e}")))?;
     Ok(Content { msg_id: msg_id.map(Into::into), msg_type: msg_type.into(), body: msg.to_owned() })
 }
 
@@ -59,7 +62,7 @@ fn new_message(ctx: &Ctx<'_>, kind: Kind, chat_id: String, to_uid: Option<u64>, 
         msg_type: content.msg_type,
         body: content.body,
         service: None,
-        origin: Origin::Connection(ctx.conn.clone()),
+        origin: Origin::Connection(Unacked::new(ctx.conn.clone())),
     }
 }
 

@@ -1,9 +1,11 @@
 //! Client actions: the table from a frame's `action` to its handler. A handler checks the
-//! frame and says what to do next: reply at once, store a message, or reply later.
+//! frame and says what to do next: reply at once, store a message, or reply once a change is
+//! committed.
 
 mod chat;
 mod frame;
 mod membership;
+mod msg_check;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,7 +32,8 @@ pub enum Step {
     Reply(Utf8Bytes),
     /// Store the message; the writer acks it after the commit.
     Store(NewMessage),
-    /// Reply once this finishes (a change that must be committed first).
+    /// Reply once this finishes (a change that must be committed first). The session awaits
+    /// it before reading the connection's next frame, which so sees the change.
     Later(Pin<Box<dyn Future<Output = Utf8Bytes> + Send>>),
 }
 

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::StoreResult;
-use crate::registry::Connection;
+use crate::ws::inflight::Unacked;
 
 /// The kind of a conversation, as the `chat_type` of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +43,9 @@ pub struct ServiceRoute {
 
 /// Who is waiting for the outcome of a message.
 pub enum Origin {
-    /// A WebSocket connection: it gets the ack, the user's other connections the mirror.
-    Connection(Arc<Connection>),
+    /// A WebSocket connection: it gets the ack, the user's other connections the mirror. Its
+    /// later replies wait until this is dropped, so drop it only after queuing the answer.
+    Connection(Unacked),
     /// An HTTP request (broadcast): it gets the stored ids and the number of connections reached.
     Http(oneshot::Sender<StoreResult<Accepted>>),
 }

@@ -1,6 +1,7 @@
 //! WebSocket: the upgrade of an HTTP request on `/`, then one session task per connection.
 
 mod cork;
+pub mod inflight;
 mod liveness;
 pub mod outbox;
 mod rate;

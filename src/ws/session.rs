@@ -196,7 +196,7 @@ where
             Some(Ok(message)) => message,
             Some(Err(WsError::Capacity(_))) => {
                 let limit = self.app.config.max_frame_bytes;
-                self.refuse(frames::error(413, &format!("frame larger than {limit} bytes"), None), 413);
+                self.refuse(frames::error(413, &format!("frame larger than {limit} bytes"), None), 413).await?;
                 return Err(End::Close(CloseCode::Size, "frame too large"));
             }
             Some(Err(_)) => return Err(End::Gone),
@@ -205,8 +205,8 @@ where
         match message {
             Message::Text(text) => self.on_text(&text).await,
             Message::Binary(_) => {
-                self.refuse(frames::error(400, "binary frames are not supported: send JSON text frames", None), 400);
-                Ok(())
+                self.refuse(frames::error(400, "binary frames are not supported: send JSON text frames", None), 400)
+                    .await
             }
             // tungstenite queued the pong, or the reply to a close; send it now.
             Message::Ping(_) | Message::Close(_) => self.ws.flush().await.map_err(|_| End::Gone),
@@ -214,40 +214,61 @@ where
         }
     }
 
+    /// Handles one frame to the end before the next is read, so that each frame sees what the
+    /// ones before it changed (a join commits before the next frame is checked).
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         if !self.app.token_still_valid(&self.claims) {
             let refusal = actions::refusal(text, 401, "the access token expired or was revoked: log in again");
-            self.refuse(refusal, 401);
+            self.refuse(refusal, 401).await?;
             return Err(End::Close(CloseCode::Policy, "token expired"));
         }
         if !self.rate.allow(Instant::now()) {
-            self.refuse(actions::refusal(text, 429, "rate limited: slow down"), 429);
-            return Ok(());
+            return self.refuse(actions::refusal(text, 429, "rate limited: slow down"), 429).await;
         }
         let ctx = actions::Ctx { app: &self.app, conn: &self.conn, uid: self.claims.uid };
         match actions::handle(&ctx, text) {
-            Step::Reply(frame) => {
-                self.conn.send(&frame);
-            }
-            Step::Store(message) => {
-                if self.app.store.submit(message).await.is_err() {
-                    self.refuse(frames::error(503, "the server is shutting down", None), 503);
-                }
-            }
-            Step::Later(reply) => {
-                let conn = self.conn.clone();
-                tokio::spawn(async move {
-                    let frame = reply.await;
-                    conn.send(&frame);
-                });
+            Step::Reply(frame) => self.reply(frame).await,
+            // Never waits for earlier acks: the writer and the fan-out keep messages in order.
+            Step::Store(message) => match self.app.store.submit(message).await {
+                Ok(()) => Ok(()),
+                Err(_) => self.refuse(frames::error(503, "the server is shutting down", None), 503).await,
+            },
+            Step::Later(change) => {
+                let frame = self.while_writing(change).await?;
+                self.reply(frame).await
             }
         }
+    }
+
+    /// Queues a reply once the acks (or errors) of every message this connection sent before
+    /// are queued, so that replies come in the order of the frames they answer.
+    async fn reply(&mut self, frame: Utf8Bytes) -> Result<(), End> {
+        if !self.conn.in_flight.is_settled() {
+            let conn = self.conn.clone();
+            self.while_writing(conn.in_flight.settled()).await?;
+        }
+        self.conn.send(&frame);
         Ok(())
     }
 
-    fn refuse(&self, frame: Utf8Bytes, code: u16) {
+    async fn refuse(&mut self, frame: Utf8Bytes, code: u16) -> Result<(), End> {
         self.app.metrics.error(code);
-        self.conn.send(&frame);
+        self.reply(frame).await
+    }
+
+    /// Awaits `work` (a commit, or earlier acks) while still writing what is queued for this
+    /// connection, so that a long pipeline's acks do not pile up to an overflow meanwhile.
+    async fn while_writing<T>(&mut self, work: impl Future<Output = T>) -> Result<T, End> {
+        tokio::pin!(work);
+        let conn = self.conn.clone();
+        let mut outgoing = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return Ok(done),
+                _ = conn.outbox.ready() => self.write_queued(&mut outgoing).await?,
+            }
+        }
     }
 
     /// Writes what is still queued and closes with the reason's code, within a grace period.
