@@ -8,6 +8,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::metrics::Metrics;
 use crate::ws::outbox::Outbox;
+use crate::ws::positions::Positions;
 
 /// One open WebSocket connection (a device of a user).
 pub struct Connection {
@@ -15,12 +16,21 @@ pub struct Connection {
     pub uid: u64,
     pub device: Box<str>,
     pub outbox: Outbox,
+    /// How far this connection has received each conversation (kept in memory, saved in
+    /// coalesced writes).
+    pub positions: Positions,
 }
 
 impl Connection {
     /// Queues a frame for this connection; false if it is gone or overflowed.
     pub fn send(&self, frame: &Utf8Bytes) -> bool {
         self.outbox.push(frame)
+    }
+
+    /// Queues the frame of message `seq` of `chat_id`: once written to the socket, the
+    /// device has received it.
+    pub fn send_message(&self, frame: &Utf8Bytes, chat_id: &Arc<str>, seq: i64) -> bool {
+        self.outbox.push_marked(frame, Some((chat_id.clone(), seq)))
     }
 }
 
@@ -42,6 +52,7 @@ impl Registry {
             uid,
             device: device.into(),
             outbox: Outbox::new(self.outbox_bytes),
+            positions: Positions::default(),
         });
         self.by_uid.entry(uid).or_default().push(conn.clone());
         self.metrics.online_connections.inc();

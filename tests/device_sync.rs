@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{Server, Ws, WAIT, group_frame, ok, send_text, seqs, single_chat_id};
+use common::{Server, WAIT, Ws, group_frame, ok, send_text, seqs, single_chat_id};
 use serde_json::{Value, json};
 
 /// Waits (bounded by WAIT) until the server counts `want` open connections. A session saves its
@@ -237,7 +237,8 @@ async fn the_conversation_list_is_capped_and_pages() {
         assert_eq!(page["has_more"], more, "{body}");
         paged.extend(list.iter().map(|c| c["chat_id"].clone()));
     }
-    let whole: Vec<Value> = all["conversations"].as_array().expect("list").iter().map(|c| c["chat_id"].clone()).collect();
+    let whole: Vec<Value> =
+        all["conversations"].as_array().expect("list").iter().map(|c| c["chat_id"].clone()).collect();
     assert_eq!(paged, whole, "the pages make up the list, in its order");
 
     for bad in ["limit=0", "limit=501", "limit=x", "offset=-1"] {

@@ -3,6 +3,7 @@
 mod cork;
 mod liveness;
 pub mod outbox;
+pub mod positions;
 mod rate;
 mod session;
 
