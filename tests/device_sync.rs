@@ -4,26 +4,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use common::{Server, WAIT, Ws, group_frame, ok, send_text, seqs, single_chat_id};
+use common::{Server, WAIT, Ws, group_frame, ok, send_text, seqs, single_chat_id, wait_online};
 use serde_json::{Value, json};
-
-/// Waits (bounded by WAIT) until the server counts `want` open connections. A session saves its
-/// connection's delivered positions before it leaves the count, so after this a reconnect sees
-/// them.
-async fn wait_online(server: &Server, want: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = server.get("/health", None).await;
-        let data = ok(status, &body, "/health");
-        if data["online"].as_u64() == Some(want) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "online never became {want}: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Opens a socket by hand and reads `connected` .. `sync_done`; returns the socket, the synced
 /// frames and the `sync_done` frame.
