@@ -226,6 +226,46 @@ mod tests {
     use super::*;
     use rusqlite::StatementStatus;
 
+    /// A conversation 1_1_2 with `n` messages, unread by user 2.
+    fn conversation_of(n: i64) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::Store::prepare(&dir.path().join("s.db")).unwrap();
+        conn.execute_batch("INSERT INTO participants (uid, chat_id, read_seq) VALUES (2, '1_1_2', 0)").unwrap();
+        conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, ?1, 0)", [n])
+            .unwrap();
+        for seq in 1..=n {
+            conn.execute(
+                "INSERT INTO messages (chat_id, seq, from_uid, to_uid, msg_type, body, ts) VALUES ('1_1_2', ?1, 1, 2, 'text', '\"x\"', 0)",
+                [seq],
+            )
+            .unwrap();
+        }
+        (dir, conn)
+    }
+
+    fn synced(batch: &SyncBatch) -> (usize, Option<i64>, Vec<(String, i64)>) {
+        let first = batch.messages.first().map(|m| m.seq);
+        (batch.messages.len(), first, batch.cut.iter().map(|(c, s)| (c.to_string(), *s)).collect())
+    }
+
+    #[test]
+    fn a_conversation_is_cut_only_past_its_share() {
+        let (_dir, conn) = conversation_of(SYNC_PER_CONVERSATION as i64);
+        assert_eq!(synced(&sync_for(&conn, 2, "web").unwrap()), (200, Some(1), vec![]));
+        let (_dir, conn) = conversation_of(SYNC_PER_CONVERSATION as i64 + 1);
+        let batch = sync_for(&conn, 2, "web").unwrap();
+        assert_eq!(synced(&batch), (200, Some(2), vec![("1_1_2".into(), 2)]));
+        assert!(!batch.all_read && !batch.more);
+        // This device's position counts; another device's does not.
+        crate::store::delivered::advance(&conn, 2, "web", &[(Arc::from("1_1_2"), 150)]).unwrap();
+        assert_eq!(synced(&sync_for(&conn, 2, "web").unwrap()), (51, Some(151), vec![]));
+        assert_eq!(synced(&sync_for(&conn, 2, "mobile").unwrap()).0, 200);
+        crate::store::delivered::advance(&conn, 2, "web", &[(Arc::from("1_1_2"), 201)]).unwrap();
+        let batch = sync_for(&conn, 2, "web").unwrap();
+        assert_eq!(synced(&batch), (0, None, vec![]));
+        assert!(!batch.all_read, "delivered is not read");
+    }
+
     #[test]
     fn hot_queries_are_not_reprepared_at_every_run() {
         let dir = tempfile::tempdir().unwrap();

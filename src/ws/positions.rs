@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::outbox::Queued;
 use crate::app::App;
 use crate::registry::Connection;
 use crate::store::delivered;
@@ -36,10 +37,11 @@ impl Positions {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether message `seq` of `chat_id` was already written to this connection (by sync,
-    /// when a live frame raced it).
-    pub fn has(&self, chat_id: &str, seq: i64) -> bool {
-        self.state().seen.get(chat_id).is_some_and(|&seen| seen >= seq)
+    /// Drops the frames of messages already written to this connection: a message committed
+    /// while the sync was read is both in the sync and queued live.
+    pub fn drop_written(&self, queued: &mut Vec<Queued>) {
+        let state = self.state();
+        queued.retain(|q| q.mark.as_ref().is_none_or(|(chat_id, seq)| state.seen.get(chat_id).is_none_or(|s| s < seq)));
     }
 
     /// These messages were written to the socket.
@@ -126,7 +128,7 @@ mod tests {
         let now = Instant::now();
         assert_eq!(positions.schedule(now), None, "nothing to save");
         positions.advance([(&chat, 3), (&chat, 2)]);
-        assert!(positions.has("1_1_2", 3) && !positions.has("1_1_2", 4) && !positions.has("1_1_3", 1));
+        assert_eq!(positions.state().seen.get("1_1_2"), Some(&3), "never back");
         assert_eq!(positions.schedule(now), Some(Duration::ZERO), "the first save goes at once");
         positions.advance([(&chat, 4)]);
         assert_eq!(positions.schedule(now), None, "one save is scheduled already");
@@ -139,5 +141,18 @@ mod tests {
         positions.restore(taken);
         positions.advance([(&chat, 6)]);
         assert_eq!(positions.take(later), vec![(chat, 6)], "a failed save is retried, never moving back");
+    }
+
+    #[test]
+    fn frames_already_written_are_dropped() {
+        use tokio_tungstenite::tungstenite::Message;
+        let positions = Positions::default();
+        let chat: Arc<str> = Arc::from("1_1_2");
+        positions.advance([(&chat, 5)]);
+        let frame = |mark: Option<i64>| Queued { frame: Message::text("x"), mark: mark.map(|seq| (chat.clone(), seq)) };
+        let mut queued = vec![frame(Some(5)), frame(None), frame(Some(6))];
+        positions.drop_written(&mut queued);
+        let marks: Vec<Option<i64>> = queued.iter().map(|q| q.mark.as_ref().map(|m| m.1)).collect();
+        assert_eq!(marks, [None, Some(6)]);
     }
 }

@@ -202,9 +202,7 @@ where
             OutboxState::Overflowed => return Err(End::Close(CloseCode::Policy, "too slow: outbound queue full")),
             OutboxState::Closed => return Err(End::Gone),
         }
-        // A message committed while the sync was read is in both: send it once.
-        let positions = &self.conn.positions;
-        outgoing.retain(|queued| queued.mark.as_ref().is_none_or(|(chat_id, seq)| !positions.has(chat_id, *seq)));
+        self.conn.positions.drop_written(outgoing);
         if outgoing.is_empty() {
             return Ok(());
         }
