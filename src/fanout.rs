@@ -63,7 +63,7 @@ impl Fanout {
             };
             let frame = frames::message(&message, &from_name);
             let mut send = |conn: &Arc<Connection>| {
-                if Some(conn.id) != origin_conn && conn.send(&frame) {
+                if Some(conn.id) != origin_conn && conn.send_message(&frame, &message.chat_id, message.seq) {
                     delivered += 1;
                 }
             };

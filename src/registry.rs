@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::metrics::Metrics;
 use crate::ws::inflight::InFlight;
 use crate::ws::outbox::Outbox;
+use crate::ws::positions::Positions;
 
 /// One open WebSocket connection (a device of a user).
 pub struct Connection {
@@ -18,12 +19,21 @@ pub struct Connection {
     pub outbox: Outbox,
     /// Its messages in the store not answered yet: its other replies wait behind them.
     pub in_flight: InFlight,
+    /// How far this connection has received each conversation (kept in memory, saved in
+    /// coalesced writes).
+    pub positions: Positions,
 }
 
 impl Connection {
     /// Queues a frame for this connection; false if it is gone or overflowed.
     pub fn send(&self, frame: &Utf8Bytes) -> bool {
         self.outbox.push(frame)
+    }
+
+    /// Queues the frame of message `seq` of `chat_id`: once written to the socket, the
+    /// device has received it.
+    pub fn send_message(&self, frame: &Utf8Bytes, chat_id: &Arc<str>, seq: i64) -> bool {
+        self.outbox.push_marked(frame, Some((chat_id.clone(), seq)))
     }
 }
 
@@ -46,6 +56,7 @@ impl Registry {
             device: device.into(),
             outbox: Outbox::new(self.outbox_bytes),
             in_flight: InFlight::default(),
+            positions: Positions::default(),
         });
         self.by_uid.entry(uid).or_default().push(conn.clone());
         self.metrics.online_connections.inc();

@@ -155,8 +155,9 @@ async fn offline_users_get_broadcasts_through_sync_and_later_users_do_not() {
     let f = ws.recv_action("public_message").await;
     assert_public(&f, &data2, "welcome");
     drop(late_ws);
-    // Delivered but not read: it comes again at the next connect; the older one still does not.
-    let (_late_ws, synced) = server.connect(&late_t).await;
+    // Delivered to that device but not read: another device gets it; the older one still does
+    // not.
+    let (_late_ws, synced) = server.connect_device(&late_t, "mobile").await;
     assert!(
         synced.iter().all(|f| f["id"] != data["id"]),
         "the broadcast from before registration came later through sync: {synced:?}"

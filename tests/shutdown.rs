@@ -43,8 +43,8 @@ async fn sigterm_closes_with_1001_exits_0_and_keeps_messages() {
         assert_eq!(m["id"], ack["id"], "{m}");
         assert_eq!(m["seq"], ack["seq"], "{m}");
     }
-    // Delivered but never read: bob gets them again.
-    let (_wb, synced) = server.connect(&tb).await;
+    // Delivered to two devices but never read: a third device of bob gets them.
+    let (_wb, synced) = server.connect_device(&tb, "desk").await;
     assert_eq!(synced.len(), 3, "{synced:?}");
 }
 

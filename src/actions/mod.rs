@@ -6,6 +6,7 @@ mod chat;
 mod frame;
 mod membership;
 mod msg_check;
+mod received;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -64,6 +65,7 @@ const ACTIONS: &[(&str, Option<Kind>, Handler)] = &[
     ("leave_group", Some(Kind::Group), membership::leave),
     ("exit_group", Some(Kind::Group), membership::leave),
     ("read", None, membership::read),
+    ("received", None, received::received),
     ("ping", None, ping),
 ];
 

@@ -103,10 +103,20 @@ pub async fn history(app: &App, params: Params) -> ApiResult {
     Ok(json!({"chat_id": chat_id, "messages": messages, "has_more": has_more}))
 }
 
+/// Conversations per `/message/conversations` page when `limit` is not given, and at most.
+const CONVERSATIONS_DEFAULT: u64 = 100;
+const CONVERSATIONS_MAX: u64 = 500;
+
 pub async fn conversations(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let uid = claims.uid;
-    let rows = app.store.read(move |conn| store::queries::conversations_of(conn, uid)).await?;
+    let limit = params.number("limit")?.unwrap_or(CONVERSATIONS_DEFAULT);
+    if !(1..=CONVERSATIONS_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(format!("`limit` must be 1-{CONVERSATIONS_MAX}")));
+    }
+    let offset = usize::try_from(params.number("offset")?.unwrap_or(0)).unwrap_or(usize::MAX);
+    let (rows, has_more) =
+        app.store.read(move |conn| store::queries::conversations_of(conn, uid, offset, limit as usize)).await?;
     let list: Vec<Value> = rows
         .iter()
         .map(|row| {
@@ -120,5 +130,5 @@ pub async fn conversations(app: &App, params: Params) -> ApiResult {
             })
         })
         .collect();
-    Ok(json!({"conversations": list}))
+    Ok(json!({"conversations": list, "has_more": has_more}))
 }

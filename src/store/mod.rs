@@ -3,6 +3,7 @@
 //! connections on tokio's blocking threads. Nothing here blocks an async worker.
 
 mod checkpoint;
+pub mod delivered;
 mod messages;
 pub mod queries;
 mod schema;

@@ -14,7 +14,11 @@ use crate::chat_id;
 pub const MESSAGE_COLUMNS: &str = "id, chat_id, seq, from_uid, to_uid, msg_id, msg_type, body, ts, shop_id, agent_uid";
 
 /// Most messages one conversation contributes to a sync; the rest come through history.
-pub const SYNC_PER_CONVERSATION: i64 = 200;
+pub const SYNC_PER_CONVERSATION: usize = 200;
+/// Most messages one connect-time sync sends in all (~300 KB of frames).
+pub const SYNC_MAX_MESSAGES: usize = 1000;
+/// Most conversations one sync looks at; the next connect takes up the rest.
+pub const SYNC_MAX_CONVERSATIONS: usize = 500;
 
 pub fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     let chat_id: String = row.get(1)?;
@@ -35,48 +39,92 @@ pub fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
-/// What a connecting user missed: per conversation, the newest unread messages, oldest first.
+/// What a connecting device missed: per conversation, the newest messages after the device's
+/// position, oldest first; and what had to be left out.
 pub struct SyncBatch {
     pub messages: Vec<StoredMessage>,
+    /// Conversations not sent whole: chat_id and the oldest seq sent, or last_seq + 1 when the
+    /// total cap left nothing for it. Older messages are in history (`before` = that seq).
+    pub cut: Vec<(Arc<str>, i64)>,
+    /// More than `SYNC_MAX_CONVERSATIONS` conversations had something to sync.
+    pub more: bool,
+    /// Nothing is unread for the user (by read position), on any device.
+    pub all_read: bool,
 }
 
 // SQLite re-prepares a statement at every run when its plan depends on a bound value: a bound
-// LIMIT, or a join or ORDER BY next to a bound parameter. The two queries that run at every
+// LIMIT, or a join or ORDER BY next to a bound parameter. The queries that run at every
 // connect and listing avoid both (correlated subqueries instead of joins; checked by the unit
 // test below); the message queries need their ORDER BY and run only when there is a page to read.
 
-/// The user's conversations with unread messages, in primary-key (chat_id) order.
-const UNREAD_SQL: &str = "SELECT p.chat_id, p.read_seq FROM participants p WHERE p.uid = ?1 AND (
+/// Whether the user has any conversation with unread messages.
+const UNREAD_SQL: &str = "SELECT p.chat_id FROM participants p WHERE p.uid = ?1 AND (
     SELECT c.last_seq > p.read_seq
        AND (c.kind <> 3 OR c.customer_uid = p.uid OR c.handler_uid IS NULL OR c.handler_uid = p.uid)
     FROM conversations c WHERE c.chat_id = p.chat_id)";
 
-/// The user's conversations (with messages, or rooms) and read positions.
-const CONVERSATIONS_SQL: &str = "SELECT chat_id, kind, last_seq, read_seq FROM (
-        SELECT p.chat_id, p.read_seq,
+/// The user's conversations with messages after the device's position (the larger of the read
+/// and delivered positions), in primary-key (chat_id) order. A service conversation syncs to its
+/// customer, to its handling agent, or to every agent of the shop while nobody handles it.
+const SYNC_SQL: &str = "SELECT chat_id, position, last_seq FROM (
+        SELECT p.chat_id,
+            MAX(p.read_seq, COALESCE((SELECT d.seq FROM delivered d
+                WHERE d.uid = p.uid AND d.device = ?2 AND d.chat_id = p.chat_id), 0)) AS position,
+            (SELECT CASE WHEN c.kind <> 3 OR c.customer_uid = p.uid OR c.handler_uid IS NULL
+                    OR c.handler_uid = p.uid THEN c.last_seq ELSE 0 END
+             FROM conversations c WHERE c.chat_id = p.chat_id) AS last_seq
+        FROM participants p WHERE p.uid = ?1)
+    WHERE last_seq > position";
+
+/// The user's conversations (with messages, or rooms), read positions and the time of the last
+/// message, in primary-key (chat_id) order. (Sorted by the caller: an ORDER BY here made SQLite
+/// re-prepare the statement at every run.)
+const CONVERSATIONS_SQL: &str = "SELECT chat_id, kind, last_seq, read_seq, last_ts FROM (
+        SELECT p.chat_id AS chat_id, p.read_seq AS read_seq,
             (SELECT c.kind FROM conversations c WHERE c.chat_id = p.chat_id) AS kind,
-            (SELECT c.last_seq FROM conversations c WHERE c.chat_id = p.chat_id) AS last_seq
+            (SELECT c.last_seq FROM conversations c WHERE c.chat_id = p.chat_id) AS last_seq,
+            (SELECT m.ts FROM messages m WHERE m.chat_id = p.chat_id
+                AND m.seq = (SELECT c.last_seq FROM conversations c WHERE c.chat_id = p.chat_id)) AS last_ts
         FROM participants p WHERE p.uid = ?1)
     WHERE last_seq > 0 OR kind = 2";
 
-pub fn sync_for(conn: &Connection, uid: u64) -> StoreResult<SyncBatch> {
-    // A service conversation syncs to its customer, to its handling agent, or to every agent
-    // of the shop while nobody handles it.
-    let mut unread = conn.prepare_cached(UNREAD_SQL)?;
-    let pending: Vec<(String, i64)> =
-        unread.query_map([uid], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+/// The connect-time sync of `device` of `uid`: at most `SYNC_PER_CONVERSATION` messages per
+/// conversation and `SYNC_MAX_MESSAGES` in all; what is left out is listed in `cut`.
+pub fn sync_for(conn: &Connection, uid: u64, device: &str) -> StoreResult<SyncBatch> {
+    let mut pending_rows = conn.prepare_cached(SYNC_SQL)?;
+    // Rows stream: stopping after the cap leaves the rest unread.
+    let pending: Vec<(Arc<str>, i64, i64)> = pending_rows
+        .query_map(params![uid, device], |row| Ok((Arc::from(row.get::<_, String>(0)?), row.get(1)?, row.get(2)?)))?
+        .take(SYNC_MAX_CONVERSATIONS + 1)
+        .collect::<Result<_, _>>()?;
+    let all_read = pending.is_empty() && conn.prepare_cached(UNREAD_SQL)?.query([uid])?.next()?.is_none();
     let sql =
         format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3");
     let mut newest = conn.prepare_cached(&sql)?;
-    let mut messages = Vec::new();
-    for (chat_id, read_seq) in pending {
-        let start = messages.len();
-        for message in newest.query_map(params![chat_id, read_seq, SYNC_PER_CONVERSATION], message_from_row)? {
-            messages.push(message?);
+    let mut batch =
+        SyncBatch { messages: Vec::new(), cut: Vec::new(), more: pending.len() > SYNC_MAX_CONVERSATIONS, all_read };
+    for (chat_id, position, last_seq) in pending.into_iter().take(SYNC_MAX_CONVERSATIONS) {
+        let take = SYNC_PER_CONVERSATION.min(SYNC_MAX_MESSAGES - batch.messages.len());
+        if take == 0 {
+            batch.cut.push((chat_id, last_seq + 1));
+            continue;
         }
-        messages[start..].reverse();
+        // One more than taken tells whether older ones were left out.
+        let start = batch.messages.len();
+        for message in newest.query_map(params![&*chat_id, position, take as i64 + 1], message_from_row)? {
+            batch.messages.push(message?);
+        }
+        // The extra (oldest) row only says that older ones were left out.
+        let cut = batch.messages.len() - start > take;
+        if cut {
+            batch.messages.pop();
+        }
+        batch.messages[start..].reverse();
+        if let (true, Some(first)) = (cut, batch.messages.get(start)) {
+            batch.cut.push((chat_id, first.seq));
+        }
     }
-    Ok(SyncBatch { messages })
+    Ok(batch)
 }
 
 /// One page of a conversation, newest page first: messages with seq below `before`.
@@ -106,27 +154,39 @@ pub struct ConversationRow {
     pub last: Option<StoredMessage>,
 }
 
-/// The conversations a user takes part in, most recently active first.
-pub fn conversations_of(conn: &Connection, uid: u64) -> StoreResult<Vec<ConversationRow>> {
-    let mut rows: Vec<ConversationRow> = conn
+/// A page of the conversations a user takes part in, most recently active first: `limit` rows
+/// after the first `offset`, and whether more follow.
+pub fn conversations_of(
+    conn: &Connection,
+    uid: u64,
+    offset: usize,
+    limit: usize,
+) -> StoreResult<(Vec<ConversationRow>, bool)> {
+    let mut all: Vec<(Option<i64>, ConversationRow)> = conn
         .prepare_cached(CONVERSATIONS_SQL)?
         .query_map([uid], |row| {
-            Ok(ConversationRow {
+            let conversation = ConversationRow {
                 chat_id: row.get(0)?,
                 kind: row.get(1)?,
                 last_seq: row.get(2)?,
                 read_seq: row.get(3)?,
                 last: None,
-            })
+            };
+            Ok((row.get(4)?, conversation))
         })?
         .collect::<Result<_, _>>()?;
+    // Stable: rooms without messages, and equal times, keep chat_id order.
+    all.sort_by_key(|(ts, _)| std::cmp::Reverse(ts.unwrap_or(0)));
+    let mut rows: Vec<ConversationRow> =
+        all.into_iter().skip(offset).take(limit.saturating_add(1)).map(|(_, row)| row).collect();
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
     let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2");
     let mut last = conn.prepare_cached(&sql)?;
     for row in &mut rows {
         row.last = last.query_row(params![row.chat_id, row.last_seq], message_from_row).optional()?;
     }
-    rows.sort_by_key(|row| std::cmp::Reverse(row.last.as_ref().map(|m| m.ts).unwrap_or(0)));
-    Ok(rows)
+    Ok((rows, has_more))
 }
 
 pub struct UserRow {
@@ -166,13 +226,53 @@ mod tests {
     use super::*;
     use rusqlite::StatementStatus;
 
+    /// A conversation 1_1_2 with `n` messages, unread by user 2.
+    fn conversation_of(n: i64) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::Store::prepare(&dir.path().join("s.db")).unwrap();
+        conn.execute_batch("INSERT INTO participants (uid, chat_id, read_seq) VALUES (2, '1_1_2', 0)").unwrap();
+        conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, ?1, 0)", [n])
+            .unwrap();
+        for seq in 1..=n {
+            conn.execute(
+                "INSERT INTO messages (chat_id, seq, from_uid, to_uid, msg_type, body, ts) VALUES ('1_1_2', ?1, 1, 2, 'text', '\"x\"', 0)",
+                [seq],
+            )
+            .unwrap();
+        }
+        (dir, conn)
+    }
+
+    fn synced(batch: &SyncBatch) -> (usize, Option<i64>, Vec<(String, i64)>) {
+        let first = batch.messages.first().map(|m| m.seq);
+        (batch.messages.len(), first, batch.cut.iter().map(|(c, s)| (c.to_string(), *s)).collect())
+    }
+
+    #[test]
+    fn a_conversation_is_cut_only_past_its_share() {
+        let (_dir, conn) = conversation_of(SYNC_PER_CONVERSATION as i64);
+        assert_eq!(synced(&sync_for(&conn, 2, "web").unwrap()), (200, Some(1), vec![]));
+        let (_dir, conn) = conversation_of(SYNC_PER_CONVERSATION as i64 + 1);
+        let batch = sync_for(&conn, 2, "web").unwrap();
+        assert_eq!(synced(&batch), (200, Some(2), vec![("1_1_2".into(), 2)]));
+        assert!(!batch.all_read && !batch.more);
+        // This device's position counts; another device's does not.
+        crate::store::delivered::advance(&conn, 2, "web", &[(Arc::from("1_1_2"), 150)]).unwrap();
+        assert_eq!(synced(&sync_for(&conn, 2, "web").unwrap()), (51, Some(151), vec![]));
+        assert_eq!(synced(&sync_for(&conn, 2, "mobile").unwrap()).0, 200);
+        crate::store::delivered::advance(&conn, 2, "web", &[(Arc::from("1_1_2"), 201)]).unwrap();
+        let batch = sync_for(&conn, 2, "web").unwrap();
+        assert_eq!(synced(&batch), (0, None, vec![]));
+        assert!(!batch.all_read, "delivered is not read");
+    }
+
     #[test]
     fn hot_queries_are_not_reprepared_at_every_run() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
         let _writer = crate::store::Store::prepare(&path).unwrap();
         let reader = crate::store::open_connection(&path, true).unwrap();
-        for (sql, params) in [(UNREAD_SQL, 1), (CONVERSATIONS_SQL, 1)] {
+        for (sql, params) in [(UNREAD_SQL, 1), (SYNC_SQL, 2), (CONVERSATIONS_SQL, 1)] {
             for run in 1..=3 {
                 let mut statement = reader.prepare_cached(sql).unwrap();
                 let values: Vec<i64> = (1..=params as i64).collect();

@@ -5,8 +5,11 @@ use rusqlite::Connection;
 
 use super::StoreResult;
 
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../sql/001_init.sql"), include_str!("../../sql/002_service_by_shop.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../sql/001_init.sql"),
+    include_str!("../../sql/002_service_by_shop.sql"),
+    include_str!("../../sql/003_delivered.sql"),
+];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
     let applied: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -37,5 +40,8 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'conversations_by_shop'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(index, 1, "migration 002 ran");
+        let table: i64 =
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivered'", [], |r| r.get(0)).unwrap();
+        assert_eq!(table, 1, "migration 003 ran");
     }
 }

@@ -4,6 +4,7 @@ mod cork;
 pub mod inflight;
 mod liveness;
 pub mod outbox;
+pub mod positions;
 mod rate;
 mod session;
 

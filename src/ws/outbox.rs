@@ -1,9 +1,10 @@
 //! A connection's outbound queue, bounded in bytes. Producers (the store's fan-out, the
 //! session's own replies) push shared frame bytes without blocking; the session drains the
-//! whole queue at once and writes it with one flush.
+//! whole queue at once and writes it with one flush. A message frame travels with the
+//! (chat_id, seq) it carries, so that the session knows what it has delivered once written.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -16,8 +17,17 @@ pub enum OutboxState {
     Closed,
 }
 
+/// The conversation and seq of the message a frame carries.
+pub type Mark = (Arc<str>, i64);
+
+/// A queued frame, with its mark if it carries a message.
+pub struct Queued {
+    pub frame: Message,
+    pub mark: Option<Mark>,
+}
+
 struct Queue {
-    frames: VecDeque<Message>,
+    frames: VecDeque<Queued>,
     bytes: usize,
     state: OutboxState,
 }
@@ -43,6 +53,11 @@ impl Outbox {
 
     /// Queues a text frame; false when the connection is closed or has just overflowed.
     pub fn push(&self, frame: &Utf8Bytes) -> bool {
+        self.push_marked(frame, None)
+    }
+
+    /// Queues a text frame that carries the message `mark`.
+    pub fn push_marked(&self, frame: &Utf8Bytes, mark: Option<Mark>) -> bool {
         let Ok(mut queue) = self.queue.lock() else { return false };
         if queue.state != OutboxState::Open {
             return false;
@@ -57,7 +72,7 @@ impl Outbox {
             return false;
         }
         queue.bytes += frame.len();
-        queue.frames.push_back(Message::Text(frame.clone()));
+        queue.frames.push_back(Queued { frame: Message::Text(frame.clone()), mark });
         let was_empty = queue.frames.len() == 1;
         drop(queue);
         if was_empty {
@@ -67,7 +82,7 @@ impl Outbox {
     }
 
     /// Moves every queued frame into `out`; returns the state.
-    pub fn drain_into(&self, out: &mut Vec<Message>) -> OutboxState {
+    pub fn drain_into(&self, out: &mut Vec<Queued>) -> OutboxState {
         let Ok(mut queue) = self.queue.lock() else { return OutboxState::Closed };
         out.extend(queue.frames.drain(..));
         queue.bytes = 0;
@@ -119,8 +134,19 @@ mod tests {
         }
         let mut out = Vec::new();
         assert_eq!(outbox.drain_into(&mut out), OutboxState::Open);
-        let texts: Vec<String> = out.iter().map(|m| m.to_text().unwrap().to_string()).collect();
+        let texts: Vec<String> = out.iter().map(|q| q.frame.to_text().unwrap().to_string()).collect();
         assert_eq!(texts, ["a", "b", "c"]);
         assert!(outbox.push(&Utf8Bytes::from_static("d")), "draining frees the budget");
+    }
+
+    #[test]
+    fn a_message_frame_keeps_its_mark() {
+        let outbox = Outbox::new(100);
+        assert!(outbox.push_marked(&Utf8Bytes::from_static("m"), Some((Arc::from("1_1_2"), 7))));
+        assert!(outbox.push(&Utf8Bytes::from_static("r")));
+        let mut out = Vec::new();
+        outbox.drain_into(&mut out);
+        let marks: Vec<Option<(&str, i64)>> = out.iter().map(|q| q.mark.as_ref().map(|(c, s)| (&**c, *s))).collect();
+        assert_eq!(marks, [Some(("1_1_2", 7)), None]);
     }
 }

@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 
 use super::cork::Cork;
 use super::liveness::{Liveness, Tick};
-use super::outbox::OutboxState;
+use super::outbox::{OutboxState, Queued};
+use super::positions;
 use super::rate::RateLimit;
 use crate::actions::{self, Step};
 use crate::app::App;
@@ -71,6 +72,9 @@ where
     let mut session = Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, liveness, cork };
     let end = session.serve().await;
     session.finish(end).await;
+    // Before leaving the registry, so that a reconnect that no longer finds this connection
+    // finds its positions saved.
+    positions::save(&app, &conn).await;
     app.registry.remove(&conn);
 }
 
@@ -121,38 +125,51 @@ where
         }
     }
 
-    /// `connected`, then every stored message the user has not read, then `sync_done`.
+    /// `connected`, then every stored message this device has not received, then `sync_done`
+    /// (with what the caps left out). A sync that fails is an error and closes with 1011.
     async fn sync(&mut self) -> Result<(), End> {
         let uid = self.claims.uid;
         let connected =
             json!({"action": "connected", "uid": uid, "username": self.claims.name, "device": &*self.conn.device});
         self.feed(frames::json(connected)).await?;
-        let missed = match self.app.directory.unread.check(uid) {
+        let batch = match self.app.directory.unread.check(uid) {
             SyncNeed::Nothing => {
                 self.app.metrics.syncs_from_memory.inc();
-                Vec::new()
+                None
             }
             SyncNeed::Query(snapshot) => {
                 self.app.metrics.syncs_from_store.inc();
-                match self.app.store.read(move |db| queries::sync_for(db, uid)).await {
+                let device = self.conn.device.to_string();
+                match self.app.store.read(move |db| queries::sync_for(db, uid, &device)).await {
                     Ok(batch) => {
-                        if batch.messages.is_empty() {
+                        if batch.all_read {
                             self.app.directory.unread.synced(snapshot);
                         }
-                        batch.messages
+                        Some(batch)
                     }
-                    Err(e) => {
-                        tracing::error!(uid, "sync failed: {e}");
-                        Vec::new()
-                    }
+                    Err(e) => return Err(self.sync_failed(&e.to_string()).await),
                 }
             }
         };
-        for message in &missed {
+        let (missed, cut, more) = match &batch {
+            Some(batch) => (&batch.messages[..], &batch.cut[..], batch.more),
+            None => (&[][..], &[][..], false),
+        };
+        for message in missed {
             let name = self.app.directory.username(message.from_uid);
             self.feed(frames::message(message, name.as_deref().unwrap_or("system"))).await?;
         }
-        self.feed(frames::json(json!({"action": "sync_done", "count": missed.len()}))).await?;
+        if !missed.is_empty() {
+            // Saved before `sync_done`, so a client that reconnects once it has its sync is not
+            // sent the same messages again.
+            self.ws.flush().await.map_err(|_| End::Gone)?;
+            self.conn.positions.advance(missed.iter().map(|m| (&m.chat_id, m.seq)));
+            positions::save(&self.app, &self.conn).await;
+        }
+        let cut: Vec<_> =
+            cut.iter().map(|(chat_id, first_seq)| json!({"chat_id": &**chat_id, "first_seq": first_seq})).collect();
+        let done = json!({"action": "sync_done", "count": missed.len(), "cut": cut, "more": more});
+        self.feed(frames::json(done)).await?;
         self.ws.flush().await.map_err(|_| End::Gone)?;
         if let Some(cork) = self.cork.take() {
             cork.release();
@@ -160,25 +177,40 @@ where
         Ok(())
     }
 
+    /// Tells the client its sync failed, instead of an empty `sync_done`; the session ends
+    /// with 1011 so that the client reconnects (and syncs) later.
+    async fn sync_failed(&mut self, error: &str) -> End {
+        tracing::error!(uid = self.claims.uid, "sync failed: {error}");
+        self.app.metrics.error(503);
+        let _ = self.feed(frames::error(503, &format!("sync failed: {error}"), None)).await;
+        let _ = self.ws.flush().await;
+        if let Some(cork) = self.cork.take() {
+            cork.release();
+        }
+        End::Close(CloseCode::Error, "sync failed")
+    }
+
     async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), End> {
         self.ws.feed(Message::Text(frame)).await.map_err(|_| End::Gone)
     }
 
-    /// Writes everything queued with one flush. A peer too slow to take it all overflows the
-    /// queue, which ends the wait even mid-write.
-    async fn write_queued(&mut self, outgoing: &mut Vec<Message>) -> Result<(), End> {
+    /// Writes everything queued with one flush, then records the messages written. A peer too
+    /// slow to take it all overflows the queue, which ends the wait even mid-write.
+    async fn write_queued(&mut self, outgoing: &mut Vec<Queued>) -> Result<(), End> {
         match self.conn.outbox.drain_into(outgoing) {
             OutboxState::Open => {}
             OutboxState::Overflowed => return Err(End::Close(CloseCode::Policy, "too slow: outbound queue full")),
             OutboxState::Closed => return Err(End::Gone),
         }
+        self.conn.positions.drop_written(outgoing);
         if outgoing.is_empty() {
             return Ok(());
         }
         let ws = &mut self.ws;
+        let frames = &*outgoing;
         let write = async {
-            for frame in outgoing.drain(..) {
-                ws.feed(frame).await?;
+            for queued in frames {
+                ws.feed(queued.frame.clone()).await?;
             }
             ws.flush().await
         };
@@ -186,8 +218,18 @@ where
             written = write => written.map_err(|_| End::Gone),
             _ = self.conn.outbox.overflowed() => Err(End::Close(CloseCode::Policy, "too slow: outbound queue full")),
         };
+        if result.is_ok() {
+            self.delivered(outgoing);
+        }
         outgoing.clear();
         result
+    }
+
+    /// The messages among `written` are on the socket: this device has received them.
+    fn delivered(&self, written: &[Queued]) {
+        let marks = written.iter().filter_map(|queued| queued.mark.as_ref().map(|(chat_id, seq)| (chat_id, *seq)));
+        self.conn.positions.advance(marks);
+        positions::schedule_save(&self.app, &self.conn);
     }
 
     async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Result<(), End> {
@@ -277,12 +319,15 @@ where
         let mut outgoing = Vec::new();
         self.conn.outbox.drain_into(&mut outgoing);
         let ws = &mut self.ws;
+        let frames = &outgoing;
         let close = async {
-            for frame in outgoing {
-                ws.feed(frame).await?;
+            for queued in frames {
+                ws.feed(queued.frame.clone()).await?;
             }
             ws.close(Some(CloseFrame { code, reason: reason.into() })).await
         };
-        let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
+        if let Ok(Ok(())) = tokio::time::timeout(CLOSE_GRACE, close).await {
+            self.delivered(&outgoing);
+        }
     }
 }

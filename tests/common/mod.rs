@@ -449,6 +449,22 @@ pub async fn wait_online_in(server: &Server, token: &str, path: &str, list: &str
     }
 }
 
+/// Polls `GET /health` (bounded by [`WAIT`]) until the server counts `want` open connections.
+/// A session saves its connection's delivered positions before it leaves the count, so after
+/// this a reconnect of that device is not sent again what it was sent before.
+pub async fn wait_online(server: &Server, want: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = server.get("/health", None).await;
+        let data = ok(status, &body, "/health");
+        if data["online"].as_u64() == Some(want) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "online never became {want}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // WebSocket frames: building them, sending them, and checking replies and deliveries.
 
 /// The chat_id of the 1:1 conversation between `a` and `b`: `1_<smaller uid>_<larger uid>`.
