@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,6 +50,9 @@ async fn serve(
     listener: std::net::TcpListener,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
+    // First: from here on SIGTERM/SIGINT take the graceful path, also one sent the moment the
+    // ready line appears (a handler installed by a spawned task could still be missing then).
+    let mut stop_signals = StopSignals::install()?;
     let metrics = Arc::new(Metrics::new());
     let db = Store::prepare(&config.db)?;
     let directory = Arc::new(Directory::load(&db)?);
@@ -79,7 +82,11 @@ async fn serve(
 
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(stop_on_signal(app.shutdown.clone()));
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move {
+        stop_signals.recv().await;
+        shutdown.cancel();
+    });
     tracing::info!("imd listening on {addr}, database {}", app.config.db.display());
     on_ready(addr);
 
@@ -110,12 +117,22 @@ async fn serve(
     Ok(())
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return };
-    let Ok(mut interrupt) = signal(SignalKind::interrupt()) else { return };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = interrupt.recv() => {}
+/// SIGTERM and SIGINT. The handlers are in place as soon as `install` returns.
+struct StopSignals {
+    term: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
     }
-    shutdown.cancel();
+
+    /// Returns at the first of either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
