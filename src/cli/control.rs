@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use daemonize::{Daemonize, Outcome};
 
-use super::locate::{Daemon, is_imd, locate};
+use super::locate::{Daemon, locate, running};
 use crate::config::Config;
 use crate::server;
 
@@ -93,7 +93,7 @@ pub fn stop(port: u16, host: &str, pid_file: Option<PathBuf>, timeout: u64) -> i
     // SAFETY: kill(2) on a pid just checked to be an imd daemon serving this port.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    while is_imd(pid, None) {
+    while running(pid) {
         if Instant::now() > deadline {
             eprintln!("imd (pid {pid}) did not exit within {timeout}s");
             return 1;

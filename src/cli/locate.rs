@@ -50,6 +50,15 @@ pub fn is_imd(pid: i32, port: Option<u16>) -> bool {
     is_imd_cmdline(&cmdline, port)
 }
 
+/// True until `pid` has exited: it exists and is not a zombie. (A command line already reads
+/// empty while an exiting process still closes its files.)
+pub fn running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // The state follows the command name, which is in parentheses and may hold anything.
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    pid > 0 && !matches!(state, None | Some('Z' | 'X'))
+}
+
 /// The rule of `is_imd` on the NUL-separated arguments of a command line.
 fn is_imd_cmdline(cmdline: &[u8], port: Option<u16>) -> bool {
     let mut args = cmdline.split(|&b| b == 0).map(String::from_utf8_lossy);
