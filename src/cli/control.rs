@@ -90,6 +90,10 @@ pub fn stop(port: u16, host: &str, pid_file: Option<PathBuf>, timeout: u64) -> i
         return 1;
     };
     let pid = daemon.pid();
+    if let Daemon::Answering { local: false, .. } = daemon {
+        eprintln!("imd on port {port} names pid {pid}, which is no imd process here: not signalled");
+        return 1;
+    }
     // SAFETY: kill(2) on a pid just checked to be an imd daemon serving this port.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(timeout);
@@ -107,7 +111,7 @@ pub fn stop(port: u16, host: &str, pid_file: Option<PathBuf>, timeout: u64) -> i
 pub fn status(port: u16, host: &str, pid_file: Option<PathBuf>) -> i32 {
     let pid_file = pid_file.unwrap_or_else(|| default_pid_file(port));
     match locate(host, port, &pid_file) {
-        Some(Daemon::Answering { pid, data }) if data["status"] == "ok" => {
+        Some(Daemon::Answering { pid, data, .. }) if data["status"] == "ok" => {
             println!(
                 "imd running on port {port}: pid {pid}, uptime {}s, online {}",
                 data["uptime_secs"], data["online"]
@@ -115,7 +119,7 @@ pub fn status(port: u16, host: &str, pid_file: Option<PathBuf>) -> i32 {
             0
         }
         // Degraded still serves; failed is about to exit (BEHAVIOUR.md "Running").
-        Some(Daemon::Answering { pid, data }) => {
+        Some(Daemon::Answering { pid, data, .. }) => {
             println!("imd on port {port}: pid {pid}, status {}: {data}", data["status"]);
             if data["status"] == "failed" { 1 } else { 0 }
         }

@@ -10,8 +10,9 @@ use serde_json::Value;
 
 /// The daemon found on a port.
 pub enum Daemon {
-    /// It answered `GET /health`; `data` is the reply's data (`status`, `pid`, …).
-    Answering { pid: i32, data: Value },
+    /// It answered `GET /health`; `data` is the reply's data (`status`, `pid`, …). `local`:
+    /// that pid is an imd daemon here (not so from another pid namespace, say a container).
+    Answering { pid: i32, data: Value, local: bool },
     /// Its pid file names a live `imd start PORT`, but nothing answered on the port.
     Silent { pid: i32 },
 }
@@ -28,9 +29,8 @@ impl Daemon {
 /// us while the daemon answers), else the pid file's, if that process is `imd start PORT`.
 pub fn locate(host: &str, port: u16, pid_file: &Path) -> Option<Daemon> {
     if let Some(data) = health(host, port) {
-        // A pid that is not an imd here (another pid namespace, say) is never signalled.
-        let pid = data["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).filter(|&pid| is_imd(pid, None))?;
-        return Some(Daemon::Answering { pid, data });
+        let pid = data["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        return Some(Daemon::Answering { pid, local: is_imd(pid, None), data });
     }
     let pid = read_pid(pid_file)?;
     is_imd(pid, Some(port)).then_some(Daemon::Silent { pid })
