@@ -36,8 +36,8 @@ impl Fanout {
     /// Starts the delivery task on the current runtime.
     pub fn spawn(self) -> DeliverySender {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Delivery>>();
-        let watch = self.supervisor.watch(Worker::Fanout);
         tokio::spawn(async move {
+            let watch = self.supervisor.watch(Worker::Fanout);
             while let Some(batch) = rx.recv().await {
                 // IMD_FAULT=fanout-panic (tests only): die on the first batch.
                 watch.fault_point();

@@ -108,9 +108,9 @@ impl Store {
         let thread_copied = Arc::default();
         let checkpoint_watch = supervisor.watch(Worker::Checkpoint);
         let checkpointer = checkpoint::Checkpointer::start(path, Arc::clone(&thread_copied), checkpoint_watch)?;
+        let watch = supervisor.watch(Worker::Writer);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied)?;
-        let watch = supervisor.watch(Worker::Writer);
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || {
