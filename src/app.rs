@@ -12,6 +12,7 @@ use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::supervisor::Supervisor;
 
 pub struct App {
     pub config: Config,
@@ -25,6 +26,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// WebSocket sessions, waited for on shutdown.
     pub sessions: TaskTracker,
+    /// Watches the store writer, the checkpoint thread and the fan-out task.
+    pub supervisor: Supervisor,
 }
 
 impl App {

@@ -13,6 +13,7 @@ use crate::frames;
 use crate::metrics::Metrics;
 use crate::registry::{Connection, Registry};
 use crate::store::{Accepted, Committed, Kind, Origin, StoreError};
+use crate::supervisor::{Supervisor, Worker};
 
 /// What the writer hands over after a commit, in commit order.
 pub enum Delivery {
@@ -28,6 +29,7 @@ pub struct Fanout {
     pub registry: Arc<Registry>,
     pub directory: Arc<Directory>,
     pub metrics: Arc<Metrics>,
+    pub supervisor: Supervisor,
 }
 
 impl Fanout {
@@ -35,9 +37,14 @@ impl Fanout {
     pub fn spawn(self) -> DeliverySender {
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Delivery>>();
         tokio::spawn(async move {
+            let watch = self.supervisor.watch(Worker::Fanout);
             while let Some(batch) = rx.recv().await {
+                // IMD_FAULT=fanout-panic (tests only): die on the first batch.
+                watch.fault_point();
                 batch.into_iter().for_each(|delivery| self.apply(delivery));
             }
+            // The writer dropped its end: it stopped, or died and its own watch says so.
+            watch.input_closed();
         });
         tx
     }

@@ -20,6 +20,7 @@ pub mod rooms;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod supervisor;
 pub mod unread;
 pub mod ws;
 

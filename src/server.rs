@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,11 +18,14 @@ use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, WriterSettings};
+use crate::supervisor::Supervisor;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long sessions get to close on shutdown before the store is closed regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a daemon whose worker died keeps answering 503 before it exits.
+const FAILED_LINGER: Duration = Duration::from_secs(1);
 
 /// Binds `host:port` with a backlog deep enough for bursts of connects.
 pub fn bind(host: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
@@ -42,7 +45,11 @@ pub fn bind(host: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
 /// the database is open and connections are being accepted.
 pub fn run(config: Config, listener: std::net::TcpListener, on_ready: impl FnOnce(SocketAddr)) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("imd-worker").build()?;
-    runtime.block_on(serve(config, listener, on_ready))
+    let result = runtime.block_on(serve(config, listener, on_ready));
+    // Dropping the runtime would wait without end for a blocking task stuck behind a dead
+    // worker; the process is exiting anyway.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn serve(
@@ -50,6 +57,10 @@ async fn serve(
     listener: std::net::TcpListener,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), Error> {
+    // First: from here on SIGTERM/SIGINT take the graceful path, also one sent the moment the
+    // ready line appears (a handler installed by a spawned task could still be missing then).
+    let mut stop_signals = StopSignals::install()?;
+    let supervisor = Supervisor::from_env()?;
     let metrics = Arc::new(Metrics::new());
     let db = Store::prepare(&config.db)?;
     let directory = Arc::new(Directory::load(&db)?);
@@ -59,9 +70,14 @@ async fn serve(
     };
     let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?;
     let registry = Arc::new(Registry::new(config.outbox_bytes, metrics.clone()));
-    let fanout = Fanout { registry: registry.clone(), directory: directory.clone(), metrics: metrics.clone() };
+    let fanout = Fanout {
+        registry: registry.clone(),
+        directory: directory.clone(),
+        metrics: metrics.clone(),
+        supervisor: supervisor.clone(),
+    };
     let settings = WriterSettings { durable: !config.no_store, sync: config.sync };
-    let (store, store_threads) = Store::start(db, &config.db, settings, fanout, metrics.clone())?;
+    let (store, store_threads) = Store::start(db, &config.db, settings, fanout, metrics.clone(), &supervisor)?;
     if config.no_store {
         tracing::warn!("--no-store: messages are NOT written to disk (benchmarks only)");
     }
@@ -75,29 +91,43 @@ async fn serve(
         started: Instant::now(),
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
+        supervisor,
     });
 
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(stop_on_signal(app.shutdown.clone()));
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move {
+        stop_signals.recv().await;
+        shutdown.cancel();
+    });
     tracing::info!("imd listening on {addr}, database {}", app.config.db.display());
     on_ready(addr);
 
-    loop {
+    let stop = app.shutdown.cancelled();
+    let failure = app.supervisor.failure();
+    tokio::pin!(stop, failure);
+    let failed = loop {
         tokio::select! {
-            _ = app.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(crate::http::serve_connection(app.clone(), stream));
-                }
-                Err(e) => {
-                    // Out of file descriptors, most likely: back off instead of spinning.
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
+            _ = &mut stop => break false,
+            _ = &mut failure => break true,
+            accepted = listener.accept() => accept(&app, accepted).await,
+        }
+    };
+    if failed {
+        // Sessions close now, while the port keeps answering every request with 503 naming
+        // the dead worker (`http`) for a moment, so that whoever polls /health sees why.
+        app.shutdown.cancel();
+        let linger = tokio::time::sleep(FAILED_LINGER);
+        tokio::pin!(linger);
+        loop {
+            tokio::select! {
+                _ = &mut linger => break,
+                accepted = listener.accept() => accept(&app, accepted).await,
+            }
         }
     }
+    app.supervisor.stopping();
     drop(listener);
     tracing::info!("shutting down: closing {} connections", app.registry.online_connections());
     app.sessions.close();
@@ -105,17 +135,50 @@ async fn serve(
         tracing::warn!("some sessions did not close in time");
     }
     app.store.close().await;
-    tokio::task::spawn_blocking(move || store_threads.join()).await?;
+    let joined = tokio::task::spawn_blocking(move || store_threads.join());
+    if let Some(worker) = app.supervisor.failed() {
+        // What a dead worker leaves behind may never finish: exit regardless, after a while.
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, joined).await;
+        return Err(format!("the {worker} died; exiting with status 1 so that imd is restarted").into());
+    }
+    joined.await?;
+    // A worker may also die while the daemon stops (a panic in the last commit).
+    if let Some(worker) = app.supervisor.failed() {
+        return Err(format!("the {worker} died while stopping").into());
+    }
     tracing::info!("imd stopped");
     Ok(())
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return };
-    let Ok(mut interrupt) = signal(SignalKind::interrupt()) else { return };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = interrupt.recv() => {}
+async fn accept(app: &Arc<App>, accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>) {
+    match accepted {
+        Ok((stream, _)) => {
+            tokio::spawn(crate::http::serve_connection(app.clone(), stream));
+        }
+        Err(e) => {
+            // Out of file descriptors, most likely: back off instead of spinning.
+            tracing::warn!("accept: {e}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
-    shutdown.cancel();
+}
+
+/// SIGTERM and SIGINT. The handlers are in place as soon as `install` returns.
+struct StopSignals {
+    term: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, interrupt: signal(SignalKind::interrupt())? })
+    }
+
+    /// Returns at the first of either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }

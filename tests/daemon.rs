@@ -298,3 +298,82 @@ async fn foreground_start_on_a_busy_port_fails_clearly() {
     assert!(!out.stdout.contains("listening on"), "{}", out.describe());
     drop(listener);
 }
+
+/// Spawns `sleep 30`, a live process that is not imd, for a stale pid file to name.
+fn spawn_sleeper() -> std::process::Child {
+    std::process::Command::new("sleep").arg("30").stdin(Stdio::null()).spawn().expect("spawn sleep")
+}
+
+/// Kills and reaps the test's own sleeper; true if it was still running (never signalled).
+fn reap_sleeper(mut sleeper: std::process::Child) -> bool {
+    let untouched = matches!(sleeper.try_wait(), Ok(None));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    untouched
+}
+
+#[tokio::test]
+async fn stop_never_signals_the_process_a_stale_pid_file_names() {
+    let p = paths("stale");
+    let port = free_port().to_string();
+    let sleeper = spawn_sleeper();
+    std::fs::write(&p.pid, format!("{}\n", sleeper.id())).expect("write pid file");
+
+    let stop = imd(p.dir.path(), &["stop", &port, "--pid-file", &p.pid]).await;
+    let status = imd(p.dir.path(), &["status", &port, "--pid-file", &p.pid]).await;
+    let untouched = reap_sleeper(sleeper);
+    assert!(untouched, "imd stop signalled the unrelated process named by a stale pid file: {}", stop.describe());
+    assert_eq!(stop.status.code(), Some(1), "{}", stop.describe());
+    assert!(stop.stderr.contains("not running"), "{}", stop.describe());
+    assert_eq!(status.status.code(), Some(1), "{}", status.describe());
+    assert!(status.stdout.contains("not running"), "status names no foreign process: {}", status.describe());
+}
+
+#[tokio::test]
+async fn stop_with_a_stale_pid_file_stops_the_daemon_on_the_port_only() {
+    let p = paths("stale2");
+    let mut guard = DaemonGuard::new(p.dir.path());
+    let port = free_port();
+    let out = start_daemon(&p, port).await;
+    guard.watch(Path::new(&p.pid));
+    assert!(out.status.success(), "{}", out.describe());
+    let pid = read_pid(Path::new(&p.pid)).expect("pid file");
+
+    // Another pid file, left over from an earlier run, now names an unrelated process.
+    let sleeper = spawn_sleeper();
+    let stale = p.dir.path().join("stale.pid");
+    std::fs::write(&stale, format!("{}\n", sleeper.id())).expect("write pid file");
+    let stale = stale.to_string_lossy().into_owned();
+    let out = imd(p.dir.path(), &["stop", &port.to_string(), "--pid-file", &stale]).await;
+    let untouched = reap_sleeper(sleeper);
+    assert!(untouched, "imd stop signalled the process named by a stale pid file: {}", out.describe());
+    assert_eq!(out.status.code(), Some(0), "the daemon serving the port is stopped: {}", out.describe());
+    assert!(!alive(pid), "pid {pid} still running after stop");
+}
+
+#[tokio::test]
+async fn status_and_stop_reach_a_daemon_on_a_specific_host() {
+    let p = paths("host");
+    let mut guard = DaemonGuard::new(p.dir.path());
+    guard.watch(Path::new(&p.pid));
+    let port = free_port().to_string();
+    // 127.0.0.2 is loopback on Linux, but nothing listens on 127.0.0.1 for this daemon.
+    let out = imd(
+        p.dir.path(),
+        &["start", &port, "-d", "--host", "127.0.0.2", "--db", &p.db, "--pid-file", &p.pid, "--log-file", &p.log],
+    )
+    .await;
+    guard.watch(Path::new(&p.pid));
+    assert!(out.status.success(), "imd start -d --host 127.0.0.2: {}", out.describe());
+    let pid = read_pid(Path::new(&p.pid)).expect("pid file");
+
+    let out = imd(p.dir.path(), &["status", &port, "--host", "127.0.0.2"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    assert!(out.stdout.contains(&pid.to_string()), "{}", out.describe());
+
+    // No pid file in this directory: stop finds the pid through /health on that host.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = imd_in(p.dir.path(), empty.path(), &["stop", &port, "--host", "127.0.0.2"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    assert!(!alive(pid), "pid {pid} still running after stop");
+}

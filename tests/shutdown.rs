@@ -134,3 +134,14 @@ async fn a_clean_stop_leaves_the_database_in_one_file() {
     let wal = server.db.with_extension("db-wal");
     assert!(!wal.exists(), "the WAL is checkpointed and removed at a clean stop: {}", wal.display());
 }
+
+/// The signal handlers exist before the ready line: a SIGTERM sent the moment `listening on`
+/// appears takes the graceful path (exit 0), never the default action (death by signal).
+#[tokio::test]
+async fn sigterm_right_after_the_ready_line_exits_0_every_time() {
+    for attempt in 1..=20 {
+        let mut server = Server::start().await;
+        let status = server.terminate().await;
+        assert_eq!(status.code(), Some(0), "attempt {attempt}: SIGTERM right after start: {status:?}");
+    }
+}

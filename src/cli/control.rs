@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use daemonize::{Daemonize, Outcome};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 
+use super::locate::{Daemon, locate, running};
 use crate::config::Config;
 use crate::server;
 
@@ -84,17 +83,21 @@ pub fn start_detached(port: u16, mut config: Config, listener: std::net::TcpList
     }
 }
 
-pub fn stop(port: u16, pid_file: Option<PathBuf>, timeout: u64) -> i32 {
+pub fn stop(port: u16, host: &str, pid_file: Option<PathBuf>, timeout: u64) -> i32 {
     let pid_file = pid_file.unwrap_or_else(|| default_pid_file(port));
-    let pid = read_pid(&pid_file).or_else(|| health(port).and_then(|h| h["data"]["pid"].as_i64()).map(|p| p as i32));
-    let Some(pid) = pid.filter(|&pid| alive(pid)) else {
+    let Some(daemon) = locate(host, port, &pid_file) else {
         eprintln!("imd not running on port {port}");
         return 1;
     };
-    // SAFETY: kill(2) with a pid read from our own pid file or health reply.
+    let pid = daemon.pid();
+    if let Daemon::Answering { local: false, .. } = daemon {
+        eprintln!("imd on port {port} names pid {pid}, which is no imd process here: not signalled");
+        return 1;
+    }
+    // SAFETY: kill(2) on a pid just checked to be an imd daemon serving this port.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    while alive(pid) {
+    while running(pid) {
         if Instant::now() > deadline {
             eprintln!("imd (pid {pid}) did not exit within {timeout}s");
             return 1;
@@ -105,49 +108,28 @@ pub fn stop(port: u16, pid_file: Option<PathBuf>, timeout: u64) -> i32 {
     0
 }
 
-pub fn status(port: u16, pid_file: Option<PathBuf>) -> i32 {
-    if let Some(health) = health(port) {
-        let data = &health["data"];
-        println!(
-            "imd running on port {port}: pid {}, uptime {}s, online {}",
-            data["pid"], data["uptime_secs"], data["online"]
-        );
-        return 0;
-    }
+pub fn status(port: u16, host: &str, pid_file: Option<PathBuf>) -> i32 {
     let pid_file = pid_file.unwrap_or_else(|| default_pid_file(port));
-    match read_pid(&pid_file).filter(|&pid| alive(pid)) {
-        Some(pid) => println!("imd on port {port}: pid {pid} exists but does not answer"),
-        None => println!("imd not running on port {port}"),
+    match locate(host, port, &pid_file) {
+        Some(Daemon::Answering { pid, data, .. }) if data["status"] == "ok" => {
+            println!(
+                "imd running on port {port}: pid {pid}, uptime {}s, online {}",
+                data["uptime_secs"], data["online"]
+            );
+            0
+        }
+        // Degraded still serves; failed is about to exit (BEHAVIOUR.md "Running").
+        Some(Daemon::Answering { pid, data, .. }) => {
+            println!("imd on port {port}: pid {pid}, status {}: {data}", data["status"]);
+            if data["status"] == "failed" { 1 } else { 0 }
+        }
+        Some(Daemon::Silent { pid }) => {
+            println!("imd on port {port}: pid {pid} exists but does not answer");
+            1
+        }
+        None => {
+            println!("imd not running on port {port}");
+            1
+        }
     }
-    1
-}
-
-fn read_pid(path: &PathBuf) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
-}
-
-/// `GET /health` on the local port, if something answers it within two seconds.
-fn health(port: u16) -> Option<serde_json::Value> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-    runtime
-        .block_on(async {
-            let ask = async {
-                let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
-                tokio::spawn(conn);
-                let request =
-                    hyper::Request::get("/health").header("host", "127.0.0.1").body(Empty::<Bytes>::new()).ok()?;
-                let response = sender.send_request(request).await.ok()?;
-                let body = response.into_body().collect().await.ok()?.to_bytes();
-                serde_json::from_slice::<serde_json::Value>(&body).ok()
-            };
-            tokio::time::timeout(Duration::from_secs(2), ask).await.ok().flatten()
-        })
-        .filter(|h| h["data"]["status"] == "ok")
 }

@@ -1,6 +1,7 @@
 //! The `imd` command line: start, stop, status, user.
 
 mod control;
+mod locate;
 mod user;
 
 use std::io::Write;
@@ -32,6 +33,9 @@ enum Command {
     /// Stop the daemon on PORT (SIGTERM) and wait until it has exited.
     Stop {
         port: u16,
+        /// Address the daemon listens on (its --host; 0.0.0.0 is reached at 127.0.0.1).
+        #[arg(long, env = "IMD_HOST", default_value = "127.0.0.1")]
+        host: String,
         /// Pid file (default ./imd-PORT.pid).
         #[arg(long, env = "IMD_PID_FILE")]
         pid_file: Option<PathBuf>,
@@ -42,6 +46,9 @@ enum Command {
     /// Tell whether a daemon runs on PORT; exit 0 when it does.
     Status {
         port: u16,
+        /// Address the daemon listens on (its --host; 0.0.0.0 is reached at 127.0.0.1).
+        #[arg(long, env = "IMD_HOST", default_value = "127.0.0.1")]
+        host: String,
         /// Pid file (default ./imd-PORT.pid).
         #[arg(long, env = "IMD_PID_FILE")]
         pid_file: Option<PathBuf>,
@@ -84,8 +91,8 @@ impl Role {
 pub fn run() -> i32 {
     match Cli::parse().command {
         Command::Start { port, daemon, config } => start(port, daemon, config),
-        Command::Stop { port, pid_file, timeout } => control::stop(port, pid_file, timeout),
-        Command::Status { port, pid_file } => control::status(port, pid_file),
+        Command::Stop { port, host, pid_file, timeout } => control::stop(port, &host, pid_file, timeout),
+        Command::Status { port, host, pid_file } => control::status(port, &host, pid_file),
         Command::User { command: UserCommand::Role { name, role, db } } => user::set_role(&db, &name, role),
     }
 }

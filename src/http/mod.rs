@@ -40,6 +40,9 @@ pub async fn serve_connection(app: Arc<App>, stream: TcpStream) {
 }
 
 async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
+    if let Some(worker) = app.supervisor.failed() {
+        return failed(&app, worker);
+    }
     let path = req.uri().path();
     if path == "/" {
         return crate::ws::upgrade(app, req, socket);
@@ -104,6 +107,19 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
         "/message/conversations" => message::conversations(app, params).await,
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }
+}
+
+/// Every request's answer once a watched worker has died, until the daemon exits (a second
+/// later; see `server`): 503 with /health's fields and `"status":"failed"`.
+fn failed(app: &App, worker: &str) -> Response<Body> {
+    let data = json!({
+        "status": "failed",
+        "failed": worker,
+        "pid": std::process::id(),
+        "uptime_secs": app.started.elapsed().as_secs(),
+        "online": app.registry.online_connections(),
+    });
+    envelope(503, &format!("imd is failing: the {worker} died; it exits to be restarted"), data)
 }
 
 fn health(app: &App) -> serde_json::Value {

@@ -11,6 +11,7 @@ use rusqlite::wal::CheckpointMode;
 use rusqlite::{Connection, ErrorCode};
 
 use super::{StoreError, StoreResult, open_connection};
+use crate::supervisor::Watch;
 
 /// How often the WAL is copied back into the database.
 const INTERVAL: Duration = Duration::from_millis(250);
@@ -22,7 +23,8 @@ pub struct Checkpointer {
 
 impl Checkpointer {
     /// `copied` gets the frames each checkpoint had copied, for the writer (writer.rs).
-    pub fn start(path: &Path, copied: Arc<AtomicU32>) -> StoreResult<Checkpointer> {
+    /// `watch` reports the thread's death to the supervisor.
+    pub fn start(path: &Path, copied: Arc<AtomicU32>, watch: Watch) -> StoreResult<Checkpointer> {
         let conn = open_connection(path, false)?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let signal = stop.clone();
@@ -37,12 +39,15 @@ impl Checkpointer {
                         Ok((guard, _)) => guard,
                         Err(_) => return,
                     };
+                    // IMD_FAULT=checkpoint-panic (tests only): die at the first round.
+                    watch.fault_point();
                     if let Some(done) = passive(&conn, "background") {
                         copied.store(done, Ordering::Relaxed);
                     }
                 }
                 // Last one: empty the WAL so the database file stands alone.
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                watch.returned();
             })
             .map_err(|e| StoreError::Refused(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Checkpointer { stop, thread })

@@ -21,6 +21,7 @@ pub use writer::Committed;
 
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::supervisor::{Supervisor, Worker};
 
 /// How many commands may wait for the writer before senders are made to wait.
 const QUEUE_DEPTH: usize = 16_384;
@@ -96,21 +97,33 @@ impl Store {
     }
 
     /// Starts the writer thread on a prepared connection, and the delivery task on the current
-    /// runtime.
+    /// runtime; `supervisor` watches both and the checkpoint thread.
     pub fn start(
         conn: Connection,
         path: &Path,
         settings: WriterSettings,
         fanout: Fanout,
         metrics: Arc<Metrics>,
+        supervisor: &Supervisor,
     ) -> StoreResult<(Store, StoreThreads)> {
         let thread_copied = Arc::default();
-        let checkpointer = checkpoint::Checkpointer::start(path, Arc::clone(&thread_copied))?;
+        let checkpoint_watch = supervisor.watch(Worker::Checkpoint);
+        let checkpointer = checkpoint::Checkpointer::start(path, Arc::clone(&thread_copied), checkpoint_watch)?;
+        let watch = supervisor.watch(Worker::Writer);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied)?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                let mut rx = rx;
+                // IMD_FAULT=writer-panic (tests only): die on the first command.
+                if watch.fault_armed() {
+                    let _first = rx.blocking_recv();
+                    watch.fault_point();
+                }
+                writer.run(rx);
+                watch.returned();
+            })
             .map_err(|e| StoreError::Refused(format!("cannot start the writer thread: {e}")))?;
         let readers = Arc::new(ReaderPool {
             path: path.to_path_buf(),
