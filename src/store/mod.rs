@@ -11,7 +11,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 pub use messages::{Accepted, Kind, NewMessage, Origin, ServiceRoute, StoredMessage};
@@ -34,18 +34,71 @@ pub enum StoreError {
     Closed,
     #[error("{0}")]
     Refused(String),
+    /// The storage itself failed (disk full, I/O error, locked, ...), not the command: the
+    /// same command may succeed once the cause is gone.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// "storage unavailable: …" when the storage failed rather than the command (clients get
+    /// 503 for these, 500 for the rest).
+    pub fn unavailable(&self) -> Option<String> {
+        match self {
+            StoreError::Unavailable(_) => Some(self.to_string()),
+            StoreError::Sqlite(e) if e.sqlite_error_code().is_some_and(storage_failed) => {
+                Some(format!("storage unavailable: {e}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// SQLite's codes for a storage that cannot take writes now, whatever is written.
+fn storage_failed(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::OutOfMemory
+            | ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen
+    )
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Work the writer thread runs inside its batch transaction.
-type Job = Box<dyn FnOnce(&Connection) -> JobDone + Send>;
+/// Work the writer thread runs inside its batch transaction. It is given the connection, or
+/// the error that keeps it from running (it is then only answered).
+pub(crate) type Job = Box<dyn FnOnce(StoreResult<&Connection>) -> JobDone + Send>;
 
-/// What a job leaves behind: whether it succeeded (else its savepoint is rolled back) and
-/// what to run once the batch has committed (or failed to).
+/// What a job leaves behind: whether it succeeded (else its savepoint is rolled back), why it
+/// failed if the storage was the reason (for `/health`), and what to run once the batch has
+/// committed (or failed to).
 pub(crate) struct JobDone {
     ok: bool,
+    unavailable: Option<String>,
     complete: Box<dyn FnOnce(StoreResult<()>) + Send>,
+}
+
+/// Whether the writer's last attempt to store failed because of the storage (`/health`).
+#[derive(Default)]
+pub struct StorageHealth(Mutex<Option<String>>);
+
+impl StorageHealth {
+    /// The storage error of the last attempt, or None when it succeeded.
+    pub fn degraded(&self) -> Option<String> {
+        self.0.lock().map(|e| e.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    fn set(&self, error: Option<String>) {
+        match self.0.lock() {
+            Ok(mut state) => *state = error,
+            Err(poisoned) => *poisoned.into_inner() = error,
+        }
+    }
 }
 
 pub(crate) enum Command {
@@ -68,6 +121,7 @@ pub struct WriterSettings {
 pub struct Store {
     commands: mpsc::Sender<Command>,
     readers: Arc<ReaderPool>,
+    health: Arc<StorageHealth>,
 }
 
 /// The store's threads, joined on shutdown.
@@ -106,7 +160,8 @@ impl Store {
         let thread_copied = Arc::default();
         let checkpointer = checkpoint::Checkpointer::start(path, Arc::clone(&thread_copied))?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied)?;
+        let health = Arc::new(StorageHealth::default());
+        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied, health.clone())?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || writer.run(rx))
@@ -116,7 +171,7 @@ impl Store {
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(READERS),
         });
-        Ok((Store { commands, readers }, StoreThreads { writer: handle, checkpointer }))
+        Ok((Store { commands, readers, health }, StoreThreads { writer: handle, checkpointer }))
     }
 
     /// Asks the writer to commit what is queued and stop; later commands are refused.
@@ -127,6 +182,11 @@ impl Store {
         if let Ok(mut idle) = self.readers.idle.lock() {
             idle.clear();
         }
+    }
+
+    /// The storage error of the writer's last attempt, while it has not committed since.
+    pub fn degraded(&self) -> Option<String> {
+        self.health.degraded()
     }
 
     /// Queues a message; the writer commits it, then delivers it and answers its origin.
@@ -143,10 +203,11 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = work(conn);
+            let result = conn.and_then(work);
             let ok = result.is_ok();
             JobDone {
                 ok,
+                unavailable: result.as_ref().err().and_then(StoreError::unavailable),
                 complete: Box::new(move |committed| {
                     let _ = tx.send(committed.and(result));
                 }),
