@@ -23,10 +23,11 @@ use crate::metrics::Metrics;
 const WRITER_CACHE_KIB: i64 = -16_384;
 /// Most commands in one transaction; bounds the latency a batch adds to its first message.
 const MAX_BATCH: usize = 4096;
-/// Transactions one batch may take. When SQLite rolls a transaction back by itself (disk
-/// full, I/O error, a trigger's RAISE(ROLLBACK)) or the commit fails, the command it failed
-/// on is refused and the rest run again in a fresh transaction; past this many tries, the
-/// rest are refused too (a storage that keeps failing is not retried in a loop).
+/// Whole-batch transactions one batch may take. When SQLite rolls a transaction back by itself
+/// (disk full, I/O error, a trigger's RAISE(ROLLBACK)) or the commit fails, the command it
+/// failed on is refused and the rest run again in a fresh transaction; past this many tries,
+/// the rest run one transaction each, so that each failure is refused alone (and the work
+/// stays linear in the batch).
 const ATTEMPTS: usize = 3;
 /// Conversations whose last seq the writer keeps in memory (~100 bytes each). Past this, the
 /// cache is emptied after a commit and refills from the `conversations` table.
@@ -202,13 +203,13 @@ impl Writer {
             .collect();
         let mut result = Ok(());
         for _ in 0..ATTEMPTS {
-            let (after, attempt) = self.attempt(steps);
-            steps = after;
-            result = attempt;
-            match &result {
-                Err(Failed { retry: true, .. }) if steps.iter().any(Step::is_open) => continue,
-                _ => break,
+            (steps, result) = self.attempt(steps);
+            if !matches!(&result, Err(Failed { retry: true, .. })) || !steps.iter().any(Step::is_open) {
+                break;
             }
+        }
+        if matches!(&result, Err(Failed { retry: true, .. })) && steps.iter().any(Step::is_open) {
+            (steps, result) = self.one_by_one(steps);
         }
         let committed = result.is_ok();
         if let Err(Failed { error, .. }) = result {
@@ -291,6 +292,26 @@ impl Writer {
         undo.restore(&mut self.last_seq);
         let steps = steps.into_iter().map(|step| step.lose(&error)).collect();
         (steps, Err(Failed { error, retry: true }))
+    }
+
+    /// Runs each open step in a transaction of its own: after a batch kept losing its
+    /// transaction, what fails takes nothing else with it. The result is the last one's.
+    fn one_by_one(&mut self, steps: Vec<Step>) -> (Vec<Step>, Result<(), Failed>) {
+        let mut done = Vec::with_capacity(steps.len());
+        let mut last = Ok(());
+        for step in steps {
+            if !step.is_open() {
+                done.push(step);
+                continue;
+            }
+            let (alone, result) = self.attempt(vec![step]);
+            match &result {
+                Err(Failed { error, .. }) => done.extend(alone.into_iter().map(|step| step.give_up(error))),
+                Ok(()) => done.extend(alone),
+            }
+            last = result;
+        }
+        (done, last)
     }
 
     /// Runs every open step inside the current transaction, each in its own savepoint. Stops
@@ -550,7 +571,9 @@ impl Step {
         }
     }
 
-    /// No transaction will run this step: it is answered with `error`.
+    /// No transaction will run this step if it is open: it is answered with `error`. (Steps
+    /// written in a transaction that was lost were made open again by `lose`; any still
+    /// written were committed, alone, by `one_by_one`.)
     fn give_up(self, error: &StoreError) -> Step {
         match self {
             Step::Pending(message) => Step::Refused(message, clone_error(error)),
@@ -558,7 +581,7 @@ impl Step {
                 let JobDone { complete, .. } = job(Err(clone_error(error)));
                 Step::Done(complete, Err(clone_error(error)))
             }
-            other => other.lose(error),
+            settled => settled,
         }
     }
 }
@@ -962,6 +985,34 @@ mod tests {
         assert_eq!(got[0].1, Ok(("1_1_2".to_string(), 3)));
         assert_eq!(got[1].1, Ok(("1_1_4".to_string(), 2)));
         assert_consistent(&writer, &["a", "b", "c", "d", "e", "g"]);
+    }
+
+    #[test]
+    fn a_batch_that_keeps_losing_its_transaction_refuses_only_what_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, mut deliveries) = writer_on(&dir);
+        writer
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON messages WHEN NEW.body = '\"fail\"'
+                 BEGIN SELECT RAISE(ROLLBACK, 'injected'); END",
+            )
+            .unwrap();
+        // More failures than whole-batch attempts: the rest run one transaction each.
+        let mut batch: Vec<Command> = (0..12)
+            .map(|i| {
+                let body = if i % 2 == 1 { "fail" } else { "ok" };
+                text(&format!("1_1_{}", 2 + i % 3), 2 + i % 3, &format!("m{i}"), body)
+            })
+            .collect();
+        let (job, mut job_done) = job("j");
+        batch.push(job);
+        writer.run_batch(&mut batch);
+        let got = answers(&mut deliveries);
+        assert_eq!(acked(&got), ["m0", "m2", "m4", "m6", "m8", "m10"], "{got:?}");
+        assert!(job_done.try_recv().unwrap().is_ok(), "the job ran alone");
+        assert_eq!(meta_keys(&writer.conn), ["j"]);
+        assert_consistent(&writer, &["m0", "m2", "m4", "m6", "m8", "m10"]);
     }
 
     #[test]
