@@ -807,9 +807,12 @@ mod tests {
             .unwrap()
     }
 
+    /// A message's msg_id and its (chat_id, seq), or its error's text.
+    type Answer = (String, Result<(String, i64), String>);
+
     /// The answer each message of the last batch got: its msg_id and (chat_id, seq), or its
     /// error's text.
-    fn answers(deliveries: &mut DeliveryReceiver) -> Vec<(String, Result<(String, i64), String>)> {
+    fn answers(deliveries: &mut DeliveryReceiver) -> Vec<Answer> {
         deliveries
             .try_recv()
             .unwrap()
@@ -826,7 +829,7 @@ mod tests {
             .collect()
     }
 
-    fn acked(answers: &[(String, Result<(String, i64), String>)]) -> Vec<&str> {
+    fn acked(answers: &[Answer]) -> Vec<&str> {
         answers.iter().filter(|(_, a)| a.is_ok()).map(|(id, _)| id.as_str()).collect()
     }
 
