@@ -1,5 +1,6 @@
 //! Storage failures made to happen for real against the running daemon: failing triggers
-//! created in its database while it runs, and a full filesystem. Whatever fails, every acked
+//! created in its database while it runs, a write lock held past its busy timeout, and a
+//! full filesystem. Whatever fails, every acked
 //! message is stored once, nothing answered with an error is stored, seqs have no gaps, and
 //! the daemon serves again once the cause is gone (BEHAVIOUR.md "Messages", "Running").
 mod common;
@@ -154,6 +155,41 @@ async fn messages_around_a_rolled_back_transaction_are_each_acked_or_refused_exa
     assert_eq!(ack["seq"], acked.len() as u64 + 1, "the next seq: {ack}");
     acked.push(("m10".into(), acked.len() as u64 + 1));
     assert_history_is(&server, &alice_token, &chat, &acked).await;
+}
+
+#[tokio::test]
+async fn a_locked_database_is_answered_503_over_websocket_and_http() {
+    let server = Server::start().await;
+    let (alice, alice_token) = server.register("alice").await;
+    let (bob, _) = server.register("bob").await;
+    let chat = single_chat_id(alice, bob);
+    let (mut ws, _) = server.connect(&alice_token).await;
+    // Another process holds the write lock past the daemon's busy timeout (5 s).
+    let holder = rusqlite::Connection::open(&server.db).expect("open the daemon's database");
+    holder.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+
+    let refused = ws.request(text_frame(bob, "locked", "wait")).await;
+    assert_eq!(refused["action"], "error", "{refused}");
+    assert_eq!(refused["code"], 503, "{refused}");
+    assert_eq!(refused["msg_id"], "locked", "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.starts_with("storage unavailable: ")), "{refused}");
+    let (status, health) = server.get("/health", None).await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["data"]["status"], "degraded", "{health}");
+    let (status, body) =
+        server.post_json("/user/register", json!({"username": "carol", "password": "secret-pw"}), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.starts_with("storage unavailable: ")), "{body}");
+
+    holder.execute_batch("COMMIT").expect("release the write lock");
+    let ack = ws.request(text_frame(bob, "unlocked", "go")).await;
+    assert_ack(&ack, "unlocked", &chat);
+    assert_eq!(ack["seq"], 1, "{ack}");
+    server.register("carol").await;
+    let (status, health) = server.get("/health", None).await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["data"]["status"], "ok", "{health}");
+    assert_history_is(&server, &alice_token, &chat, &[("unlocked".into(), 1)]).await;
 }
 
 /// A small tmpfs mounted for one test, unmounted when dropped (also when the test fails).
