@@ -278,3 +278,25 @@ pub fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> 
     }
     Ok(conn)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> StoreError {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn storage_failures_are_told_apart_from_refused_commands() {
+        for code in [rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_IOERR, rusqlite::ffi::SQLITE_BUSY] {
+            let text = sqlite(code).unavailable().expect("a storage failure");
+            assert!(text.starts_with("storage unavailable: "), "{text}");
+        }
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).unavailable(), None);
+        assert_eq!(StoreError::Refused("UNIQUE constraint failed".into()).unavailable(), None);
+        assert_eq!(StoreError::Closed.unavailable(), None);
+        let unavailable = StoreError::Unavailable("database or disk is full".into());
+        assert_eq!(unavailable.unavailable().as_deref(), Some("storage unavailable: database or disk is full"));
+    }
+}

@@ -304,6 +304,12 @@ impl Writer {
                 done.push(step);
                 continue;
             }
+            // No transaction can begin (say, the database is locked past the busy timeout):
+            // the rest are refused now rather than waiting that long each.
+            if let Err(Failed { error, retry: false }) = &last {
+                done.push(step.give_up(error));
+                continue;
+            }
             let (alone, result) = self.attempt(vec![step]);
             match &result {
                 Err(Failed { error, .. }) => done.extend(alone.into_iter().map(|step| step.give_up(error))),
