@@ -1055,6 +1055,26 @@ mod tests {
     }
 
     #[test]
+    fn a_full_delivery_channel_makes_the_writer_wait_and_drops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let (tx, mut deliveries) = mpsc::channel(1);
+        tx.try_send(Vec::new()).unwrap();
+        let mut writer =
+            Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
+        let batch = std::thread::spawn(move || {
+            writer.run_batch(&mut vec![text("1_1_2", 2, "a", "a")]);
+            writer
+        });
+        // The channel is full until the delivery task takes the batch before it.
+        assert!(deliveries.blocking_recv().unwrap().is_empty());
+        let got = deliveries.blocking_recv().expect("the writer's batch");
+        assert_eq!(got.len(), 1);
+        let writer = batch.join().unwrap();
+        assert_consistent(&writer, &["a"]);
+    }
+
+    #[test]
     fn the_seq_cache_is_bounded_and_seqs_continue_after_it_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
