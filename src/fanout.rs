@@ -22,7 +22,12 @@ pub enum Delivery {
 }
 
 /// Where the writer sends its batches of deliveries.
-pub type DeliverySender = mpsc::UnboundedSender<Vec<Delivery>>;
+pub type DeliverySender = mpsc::Sender<Vec<Delivery>>;
+
+/// Batches that may wait for the delivery task. When it falls this far behind, the writer
+/// waits before its next batch, so senders wait on the writer's queue instead of memory
+/// growing without bound.
+pub const DELIVERY_DEPTH: usize = 4096;
 
 #[derive(Clone)]
 pub struct Fanout {
@@ -35,7 +40,7 @@ pub struct Fanout {
 impl Fanout {
     /// Starts the delivery task on the current runtime.
     pub fn spawn(self) -> DeliverySender {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Delivery>>();
+        let (tx, mut rx) = mpsc::channel::<Vec<Delivery>>(DELIVERY_DEPTH);
         tokio::spawn(async move {
             let watch = self.supervisor.watch(Worker::Fanout);
             while let Some(batch) = rx.recv().await {
@@ -114,13 +119,18 @@ impl Fanout {
         }
     }
 
-    /// Tells the origin that its message could not be stored.
+    /// Tells the origin that its message could not be stored: 503 when the storage failed
+    /// (the same message may be sent again later), 500 when the message itself was refused.
     fn refuse(&self, origin: Origin, msg_id: Option<&str>, error: StoreError) {
         tracing::warn!("message not stored: {error}");
-        self.metrics.error(500);
+        let (code, text) = match error.unavailable() {
+            Some(text) => (503, text),
+            None => (500, format!("message not stored: {error}")),
+        };
+        self.metrics.error(code);
         match origin {
             Origin::Connection(conn) => {
-                conn.send(&frames::error(500, &format!("message not stored: {error}"), msg_id));
+                conn.send(&frames::error(code, &text, msg_id));
             }
             Origin::Http(reply) => {
                 let _ = reply.send(Err(error));

@@ -40,7 +40,11 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => ApiError::new(503, "the server is shutting down"),
             other => {
                 tracing::error!("store: {other}");
-                ApiError::new(500, "internal storage error")
+                match other.unavailable() {
+                    // The storage failed, not the request: the same request may work later.
+                    Some(text) => ApiError::new(503, text),
+                    None => ApiError::new(500, "internal storage error"),
+                }
             }
         }
     }

@@ -56,7 +56,10 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Respons
     let path = path.to_string();
     match path.as_str() {
         "/metrics" => with_body(200, "text/plain; version=0.0.4", app.metrics.render()),
-        "/health" => reply(Ok(health(&app))),
+        "/health" => match app.store.degraded() {
+            Some(error) => storage_degraded(health(&app), &error),
+            None => reply(Ok(health(&app))),
+        },
         _ => {
             let params = match Params::from_request(req).await {
                 Ok(params) => params,
@@ -129,4 +132,13 @@ fn health(app: &App) -> serde_json::Value {
         "uptime_secs": app.started.elapsed().as_secs(),
         "online": app.registry.online_connections(),
     })
+}
+
+/// `/health` while the writer's last attempt to store failed for the storage's own reasons
+/// (disk full, I/O error, ...): 503, so that a monitor sees it, with the error. Back to ok
+/// after the next commit.
+fn storage_degraded(mut data: serde_json::Value, error: &str) -> Response<Body> {
+    data["status"] = json!("degraded");
+    data["storage"] = json!(error);
+    envelope(503, error, data)
 }

@@ -12,7 +12,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 pub use messages::{Accepted, Kind, NewMessage, Origin, ServiceRoute, StoredMessage};
@@ -36,18 +36,71 @@ pub enum StoreError {
     Closed,
     #[error("{0}")]
     Refused(String),
+    /// The storage itself failed (disk full, I/O error, locked, ...), not the command: the
+    /// same command may succeed once the cause is gone.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// "storage unavailable: …" when the storage failed rather than the command (clients get
+    /// 503 for these, 500 for the rest).
+    pub fn unavailable(&self) -> Option<String> {
+        match self {
+            StoreError::Unavailable(_) => Some(self.to_string()),
+            StoreError::Sqlite(e) if e.sqlite_error_code().is_some_and(storage_failed) => {
+                Some(format!("storage unavailable: {e}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// SQLite's codes for a storage that cannot take writes now, whatever is written.
+fn storage_failed(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::OutOfMemory
+            | ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::ReadOnly
+            | ErrorCode::CannotOpen
+    )
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Work the writer thread runs inside its batch transaction.
-type Job = Box<dyn FnOnce(&Connection) -> JobDone + Send>;
+/// Work the writer thread runs inside its batch transaction. It is given the connection, or
+/// the error that keeps it from running (it is then only answered).
+pub(crate) type Job = Box<dyn FnOnce(StoreResult<&Connection>) -> JobDone + Send>;
 
-/// What a job leaves behind: whether it succeeded (else its savepoint is rolled back) and
-/// what to run once the batch has committed (or failed to).
+/// What a job leaves behind: whether it succeeded (else its savepoint is rolled back), why it
+/// failed if the storage was the reason (for `/health`), and what to run once the batch has
+/// committed (or failed to).
 pub(crate) struct JobDone {
     ok: bool,
+    unavailable: Option<String>,
     complete: Box<dyn FnOnce(StoreResult<()>) + Send>,
+}
+
+/// Whether the writer's last attempt to store failed because of the storage (`/health`).
+#[derive(Default)]
+pub struct StorageHealth(Mutex<Option<String>>);
+
+impl StorageHealth {
+    /// The storage error of the last attempt, or None when it succeeded.
+    pub fn degraded(&self) -> Option<String> {
+        self.0.lock().map(|e| e.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    fn set(&self, error: Option<String>) {
+        match self.0.lock() {
+            Ok(mut state) => *state = error,
+            Err(poisoned) => *poisoned.into_inner() = error,
+        }
+    }
 }
 
 pub(crate) enum Command {
@@ -70,6 +123,7 @@ pub struct WriterSettings {
 pub struct Store {
     commands: mpsc::Sender<Command>,
     readers: Arc<ReaderPool>,
+    health: Arc<StorageHealth>,
 }
 
 /// The store's threads, joined on shutdown.
@@ -111,7 +165,8 @@ impl Store {
         let checkpointer = checkpoint::Checkpointer::start(path, Arc::clone(&thread_copied), checkpoint_watch)?;
         let watch = supervisor.watch(Worker::Writer);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied)?;
+        let health = Arc::new(StorageHealth::default());
+        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied, health.clone())?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || {
@@ -130,7 +185,7 @@ impl Store {
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(READERS),
         });
-        Ok((Store { commands, readers }, StoreThreads { writer: handle, checkpointer }))
+        Ok((Store { commands, readers, health }, StoreThreads { writer: handle, checkpointer }))
     }
 
     /// Asks the writer to commit what is queued and stop; later commands are refused.
@@ -141,6 +196,11 @@ impl Store {
         if let Ok(mut idle) = self.readers.idle.lock() {
             idle.clear();
         }
+    }
+
+    /// The storage error of the writer's last attempt, while it has not committed since.
+    pub fn degraded(&self) -> Option<String> {
+        self.health.degraded()
     }
 
     /// Queues a message; the writer commits it, then delivers it and answers its origin.
@@ -157,10 +217,11 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = work(conn);
+            let result = conn.and_then(work);
             let ok = result.is_ok();
             JobDone {
                 ok,
+                unavailable: result.as_ref().err().and_then(StoreError::unavailable),
                 complete: Box::new(move |committed| {
                     let _ = tx.send(committed.and(result));
                 }),
@@ -230,4 +291,26 @@ pub fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> 
         conn.pragma_update(None, "synchronous", "FULL")?;
     }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> StoreError {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None))
+    }
+
+    #[test]
+    fn storage_failures_are_told_apart_from_refused_commands() {
+        for code in [rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_IOERR, rusqlite::ffi::SQLITE_BUSY] {
+            let text = sqlite(code).unavailable().expect("a storage failure");
+            assert!(text.starts_with("storage unavailable: "), "{text}");
+        }
+        assert_eq!(sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).unavailable(), None);
+        assert_eq!(StoreError::Refused("UNIQUE constraint failed".into()).unavailable(), None);
+        assert_eq!(StoreError::Closed.unavailable(), None);
+        let unavailable = StoreError::Unavailable("database or disk is full".into());
+        assert_eq!(unavailable.unavailable().as_deref(), Some("storage unavailable: database or disk is full"));
+    }
 }

@@ -1,5 +1,7 @@
 //! The writer thread: takes every queued command, runs them all in one transaction, commits
-//! once (group commit), then answers and delivers each in order.
+//! once (group commit), then answers and delivers each in order. Each command runs in a
+//! savepoint of its own, so one that fails takes nothing else with it; a transaction SQLite
+//! rolls back by itself (or a failed commit) is run again without what failed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::messages::{Kind, NewMessage, Origin, StoredMessage};
 use super::queries::{MESSAGE_COLUMNS, message_from_row};
-use super::{Command, JobDone, StoreError, StoreResult, WriterSettings};
+use super::{Command, Job, JobDone, StorageHealth, StoreError, StoreResult, WriterSettings};
 use crate::fanout::{Delivery, DeliverySender};
 use crate::metrics::Metrics;
 
@@ -21,6 +23,12 @@ use crate::metrics::Metrics;
 const WRITER_CACHE_KIB: i64 = -16_384;
 /// Most commands in one transaction; bounds the latency a batch adds to its first message.
 const MAX_BATCH: usize = 4096;
+/// Whole-batch transactions one batch may take. When SQLite rolls a transaction back by itself
+/// (disk full, I/O error, a trigger's RAISE(ROLLBACK)) or the commit fails, the command it
+/// failed on is refused and the rest run again in a fresh transaction; past this many tries,
+/// the rest run one transaction each, so that each failure is refused alone (and the work
+/// stays linear in the batch).
+const ATTEMPTS: usize = 3;
 /// Conversations whose last seq the writer keeps in memory (~100 bytes each). Past this, the
 /// cache is emptied after a commit and refills from the `conversations` table.
 const SEQ_CACHE_LIMIT: usize = 200_000;
@@ -45,14 +53,20 @@ pub(super) struct Writer {
     deliveries: DeliverySender,
     metrics: Arc<Metrics>,
     /// last_seq of conversations written recently; the table row is updated once per batch.
+    /// Between batches every entry equals the table's.
     last_seq: HashMap<Arc<str>, i64>,
     seq_cache_limit: usize,
+    /// The id of the next message; between batches, one past the table's largest.
     next_id: i64,
     checkpoint_frames: u32,
     /// Frames in the WAL after the last commit, as SQLite's WAL hook reports them.
     wal_frames: Arc<AtomicU32>,
     /// Frames the checkpoint thread's last checkpoint had copied (checkpoint.rs).
     thread_copied: Arc<AtomicU32>,
+    /// Set while the last batch met a storage failure (`/health`).
+    health: Arc<StorageHealth>,
+    /// The storage failure met in the current batch, if any.
+    storage_error: Option<String>,
 }
 
 /// Counters that many messages of one batch move; written once before the commit.
@@ -62,9 +76,55 @@ struct BatchUpdates {
     read_seq: HashMap<(u64, Arc<str>), i64>,
 }
 
-enum Outcome {
-    Message(StoreResult<(StoredMessage, bool)>, Origin, Option<Box<str>>),
-    Job(Box<dyn FnOnce(StoreResult<()>) + Send>),
+type Completion = Box<dyn FnOnce(StoreResult<()>) + Send>;
+
+/// One command of a batch on its way through one or more transactions.
+enum Step {
+    /// A message not written in the current transaction (yet, or any more).
+    Pending(Box<NewMessage>),
+    /// A message written in the current transaction (or found to be a resend): acked if it
+    /// commits, run again if the transaction is lost.
+    Written(Box<NewMessage>, StoredMessage, bool),
+    /// A job not run yet.
+    Job(Job),
+    /// A job whose work is part of the current transaction. Jobs run once: if the
+    /// transaction is lost, the job is answered with the error.
+    Ran(Completion),
+    /// A message refused for good, whatever becomes of the transaction.
+    Refused(Box<NewMessage>, StoreError),
+    /// A job settled for good: its completion and what to tell it.
+    Done(Completion, StoreResult<()>),
+}
+
+/// A failed attempt at a batch's transaction.
+struct Failed {
+    error: StoreError,
+    /// Whether what is left may run again in a fresh transaction (false when none could begin).
+    retry: bool,
+}
+
+/// The seq cache entries an attempt touched, as they were before it (None: absent), so that
+/// losing the transaction leaves the cache equal to the table again.
+#[derive(Default)]
+struct SeqUndo(HashMap<Arc<str>, Option<i64>>);
+
+impl SeqUndo {
+    fn note(&mut self, chat_id: &Arc<str>, before: Option<i64>) {
+        self.0.entry(chat_id.clone()).or_insert(before);
+    }
+
+    fn restore(self, cache: &mut HashMap<Arc<str>, i64>) {
+        for (chat_id, before) in self.0 {
+            restore_seq(cache, chat_id, before);
+        }
+    }
+}
+
+fn restore_seq(cache: &mut HashMap<Arc<str>, i64>, chat_id: Arc<str>, before: Option<i64>) {
+    match before {
+        Some(seq) => cache.insert(chat_id, seq),
+        None => cache.remove(&chat_id),
+    };
 }
 
 impl Writer {
@@ -74,6 +134,7 @@ impl Writer {
         deliveries: DeliverySender,
         metrics: Arc<Metrics>,
         thread_copied: Arc<AtomicU32>,
+        health: Arc<StorageHealth>,
     ) -> StoreResult<Writer> {
         conn.pragma_update(None, "synchronous", settings.sync.pragma())?;
         // Checkpoints run on their own thread (checkpoint.rs) and after batches (`checkpoint`),
@@ -99,6 +160,8 @@ impl Writer {
             checkpoint_frames: CHECKPOINT_FRAMES,
             wal_frames,
             thread_copied,
+            health,
+            storage_error: None,
         })
     }
 
@@ -129,73 +192,276 @@ impl Writer {
     fn run_batch(&mut self, batch: &mut Vec<Command>) {
         let started = Instant::now();
         let size = batch.len();
-        let mut outcomes = Vec::with_capacity(size);
-        let mut updates = BatchUpdates::default();
-        let mut result = self.control("BEGIN IMMEDIATE");
-        for command in batch.drain(..) {
-            match command {
-                Command::Message(message) => {
-                    let stored = match &result {
-                        Ok(()) => self.insert(&message_fields(&message), &mut updates),
-                        Err(e) => Err(clone_error(e)),
-                    };
-                    let NewMessage { origin, msg_id, .. } = *message;
-                    outcomes.push(Outcome::Message(stored, origin, msg_id));
-                }
-                Command::Close => {}
-                Command::Job(job) => {
-                    if result.is_ok() {
-                        result = updates.flush(&self.conn);
-                    }
-                    // A batch that already failed runs nothing more: the job is dropped, which
-                    // tells its waiter that it did not run.
-                    if result.is_ok() {
-                        outcomes.push(Outcome::Job(self.run_job(job)));
-                    }
-                }
+        self.storage_error = None;
+        let mut steps: Vec<Step> = batch
+            .drain(..)
+            .filter_map(|command| match command {
+                Command::Message(message) => Some(Step::Pending(message)),
+                Command::Job(job) => Some(Step::Job(job)),
+                Command::Close => None,
+            })
+            .collect();
+        let mut result = Ok(());
+        for _ in 0..ATTEMPTS {
+            (steps, result) = self.attempt(steps);
+            if !matches!(&result, Err(Failed { retry: true, .. })) || !steps.iter().any(Step::is_open) {
+                break;
             }
         }
-        if result.is_ok() {
-            result = updates.flush(&self.conn);
+        if matches!(&result, Err(Failed { retry: true, .. })) && steps.iter().any(Step::is_open) {
+            (steps, result) = self.one_by_one(steps);
         }
-        let result = result.and_then(|()| self.control("COMMIT"));
-        if let Err(e) = &result {
-            tracing::error!("store batch of {size} failed: {e}");
-            let _ = self.conn.execute_batch("ROLLBACK");
-            // Seqs and ids handed out in this batch were not kept: forget them.
-            self.last_seq.clear();
-            self.next_id = max_message_id(&self.conn).unwrap_or(self.next_id) + 1;
+        let committed = result.is_ok();
+        if let Err(Failed { error, .. }) = result {
+            tracing::error!("store batch of {size} failed: {error}");
+            self.note_failure(&error);
+            steps = steps.into_iter().map(|step| step.give_up(&error)).collect();
         } else if self.durable && self.last_seq.len() > self.seq_cache_limit {
             // Committed, so the table holds every seq the cache knew. (Without the store the
             // cache is the only record, and is kept.)
             self.last_seq.clear();
         }
+        // Degraded until a batch meets no storage failure and commits.
+        match self.storage_error.take() {
+            Some(error) => self.health.set(Some(error)),
+            None if committed => self.health.set(None),
+            None => {}
+        }
         self.metrics.store_batch_size.observe(size as f64);
         self.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
 
-        let mut deliveries = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Job(complete) => complete(result.as_ref().map(|_| ()).map_err(clone_error)),
-                Outcome::Message(stored, origin, msg_id) => deliveries.push(match (&result, stored) {
-                    (Ok(()), Ok((message, duplicate))) => {
-                        if !duplicate {
-                            self.metrics.messages_stored.inc();
-                        }
-                        Delivery::Committed(Committed { message, duplicate, origin })
+        let mut deliveries = Vec::with_capacity(steps.len());
+        for step in steps {
+            match step {
+                Step::Written(message, stored, duplicate) => {
+                    if !duplicate {
+                        self.metrics.messages_stored.inc();
                     }
-                    (Err(e), _) => Delivery::Refused { origin, msg_id, error: clone_error(e) },
-                    (Ok(()), Err(error)) => Delivery::Refused { origin, msg_id, error },
-                }),
+                    let NewMessage { origin, .. } = *message;
+                    deliveries.push(Delivery::Committed(Committed { message: stored, duplicate, origin }));
+                }
+                Step::Refused(message, error) => {
+                    let NewMessage { origin, msg_id, .. } = *message;
+                    deliveries.push(Delivery::Refused { origin, msg_id, error });
+                }
+                Step::Ran(complete) => complete(Ok(())),
+                Step::Done(complete, result) => complete(result),
+                // `give_up` settled every open step of a failed batch.
+                Step::Pending(_) | Step::Job(_) => {}
             }
         }
-        if !deliveries.is_empty() {
-            let _ = self.deliveries.send(deliveries);
+        // Bounded: when the delivery task falls behind, the writer waits here, and senders
+        // wait on its queue.
+        if !deliveries.is_empty() && self.deliveries.blocking_send(deliveries).is_err() {
+            tracing::error!("the delivery task is gone: a batch was not delivered");
         }
         // After the batch is answered, so no ack waits for it; meanwhile the next batch queues.
         let frames = self.wal_frames.load(Ordering::Relaxed);
         if wants_checkpoint(frames, self.thread_copied.load(Ordering::Relaxed), self.checkpoint_frames) {
             self.checkpoint();
+        }
+    }
+
+    /// Runs the open steps in one transaction and commits it. If the transaction is lost
+    /// (rolled back by SQLite, or the commit failed), what it held is forgotten: written
+    /// messages become pending again, jobs that ran are answered with the error, and the id
+    /// counter and seq cache are put back as they were.
+    fn attempt(&mut self, steps: Vec<Step>) -> (Vec<Step>, Result<(), Failed>) {
+        if let Err(error) = self.control("BEGIN IMMEDIATE") {
+            return (steps, Err(Failed { error, retry: false }));
+        }
+        let next_id = self.next_id;
+        let mut undo = SeqUndo::default();
+        let mut updates = BatchUpdates::default();
+        let (steps, mut result) = self.run_steps(steps, &mut updates, &mut undo);
+        if result.is_ok() {
+            result = updates.flush(&self.conn);
+        }
+        if result.is_ok() {
+            result = self.control("COMMIT");
+        }
+        let Err(error) = result else { return (steps, Ok(())) };
+        let error = clone_error(&error);
+        self.note_failure(&error);
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!("rollback: {e}");
+        }
+        self.next_id = next_id;
+        undo.restore(&mut self.last_seq);
+        let steps = steps.into_iter().map(|step| step.lose(&error)).collect();
+        (steps, Err(Failed { error, retry: true }))
+    }
+
+    /// Runs each open step in a transaction of its own: after a batch kept losing its
+    /// transaction, what fails takes nothing else with it. The result is the last one's.
+    fn one_by_one(&mut self, steps: Vec<Step>) -> (Vec<Step>, Result<(), Failed>) {
+        let mut done = Vec::with_capacity(steps.len());
+        let mut last = Ok(());
+        for step in steps {
+            if !step.is_open() {
+                done.push(step);
+                continue;
+            }
+            // No transaction can begin (say, the database is locked past the busy timeout):
+            // the rest are refused now rather than waiting that long each.
+            if let Err(Failed { error, retry: false }) = &last {
+                done.push(step.give_up(error));
+                continue;
+            }
+            let (alone, result) = self.attempt(vec![step]);
+            match &result {
+                Err(Failed { error, .. }) => done.extend(alone.into_iter().map(|step| step.give_up(error))),
+                Ok(()) => done.extend(alone),
+            }
+            last = result;
+        }
+        (done, last)
+    }
+
+    /// Runs every open step inside the current transaction, each in its own savepoint. Stops
+    /// at an error that lost the transaction, and returns it; the steps after it stay open.
+    fn run_steps(
+        &mut self,
+        steps: Vec<Step>,
+        updates: &mut BatchUpdates,
+        undo: &mut SeqUndo,
+    ) -> (Vec<Step>, StoreResult<()>) {
+        let mut done = Vec::with_capacity(steps.len());
+        let mut steps = steps.into_iter();
+        let mut result = Ok(());
+        for step in steps.by_ref() {
+            let (step, outcome) = match step {
+                Step::Pending(message) => self.write_message(message, updates, undo),
+                // A job may read what the messages before it changed.
+                Step::Job(job) => match updates.flush(&self.conn) {
+                    Ok(()) => self.run_job(job),
+                    Err(e) => (Step::Job(job), Err(e)),
+                },
+                settled => (settled, Ok(())),
+            };
+            done.push(step);
+            if outcome.is_err() {
+                result = outcome;
+                break;
+            }
+        }
+        done.extend(steps);
+        (done, result)
+    }
+
+    /// Writes one message in a savepoint. A message that fails is refused and leaves nothing
+    /// behind; the result is an error only when the whole transaction went with it.
+    fn write_message(
+        &mut self,
+        message: Box<NewMessage>,
+        updates: &mut BatchUpdates,
+        undo: &mut SeqUndo,
+    ) -> (Step, StoreResult<()>) {
+        let before = self.last_seq.get(&message.chat_id).copied();
+        undo.note(&message.chat_id, before);
+        match self.try_write(&message) {
+            Ok((stored, false)) => {
+                self.keep(&stored, updates);
+                (Step::Written(message, stored, false), Ok(()))
+            }
+            Ok((original, true)) => {
+                restore_seq(&mut self.last_seq, message.chat_id.clone(), before);
+                (Step::Written(message, original, true), Ok(()))
+            }
+            Err(error) => self.refuse_message(message, before, error),
+        }
+    }
+
+    /// SAVEPOINT, insert, RELEASE. A resend keeps nothing of its own (such as the conversation
+    /// it named, if that was new): the original is the answer.
+    fn try_write(&mut self, message: &NewMessage) -> StoreResult<(StoredMessage, bool)> {
+        // Without the store nothing is written, so there is nothing to take back.
+        if !self.durable {
+            return self.insert(&message_fields(message));
+        }
+        self.control("SAVEPOINT message")?;
+        let (stored, duplicate) = self.insert(&message_fields(message))?;
+        if duplicate {
+            self.control("ROLLBACK TO message")?;
+        }
+        self.control("RELEASE message")?;
+        Ok((stored, duplicate))
+    }
+
+    /// Takes back what a failed message wrote (its savepoint) and the seq it took. The result
+    /// is an error when the transaction is gone (SQLite rolled it back, or the savepoint could
+    /// not be rolled back to).
+    fn refuse_message(
+        &mut self,
+        message: Box<NewMessage>,
+        before: Option<i64>,
+        error: StoreError,
+    ) -> (Step, StoreResult<()>) {
+        restore_seq(&mut self.last_seq, message.chat_id.clone(), before);
+        self.note_failure(&error);
+        let transaction = if self.conn.is_autocommit() {
+            Err(clone_error(&error))
+        } else if self.durable {
+            self.control("ROLLBACK TO message").and_then(|()| self.control("RELEASE message"))
+        } else {
+            Ok(())
+        };
+        (Step::Refused(message, clone_error(&error)), transaction)
+    }
+
+    /// Records a message that was written and released: its id and seq are taken for good
+    /// once the transaction commits.
+    fn keep(&mut self, message: &StoredMessage, updates: &mut BatchUpdates) {
+        self.next_id += 1;
+        self.last_seq.insert(message.chat_id.clone(), message.seq);
+        // Without the store the seq cache is the only record: a message must not touch the
+        // database at all, or `--no-store` would still pay for commits (rooms' rows exist).
+        if self.durable {
+            updates.last_seq.insert(message.chat_id.clone(), message.seq);
+            // What a user sends, that user has read.
+            updates.read_seq.insert((message.from_uid, message.chat_id.clone()), message.seq);
+        }
+    }
+
+    /// Runs a job in a savepoint: kept if it succeeds, rolled back alone if it fails. The
+    /// result is an error when the transaction is gone.
+    fn run_job(&mut self, job: Job) -> (Step, StoreResult<()>) {
+        if let Err(error) = self.control("SAVEPOINT job") {
+            self.note_failure(&error);
+            let JobDone { complete, .. } = job(Err(clone_error(&error)));
+            let transaction = if self.conn.is_autocommit() { Err(clone_error(&error)) } else { Ok(()) };
+            return (Step::Done(complete, Err(error)), transaction);
+        }
+        let JobDone { ok, unavailable, complete } = job(Ok(&self.conn));
+        if unavailable.is_some() {
+            self.storage_error = unavailable;
+        }
+        // A job that failed is answered with its own error (`Store::write`), whatever happens
+        // to the transaction; one that succeeded, with the transaction's outcome.
+        let end = if self.conn.is_autocommit() {
+            Err(StoreError::Refused("the transaction was rolled back by a job".into()))
+        } else if ok {
+            self.control("RELEASE job")
+        } else {
+            self.control("ROLLBACK TO job").and_then(|()| self.control("RELEASE job"))
+        };
+        match end {
+            Ok(()) if ok => (Step::Ran(complete), Ok(())),
+            Ok(()) => (Step::Done(complete, Ok(())), Ok(())),
+            Err(error) => {
+                self.note_failure(&error);
+                let answer = if ok { Err(clone_error(&error)) } else { Ok(()) };
+                (Step::Done(complete, answer), Err(error))
+            }
+        }
+    }
+
+    /// Remembers a storage failure of this batch for `/health`.
+    fn note_failure(&mut self, error: &StoreError) {
+        if let Some(text) = error.unavailable() {
+            self.storage_error = Some(text);
         }
     }
 
@@ -210,28 +476,16 @@ impl Writer {
         }
     }
 
-    /// BEGIN / COMMIT through the statement cache: parsing them for every batch showed in
-    /// profiles of small batches.
+    /// BEGIN / COMMIT / SAVEPOINT through the statement cache: parsing them for every batch
+    /// showed in profiles of small batches.
     fn control(&self, sql: &str) -> StoreResult<()> {
         self.conn.prepare_cached(sql)?.execute([])?;
         Ok(())
     }
 
-    fn run_job(&mut self, job: super::Job) -> Box<dyn FnOnce(StoreResult<()>) + Send> {
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT job") {
-            let e = clone_error(&StoreError::from(e));
-            return Box::new(move |_| tracing::error!("job not run: {e}"));
-        }
-        let JobDone { ok, complete } = job(&self.conn);
-        let end = if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
-        if let Err(e) = self.conn.execute_batch(end) {
-            tracing::error!("savepoint: {e}");
-        }
-        complete
-    }
-
     /// Assigns id and seq and inserts one message; returns the original for a resent msg_id.
-    fn insert(&mut self, m: &MessageFields<'_>, updates: &mut BatchUpdates) -> StoreResult<(StoredMessage, bool)> {
+    /// The id and seq are taken only by `keep`, once the message's savepoint is released.
+    fn insert(&mut self, m: &MessageFields<'_>) -> StoreResult<(StoredMessage, bool)> {
         let seq = self.current_seq(m)? + 1;
         let message = StoredMessage {
             id: self.next_id,
@@ -268,7 +522,9 @@ impl Writer {
                     message.agent_uid,
                 ]);
             if let Err(e) = inserted {
+                // (A constraint error that rolled the transaction back is no resend: a trigger.)
                 if is_unique_violation(&e)
+                    && !self.conn.is_autocommit()
                     && let Some(msg_id) = m.msg_id
                     && let Some(original) = find_by_client_id(&self.conn, m.from_uid, msg_id)?
                 {
@@ -279,15 +535,6 @@ impl Writer {
             if let Some(route) = m.service {
                 record_service_route(&self.conn, &message.chat_id, route)?;
             }
-        }
-        self.next_id += 1;
-        self.last_seq.insert(message.chat_id.clone(), seq);
-        // Without the store the seq cache is the only record: a message must not touch the
-        // database at all, or `--no-store` would still pay for commits (rooms' rows exist).
-        if self.durable {
-            updates.last_seq.insert(message.chat_id.clone(), seq);
-            // What a user sends, that user has read.
-            updates.read_seq.insert((message.from_uid, message.chat_id.clone()), seq);
         }
         Ok((message, false))
     }
@@ -312,6 +559,36 @@ impl Writer {
         };
         self.last_seq.insert(m.chat_id.clone(), seq);
         Ok(seq)
+    }
+}
+
+impl Step {
+    /// Not settled yet: runs in the next transaction.
+    fn is_open(&self) -> bool {
+        matches!(self, Step::Pending(_) | Step::Job(_))
+    }
+
+    /// The transaction this step's work was in is gone.
+    fn lose(self, error: &StoreError) -> Step {
+        match self {
+            Step::Written(message, _, _) => Step::Pending(message),
+            Step::Ran(complete) => Step::Done(complete, Err(clone_error(error))),
+            other => other,
+        }
+    }
+
+    /// No transaction will run this step if it is open: it is answered with `error`. (Steps
+    /// written in a transaction that was lost were made open again by `lose`; any still
+    /// written were committed, alone, by `one_by_one`.)
+    fn give_up(self, error: &StoreError) -> Step {
+        match self {
+            Step::Pending(message) => Step::Refused(message, clone_error(error)),
+            Step::Job(job) => {
+                let JobDone { complete, .. } = job(Err(clone_error(error)));
+                Step::Done(complete, Err(clone_error(error)))
+            }
+            settled => settled,
+        }
     }
 }
 
@@ -422,10 +699,12 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
 }
 
-/// Errors are answered to many waiters; keep the text.
+/// Errors are answered to many waiters; keep the text, and whether the storage failed.
 fn clone_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Closed => StoreError::Closed,
+        StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
+        StoreError::Sqlite(inner) if e.unavailable().is_some() => StoreError::Unavailable(inner.to_string()),
         other => StoreError::Refused(other.to_string()),
     }
 }
@@ -434,6 +713,12 @@ fn clone_error(e: &StoreError) -> StoreError {
 mod tests {
     use super::*;
     use tokio::sync::{mpsc, oneshot};
+
+    type DeliveryReceiver = mpsc::Receiver<Vec<Delivery>>;
+
+    fn delivery_channel() -> (DeliverySender, DeliveryReceiver) {
+        mpsc::channel(crate::fanout::DELIVERY_DEPTH)
+    }
 
     const SETTINGS: WriterSettings = WriterSettings { durable: true, sync: crate::config::SyncMode::Normal };
 
@@ -452,7 +737,7 @@ mod tests {
         }))
     }
 
-    fn seqs(deliveries: &mut mpsc::UnboundedReceiver<Vec<Delivery>>) -> Vec<i64> {
+    fn seqs(deliveries: &mut DeliveryReceiver) -> Vec<i64> {
         let batch = deliveries.try_recv().unwrap();
         batch
             .into_iter()
@@ -463,12 +748,339 @@ mod tests {
             .collect()
     }
 
+    /// A 1:1 text message from uid 1 with its own msg_id, so outcomes can be matched to rows.
+    fn text(chat_id: &str, to_uid: u64, msg_id: &str, text: &str) -> Command {
+        let (reply, _) = oneshot::channel();
+        Command::Message(Box::new(NewMessage {
+            kind: Kind::Single,
+            chat_id: Arc::from(chat_id),
+            from_uid: 1,
+            to_uid: Some(to_uid),
+            msg_id: Some(msg_id.into()),
+            msg_type: "text".into(),
+            body: RawValue::from_string(serde_json::to_string(text).unwrap()).unwrap(),
+            service: None,
+            origin: Origin::Http(reply),
+        }))
+    }
+
+    /// A customer's (uid 1) first message to shop 1, waiting for every agent in `agents`.
+    fn to_shop(msg_id: &str, agents: Vec<u64>) -> Command {
+        let (reply, _) = oneshot::channel();
+        Command::Message(Box::new(NewMessage {
+            kind: Kind::Service,
+            chat_id: Arc::from("3_1_1"),
+            from_uid: 1,
+            to_uid: None,
+            msg_id: Some(msg_id.into()),
+            msg_type: "text".into(),
+            body: RawValue::from_string("\"help\"".to_string()).unwrap(),
+            service: Some(crate::store::ServiceRoute {
+                shop_id: 1,
+                customer_uid: 1,
+                agent_uid: None,
+                all_agents: agents,
+            }),
+            origin: Origin::Http(reply),
+        }))
+    }
+
+    /// A job that stores `key` in `meta`, and where its answer arrives.
+    fn job(key: &'static str) -> (Command, oneshot::Receiver<StoreResult<()>>) {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = conn.and_then(|conn| {
+                conn.execute("INSERT INTO meta (key, value) VALUES (?1, 'x')", [key])?;
+                Ok(())
+            });
+            JobDone {
+                ok: result.is_ok(),
+                unavailable: None,
+                complete: Box::new(move |committed| {
+                    let _ = tx.send(committed.and(result));
+                }),
+            }
+        });
+        (Command::Job(job), rx)
+    }
+
+    fn meta_keys(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT key FROM meta WHERE value = 'x' ORDER BY key")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// A message's msg_id and its (chat_id, seq), or its error's text.
+    type Answer = (String, Result<(String, i64), String>);
+
+    /// The answer each message of the last batch got: its msg_id and (chat_id, seq), or its
+    /// error's text.
+    fn answers(deliveries: &mut DeliveryReceiver) -> Vec<Answer> {
+        deliveries
+            .try_recv()
+            .unwrap()
+            .into_iter()
+            .map(|d| match d {
+                Delivery::Committed(c) => (
+                    c.message.msg_id.as_deref().unwrap_or("").to_string(),
+                    Ok((c.message.chat_id.to_string(), c.message.seq)),
+                ),
+                Delivery::Refused { msg_id, error, .. } => {
+                    (msg_id.as_deref().unwrap_or("").to_string(), Err(error.to_string()))
+                }
+            })
+            .collect()
+    }
+
+    fn acked(answers: &[Answer]) -> Vec<&str> {
+        answers.iter().filter(|(_, a)| a.is_ok()).map(|(id, _)| id.as_str()).collect()
+    }
+
+    /// Checks the writer against its tables: exactly the `acked` msg_ids are stored, each
+    /// conversation's seqs run 1..=n, `conversations.last_seq` and the seq cache equal the
+    /// newest seq, and the next id is the one after the largest.
+    fn assert_consistent(writer: &Writer, acked: &[&str]) {
+        let conn = &writer.conn;
+        let mut stored: Vec<String> = conn
+            .prepare("SELECT msg_id FROM messages WHERE msg_id IS NOT NULL")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        stored.sort();
+        let mut want: Vec<String> = acked.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(stored, want, "the stored messages are exactly the acked ones");
+        let rows: Vec<(String, i64)> = conn
+            .prepare("SELECT chat_id, seq FROM messages ORDER BY chat_id, seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut newest: HashMap<String, i64> = HashMap::new();
+        for (chat_id, seq) in rows {
+            let last = newest.entry(chat_id.clone()).or_insert(0);
+            assert_eq!(seq, *last + 1, "seqs of {chat_id} have a gap");
+            *last = seq;
+        }
+        let conversations: Vec<(String, i64)> = conn
+            .prepare("SELECT chat_id, last_seq FROM conversations")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let conversations: HashMap<String, i64> = conversations.into_iter().collect();
+        for (chat_id, seq) in &newest {
+            assert_eq!(conversations.get(chat_id), Some(seq), "conversations.last_seq of {chat_id}");
+        }
+        for (chat_id, seq) in &writer.last_seq {
+            assert_eq!(conversations.get(&**chat_id), Some(seq), "the seq cache of {chat_id} is not the table's");
+        }
+        let max_id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| r.get(0)).unwrap();
+        assert_eq!(writer.next_id, max_id + 1, "next_id");
+    }
+
+    fn writer_on(dir: &tempfile::TempDir) -> (Writer, DeliveryReceiver) {
+        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let (tx, deliveries) = delivery_channel();
+        (Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap(), deliveries)
+    }
+
+    #[test]
+    fn a_message_that_fails_alone_leaves_its_neighbours_and_the_seqs_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, mut deliveries) = writer_on(&dir);
+        writer
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER fail AFTER INSERT ON messages WHEN NEW.body = '\"fail\"'
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END",
+            )
+            .unwrap();
+        let mut batch = vec![
+            text("1_1_2", 2, "a", "a"),
+            text("1_1_2", 2, "f1", "fail"),
+            text("1_1_2", 2, "b", "b"),
+            text("1_1_3", 3, "f2", "fail"),
+            text("1_1_3", 3, "c", "c"),
+        ];
+        writer.run_batch(&mut batch);
+        let got = answers(&mut deliveries);
+        assert_eq!(acked(&got), ["a", "b", "c"], "{got:?}");
+        assert_eq!(got[2].1, Ok(("1_1_2".to_string(), 2)));
+        assert_eq!(got[4].1, Ok(("1_1_3".to_string(), 1)));
+        assert_consistent(&writer, &["a", "b", "c"]);
+
+        let mut batch = vec![text("1_1_2", 2, "d", "d")];
+        writer.run_batch(&mut batch);
+        assert_eq!(answers(&mut deliveries)[0].1, Ok(("1_1_2".to_string(), 3)));
+        assert_consistent(&writer, &["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_failure_after_the_row_is_written_takes_the_row_back_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, mut deliveries) = writer_on(&dir);
+        // Recording the agents who wait for a service conversation fails: after its row.
+        writer
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON participants WHEN NEW.uid = 99
+                 BEGIN SELECT RAISE(ABORT, 'injected'); END",
+            )
+            .unwrap();
+        let mut batch = vec![text("1_1_2", 2, "a", "a"), to_shop("s1", vec![99]), text("1_1_2", 2, "b", "b")];
+        writer.run_batch(&mut batch);
+        let got = answers(&mut deliveries);
+        assert_eq!(acked(&got), ["a", "b"], "{got:?}");
+        assert_consistent(&writer, &["a", "b"]);
+
+        let mut batch = vec![text("1_1_2", 2, "c", "c"), to_shop("s2", vec![98])];
+        writer.run_batch(&mut batch);
+        let got = answers(&mut deliveries);
+        assert_eq!(acked(&got), ["c", "s2"], "{got:?}");
+        assert_eq!(got[1].1, Ok(("3_1_1".to_string(), 1)));
+        assert_consistent(&writer, &["a", "b", "c", "s2"]);
+    }
+
+    #[test]
+    fn a_transaction_rolled_back_mid_batch_is_retried_without_the_message_that_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, mut deliveries) = writer_on(&dir);
+        writer
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON messages WHEN NEW.body = '\"fail\"'
+                 BEGIN SELECT RAISE(ROLLBACK, 'injected'); END",
+            )
+            .unwrap();
+        let (job1, mut job1_done) = job("j1");
+        let (job2, mut job2_done) = job("j2");
+        let mut batch = vec![
+            text("1_1_2", 2, "a", "a"),
+            job1,
+            text("1_1_3", 3, "b", "b"),
+            text("1_1_2", 2, "f1", "fail"),
+            text("1_1_2", 2, "c", "c"),
+            text("1_1_4", 4, "f2", "fail"),
+            job2,
+            text("1_1_4", 4, "d", "d"),
+        ];
+        writer.run_batch(&mut batch);
+        // Three transactions: lost at f1, lost at f2, committed. A job runs once: the one
+        // whose work was lost is told so; the one after the failures is kept.
+        assert!(job1_done.try_recv().unwrap().is_err(), "job 1 ran in the lost transaction");
+        assert!(job2_done.try_recv().unwrap().is_ok(), "job 2 ran after the failure");
+        assert_eq!(meta_keys(&writer.conn), ["j2"]);
+        let got = answers(&mut deliveries);
+        for (msg_id, answer) in &got {
+            if msg_id.starts_with('f') {
+                assert!(answer.as_ref().is_err_and(|e| e.contains("injected")), "{msg_id}: {answer:?}");
+            }
+        }
+        let ok = acked(&got);
+        assert_consistent(&writer, &ok);
+        assert_eq!(ok, ["a", "b", "c", "d"], "{got:?}");
+
+        let mut batch = vec![text("1_1_2", 2, "e", "e"), text("1_1_4", 4, "g", "g")];
+        writer.run_batch(&mut batch);
+        let got = answers(&mut deliveries);
+        assert_eq!(got[0].1, Ok(("1_1_2".to_string(), 3)));
+        assert_eq!(got[1].1, Ok(("1_1_4".to_string(), 2)));
+        assert_consistent(&writer, &["a", "b", "c", "d", "e", "g"]);
+    }
+
+    #[test]
+    fn a_batch_that_keeps_losing_its_transaction_refuses_only_what_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, mut deliveries) = writer_on(&dir);
+        writer
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON messages WHEN NEW.body = '\"fail\"'
+                 BEGIN SELECT RAISE(ROLLBACK, 'injected'); END",
+            )
+            .unwrap();
+        // More failures than whole-batch attempts: the rest run one transaction each.
+        let mut batch: Vec<Command> = (0..12)
+            .map(|i| {
+                let body = if i % 2 == 1 { "fail" } else { "ok" };
+                text(&format!("1_1_{}", 2 + i % 3), 2 + i % 3, &format!("m{i}"), body)
+            })
+            .collect();
+        let (job, mut job_done) = job("j");
+        batch.push(job);
+        writer.run_batch(&mut batch);
+        let got = answers(&mut deliveries);
+        assert_eq!(acked(&got), ["m0", "m2", "m4", "m6", "m8", "m10"], "{got:?}");
+        assert!(job_done.try_recv().unwrap().is_ok(), "the job ran alone");
+        assert_eq!(meta_keys(&writer.conn), ["j"]);
+        assert_consistent(&writer, &["m0", "m2", "m4", "m6", "m8", "m10"]);
+    }
+
+    #[test]
+    fn a_full_database_refuses_honestly_and_serves_again_once_there_is_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, mut deliveries) = writer_on(&dir);
+        let pages: i64 = writer.conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        writer.conn.pragma_update(None, "max_page_count", pages + 8).unwrap();
+        // Big bodies fill pages fast; several conversations, some of them new.
+        let big = "x".repeat(1500);
+        let mut batch: Vec<Command> =
+            (0..60).map(|i| text(&format!("1_1_{}", 2 + i % 4), 2 + i % 4, &format!("m{i}"), &big)).collect();
+        writer.run_batch(&mut batch);
+        let got = answers(&mut deliveries);
+        let refused: Vec<&String> = got.iter().filter_map(|(_, a)| a.as_ref().err()).collect();
+        assert!(!refused.is_empty(), "the database never filled up");
+        assert!(refused.iter().all(|e| e.starts_with("storage unavailable: ") && e.contains("full")), "{refused:?}");
+        assert!(writer.health.degraded().is_some_and(|e| e.contains("full")), "/health is not degraded");
+        let mut ok: Vec<String> = acked(&got).iter().map(|s| s.to_string()).collect();
+        assert_consistent(&writer, &ok.iter().map(String::as_str).collect::<Vec<_>>());
+
+        writer.conn.pragma_update(None, "max_page_count", 1_000_000).unwrap();
+        let mut batch: Vec<Command> =
+            (0..8).map(|i| text(&format!("1_1_{}", 2 + i % 4), 2 + i % 4, &format!("n{i}"), "y")).collect();
+        writer.run_batch(&mut batch);
+        let got = answers(&mut deliveries);
+        assert_eq!(acked(&got).len(), 8, "{got:?}");
+        assert_eq!(writer.health.degraded(), None, "a commit ends the degraded state");
+        ok.extend(acked(&got).iter().map(|s| s.to_string()));
+        assert_consistent(&writer, &ok.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_delivery_channel_makes_the_writer_wait_and_drops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let (tx, mut deliveries) = mpsc::channel(1);
+        tx.try_send(Vec::new()).unwrap();
+        let mut writer =
+            Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
+        let batch = std::thread::spawn(move || {
+            writer.run_batch(&mut vec![text("1_1_2", 2, "a", "a")]);
+            writer
+        });
+        // The channel is full until the delivery task takes the batch before it.
+        assert!(deliveries.blocking_recv().unwrap().is_empty());
+        let got = deliveries.blocking_recv().expect("the writer's batch");
+        assert_eq!(got.len(), 1);
+        let writer = batch.join().unwrap();
+        assert_consistent(&writer, &["a"]);
+    }
+
     #[test]
     fn the_seq_cache_is_bounded_and_seqs_continue_after_it_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
-        let (tx, mut deliveries) = mpsc::unbounded_channel();
-        let mut writer = Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default()).unwrap();
+        let (tx, mut deliveries) = delivery_channel();
+        let mut writer =
+            Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
         writer.seq_cache_limit = 2;
 
         let mut batch = vec![message("1_1_2", 2), message("1_1_3", 3), message("1_1_4", 4)];
@@ -489,9 +1101,10 @@ mod tests {
         // A conversation row that exists anyway, as a room's does.
         conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 0, 0)", [])
             .unwrap();
-        let (tx, mut deliveries) = mpsc::unbounded_channel();
+        let (tx, mut deliveries) = delivery_channel();
         let settings = WriterSettings { durable: false, ..SETTINGS };
-        let mut writer = Writer::new(conn, settings, tx, Arc::new(Metrics::new()), Arc::default()).unwrap();
+        let mut writer =
+            Writer::new(conn, settings, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
 
         let mut batch = vec![message("1_1_2", 2), message("1_1_2", 2), message("1_1_3", 3)];
         writer.run_batch(&mut batch);
@@ -509,8 +1122,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
         let conn = crate::store::Store::prepare(&path).unwrap();
-        let (tx, mut deliveries) = mpsc::unbounded_channel();
-        let mut writer = Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default()).unwrap();
+        let (tx, mut deliveries) = delivery_channel();
+        let mut writer =
+            Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
         writer.checkpoint_frames = 64;
 
         // Back-to-back batches, each touching 50 conversations, and no checkpoint thread: the
