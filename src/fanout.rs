@@ -123,10 +123,7 @@ impl Fanout {
     /// (the same message may be sent again later), 500 when the message itself was refused.
     fn refuse(&self, origin: Origin, msg_id: Option<&str>, error: StoreError) {
         tracing::warn!("message not stored: {error}");
-        let (code, text) = match error.unavailable() {
-            Some(text) => (503, text),
-            None => (500, format!("message not stored: {error}")),
-        };
+        let (code, text) = error.client_reply();
         self.metrics.error(code);
         match origin {
             Origin::Connection(conn) => {

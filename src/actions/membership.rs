@@ -9,6 +9,7 @@ use crate::frames;
 use crate::rooms::{self, RoomError};
 
 fn room_reply(
+    app: &crate::app::App,
     action: String,
     chat_id: String,
     result: Result<(), RoomError>,
@@ -16,7 +17,7 @@ fn room_reply(
     match result {
         Ok(()) => frames::json(json!({"action": action, "code": 200, "chat_id": chat_id})),
         Err(RoomError::NoSuchRoom) => frames::error(404, &format!("unknown room: {chat_id}"), None),
-        Err(RoomError::Store(e)) => frames::error(500, &format!("not saved: {e}"), None),
+        Err(RoomError::Store(e)) => super::not_stored(&app.metrics, &e),
     }
 }
 
@@ -28,7 +29,7 @@ pub fn join(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
     let (app, uid, action) = (ctx.app.clone(), ctx.uid, frame.action.to_string());
     Ok(Step::Later(Box::pin(async move {
         let result = rooms::join(&app, &chat_id, uid).await;
-        room_reply(action, chat_id, result)
+        room_reply(&app, action, chat_id, result)
     })))
 }
 
@@ -40,7 +41,7 @@ pub fn leave(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
     let (app, uid, action) = (ctx.app.clone(), ctx.uid, frame.action.to_string());
     Ok(Step::Later(Box::pin(async move {
         let result = rooms::leave(&app, &chat_id, uid).await;
-        room_reply(action, chat_id, result)
+        room_reply(&app, action, chat_id, result)
     })))
 }
 
@@ -81,7 +82,7 @@ pub fn read(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
                 app.metrics.error(403);
                 frames::error(403, &format!("not a participant of {chat_id}"), None)
             }
-            Err(e) => frames::error(500, &format!("not saved: {e}"), None),
+            Err(e) => super::not_stored(&app.metrics, &e),
         }
     })))
 }

@@ -105,3 +105,10 @@ pub fn refusal(text: &str, code: u16, message: &str) -> Utf8Bytes {
 fn ping(_: &Ctx<'_>, _: &ClientFrame<'_>) -> Result<Step, Refusal> {
     Ok(Step::Reply(Utf8Bytes::from_static(r#"{"action":"pong","code":200}"#)))
 }
+
+/// The error frame for a change that was not stored (503 or 500, see `StoreError::client_reply`).
+fn not_stored(metrics: &crate::metrics::Metrics, error: &crate::store::StoreError) -> Utf8Bytes {
+    let (code, text) = error.client_reply();
+    metrics.error(code);
+    frames::error(code, &text, None)
+}

@@ -24,10 +24,7 @@ pub fn received(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal>
                 app.metrics.error(403);
                 frames::error(403, &format!("not a participant of {chat_id}"), None)
             }
-            Err(e) => {
-                app.metrics.error(500);
-                frames::error(500, &format!("not saved: {e}"), None)
-            }
+            Err(e) => super::not_stored(&app.metrics, &e),
         }
     })))
 }

@@ -54,6 +54,16 @@ impl StoreError {
             _ => None,
         }
     }
+
+    /// The code and text a client is answered with when its command was not stored: 503 when
+    /// it may work later (shutting down, storage unavailable), 500 when it was refused itself.
+    pub fn client_reply(&self) -> (u16, String) {
+        match (self, self.unavailable()) {
+            (StoreError::Closed, _) => (503, self.to_string()),
+            (_, Some(text)) => (503, text),
+            (_, None) => (500, format!("not saved: {self}")),
+        }
+    }
 }
 
 /// SQLite's codes for a storage that cannot take writes now, whatever is written.
