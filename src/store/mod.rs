@@ -61,7 +61,7 @@ impl StoreError {
         match (self, self.unavailable()) {
             (StoreError::Closed, _) => (503, self.to_string()),
             (_, Some(text)) => (503, text),
-            (_, None) => (500, format!("not saved: {self}")),
+            (_, None) => (500, format!("not stored: {self}")),
         }
     }
 }
