@@ -274,7 +274,8 @@ async fn watch_daemon(daemon: &mut Daemon, faults: &mut Faults, until: Instant) 
 }
 
 /// Until `until`, at random intervals: SIGKILL and restart (40%), SIGSTOP for 0.1-1.5 s then
-/// SIGCONT (40%), or SIGTERM and restart (20%). Each fault ends with the daemon running.
+/// SIGCONT (40%), or SIGTERM and restart (20%); the first three are one of each, so that even a
+/// short run has every kind. Each fault ends with the daemon running.
 async fn fault_loop(
     daemon: &mut Daemon,
     faults: &mut Faults,
@@ -282,13 +283,18 @@ async fn fault_loop(
     opts: &SoakOpts,
     until: Instant,
 ) -> Res<()> {
-    loop {
+    for round in 0u64.. {
         let next = Instant::now() + Duration::from_secs_f64(rng.between(opts.fault_min, opts.fault_max));
         if next >= until {
-            return watch_daemon(daemon, faults, until).await;
+            break;
         }
         watch_daemon(daemon, faults, next).await?;
-        let pick = rng.next() % 10;
+        let pick = match round {
+            0 => 0,
+            1 => 4,
+            2 => 8,
+            _ => rng.next() % 10,
+        };
         if pick < 4 {
             daemon.kill9().await;
             faults.kill += 1;
@@ -307,6 +313,7 @@ async fn fault_loop(
             faults.restart += 1;
         }
     }
+    watch_daemon(daemon, faults, until).await
 }
 
 // ---------------------------------------------------------------------------------------------
