@@ -593,7 +593,7 @@ impl Soak {
                         break;
                     }
                     // After an outage, go on at the rate instead of catching up in a burst.
-                    c.next_due = (c.next_due + self.period).max(now - Duration::from_secs(1));
+                    c.next_due = (c.next_due + self.period).max(now.checked_sub(Duration::from_secs(1)).unwrap_or(now));
                     c.acked.push(None);
                     let n = c.acked.len() - 1;
                     c.pending.insert(n, Pending { due: None });
