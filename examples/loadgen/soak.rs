@@ -74,6 +74,10 @@ pub struct SoakOpts {
     /// Append the daemon's stderr (its log) to this file.
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// Clients never send `read`, like the old PHP service's: `redelivered` then shows what
+    /// sync replays of messages a device already has.
+    #[arg(long)]
+    pub no_read: bool,
 }
 
 impl SoakOpts {
@@ -107,6 +111,7 @@ impl SoakOpts {
         s.insert("fault_min".into(), json!(self.fault_min));
         s.insert("fault_max".into(), json!(self.fault_max));
         s.insert("server_args".into(), json!(self.server_args));
+        s.insert("no_read".into(), json!(self.no_read));
         Ok(())
     }
 }
@@ -385,6 +390,7 @@ struct Soak {
     refusal_samples: Errors,
     net: Rc<Net>,
     window: usize,
+    send_read: bool,
     /// Time between one sender's new messages.
     period: Duration,
     text: String,
@@ -541,6 +547,9 @@ impl Soak {
     /// Sends the read positions of what this connection has received.
     async fn send_reads(&self, ws: &mut Ws, conn: &mut Conn) -> Res<()> {
         for (chat_id, seq) in conn.to_read.drain() {
+            if !self.send_read {
+                continue;
+            }
             let frame = format!(r#"{{"action":"read","chat_id":"{chat_id}","seq":{seq}}}"#);
             ws.feed(Message::text(frame)).await.map_err(|e| format!("send: {e}"))?;
         }
@@ -886,6 +895,7 @@ async fn run_soak(ctx: &Ctx, opts: &SoakOpts, daemon: &mut Daemon, rng: &mut Rng
         refusal_samples: Errors::default(),
         net: net.clone(),
         window: opts.window,
+        send_read: !opts.no_read,
         period: Duration::from_secs_f64(senders as f64 / opts.rate),
         text: ctx.msg_text.clone(),
     });
