@@ -351,6 +351,8 @@ struct Client {
     target: Option<Target>,
     /// Indexes of the clients that must receive each of its messages.
     recipients: Vec<usize>,
+    /// The conversation its messages go to.
+    chat_id: String,
     /// Per message number: the (id, seq) of its first ack.
     acked: Vec<Option<(u64, u64)>>,
     pending: BTreeMap<usize, Pending>,
@@ -737,6 +739,8 @@ struct Reconciled {
     history_messages: u64,
     /// The first few lost messages: what was missing where.
     lost_samples: Vec<Value>,
+    /// Lost messages per conversation.
+    lost_by_chat: BTreeMap<String, u64>,
 }
 
 async fn reconcile(soak: &Soak, http: &mut Http, chats: &[(String, usize)]) -> Res<Reconciled> {
@@ -807,7 +811,10 @@ async fn reconcile(soak: &Soak, http: &mut Http, chats: &[(String, usize)]) -> R
                     }
                 }
             }
-            r.lost += u64::from(lost);
+            if lost {
+                r.lost += 1;
+                *r.lost_by_chat.entry(c.chat_id.clone()).or_insert(0) += 1;
+            }
         }
     }
     r.received = receipts.len() as u64;
@@ -858,6 +865,7 @@ async fn run_soak(ctx: &Ctx, opts: &SoakOpts, daemon: &mut Daemon, rng: &mut Rng
             user: u.clone(),
             target: None,
             recipients: Vec::new(),
+            chat_id: String::new(),
             acked: Vec::new(),
             pending: BTreeMap::new(),
             next_due: now,
@@ -870,7 +878,8 @@ async fn run_soak(ctx: &Ctx, opts: &SoakOpts, daemon: &mut Daemon, rng: &mut Rng
         clients[a].target = Some(Target::User(users[b].uid));
         clients[a].recipients = vec![b];
         let (lo, hi) = (users[a].uid.min(users[b].uid), users[a].uid.max(users[b].uid));
-        chats.push((format!("1_{lo}_{hi}"), b));
+        clients[a].chat_id = format!("1_{lo}_{hi}");
+        chats.push((clients[a].chat_id.clone(), b));
     }
     if opts.group >= 2 {
         let first = opts.pairs * 2;
@@ -882,6 +891,7 @@ async fn run_soak(ctx: &Ctx, opts: &SoakOpts, daemon: &mut Daemon, rng: &mut Rng
         for &m in &members {
             clients[m].target = Some(Target::Room(chat_id.clone()));
             clients[m].recipients = members.iter().copied().filter(|&o| o != m).collect();
+            clients[m].chat_id = chat_id.to_string();
         }
         chats.push((chat_id.to_string(), first));
     }
@@ -962,6 +972,7 @@ async fn run_soak(ctx: &Ctx, opts: &SoakOpts, daemon: &mut Daemon, rng: &mut Rng
         "not_received": r.not_received,
         "missing_from_history": r.missing_from_history,
         "lost_samples": r.lost_samples,
+        "lost_by_chat": r.lost_by_chat,
         "gaps": r.gaps,
         "phantom": r.phantom,
         "unexpected": r.unexpected,
