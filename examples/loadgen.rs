@@ -52,6 +52,14 @@
 //!   (pinned to core C) and one blocking client sending a 160-byte message R times a second.
 //!   Its `latency_us` is the machine's own round trip: no server's send-to-receipt latency at
 //!   that rate can be lower.
+//! - `soak --imd PATH --db PATH [--pairs P] [--group M] [--duration S] [--rate R] [--window W]
+//!   [--fault-min S] [--fault-max S] [--seed N] [--server-arg A]... [--log PATH]`: starts imd
+//!   itself on `--addr` (port 0: a free port, kept across restarts) while a fault loop kills,
+//!   pauses and restarts it; senders resend what is unacked with the same msg_id; then every
+//!   message is reconciled against acks, receipts and history (`examples/loadgen/soak.rs`,
+//!   docs/RELIABILITY.md). Prints `sent`, `acked`, `received`, `lost`, `duplicated`,
+//!   `reordered`, `redelivered`, `faults`; exits 1 unless nothing was lost, duplicated or
+//!   reordered.
 //!
 //! Output: one JSON object with `scenario`, `ok`, `error` (null or the fatal error), `settings`
 //! (every option; secrets redacted), `errors` and `error_samples` (error frames, unexpected
@@ -94,6 +102,9 @@ use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
+
+#[path = "loadgen/soak.rs"]
+mod soak;
 
 type Res<T> = Result<T, String>;
 type Ws = WebSocketStream<TcpStream>;
@@ -184,6 +195,12 @@ enum Scenario {
         #[arg(long)]
         echo_core: Option<usize>,
     },
+    /// Numbered messages through a daemon the load generator starts, kills, pauses and
+    /// restarts; then every message reconciled.
+    Soak {
+        #[command(flatten)]
+        opts: soak::SoakOpts,
+    },
 }
 
 impl Scenario {
@@ -194,6 +211,7 @@ impl Scenario {
             Scenario::Group { .. } => "group",
             Scenario::Broadcast { .. } => "broadcast",
             Scenario::Floor { .. } => "floor",
+            Scenario::Soak { .. } => "soak",
         }
     }
 }
@@ -326,6 +344,12 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
             s.insert("echo_core".into(), json!(echo_core));
             s.insert("message_bytes".into(), json!(FLOOR_MESSAGE_BYTES));
         }
+        Scenario::Soak { opts } => {
+            if cli.sources != 1 {
+                return Err("soak uses one source address".into());
+            }
+            opts.check_into(s)?;
+        }
     }
     Ok((prefix, settings))
 }
@@ -337,7 +361,7 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
     // connect time); chat loads read many frames per call.
     let read_buffer = match cli.scenario {
         Scenario::Idle { .. } | Scenario::Broadcast { .. } | Scenario::Floor { .. } => 1024,
-        Scenario::Pairs { .. } | Scenario::Group { .. } => 8 * 1024,
+        Scenario::Pairs { .. } | Scenario::Group { .. } | Scenario::Soak { .. } => 8 * 1024,
     };
     let net = Rc::new(Net::new(addr, cli.sources, read_buffer));
     let ctx = Ctx {
@@ -361,6 +385,7 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
         }
         // Talks to no server: blocking sockets on its own threads, nothing else runs meanwhile.
         Scenario::Floor { rate, duration, echo_core } => floor(*rate, Duration::from_secs_f64(*duration), *echo_core),
+        Scenario::Soak { opts } => soak::soak(&ctx, opts, addr.port()).await,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod directory;
 pub mod fanout;
 pub mod frames;
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod registry;
