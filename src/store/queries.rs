@@ -127,18 +127,31 @@ pub fn sync_for(conn: &Connection, uid: u64, device: &str) -> StoreResult<SyncBa
     Ok(batch)
 }
 
-/// One page of a conversation, newest page first: messages with seq below `before`.
+/// The room's last seq when `uid` joined it (messages up to it came before them); None if
+/// they are not a member.
+pub fn joined_seq(conn: &Connection, chat_id: &str, uid: u64) -> StoreResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT joined_seq FROM room_members WHERE chat_id = ?1 AND uid = ?2")?
+        .query_row(params![chat_id, uid], |row| row.get(0))
+        .optional()?)
+}
+
+/// One page of a conversation, newest page first: messages with seq below `before` and above
+/// `after` (where a member's visible history starts).
 pub fn history(
     conn: &Connection,
     chat_id: &str,
     before: Option<i64>,
+    after: i64,
     limit: i64,
 ) -> StoreResult<(Vec<StoredMessage>, bool)> {
-    let sql =
-        format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3");
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq < ?2 AND seq > ?3
+         ORDER BY seq DESC LIMIT ?4"
+    );
     let mut page: Vec<StoredMessage> = conn
         .prepare_cached(&sql)?
-        .query_map(params![chat_id, before.unwrap_or(i64::MAX), limit + 1], message_from_row)?
+        .query_map(params![chat_id, before.unwrap_or(i64::MAX), after, limit + 1], message_from_row)?
         .collect::<Result<_, _>>()?;
     let has_more = page.len() as i64 > limit;
     page.truncate(limit as usize);
