@@ -3,6 +3,7 @@
 
 mod envelope;
 mod message;
+pub mod origin;
 mod params;
 mod room;
 mod shop;
@@ -39,7 +40,20 @@ pub async fn serve_connection(app: Arc<App>, stream: TcpStream) {
     let _ = http1::Builder::new().serve_connection(io, service).with_upgrades().await;
 }
 
+/// Answers CORS preflight (`OPTIONS`, any path) and marks other answers for allowed origins.
 async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
+    let verdict = origin::check(&app.config.allowed_origins, req.headers());
+    if req.method() == Method::OPTIONS {
+        return origin::preflight(&verdict);
+    }
+    let mut response = respond(app, req, socket).await;
+    if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        origin::add_cors_headers(&mut response, &verdict);
+    }
+    response
+}
+
+async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
     if let Some(worker) = app.supervisor.failed() {
         return failed(&app, worker);
     }
