@@ -112,6 +112,17 @@ async fn a_new_member_of_a_private_room_sees_history_from_their_join_on() {
         let (status, body) = join(&server, &bob_t, room).await;
         ok(status, &body, "bob joins");
     }
+    // The conversation list does not show the message before the join either.
+    let (status, body) = server.get("/message/conversations", Some(&bob_t)).await;
+    let data = ok(status, &body, "bob's conversations");
+    let entry = |room: &str| {
+        let list = data["conversations"].as_array().expect("conversations");
+        list.iter().find(|c| c["chat_id"] == room).cloned().unwrap_or_else(|| panic!("{room} listed: {data}"))
+    };
+    assert!(entry(&private)["last"].is_null(), "{data}");
+    assert_eq!(entry(&shared)["last"]["seq"], 2, "{data}");
+    assert_eq!(entry(&public)["last"]["seq"], 2, "{data}");
+
     for room in [&private, &shared, &public] {
         let ack = alice_ws.request(group_frame(room, &format!("{room}-after"), "new news")).await;
         assert_ack(&ack, &format!("{room}-after"), room);

@@ -194,10 +194,15 @@ pub fn conversations_of(
         all.into_iter().skip(offset).take(limit.saturating_add(1)).map(|(_, row)| row).collect();
     let has_more = rows.len() > limit;
     rows.truncate(limit);
-    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2");
+    // A member of a room whose history starts at their join does not see an older last message.
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2 AND seq > COALESCE(
+            (SELECT rm.joined_seq FROM room_members rm JOIN rooms r ON r.chat_id = rm.chat_id
+             WHERE rm.chat_id = ?1 AND rm.uid = ?3 AND r.history = 'joined'), 0)"
+    );
     let mut last = conn.prepare_cached(&sql)?;
     for row in &mut rows {
-        row.last = last.query_row(params![row.chat_id, row.last_seq], message_from_row).optional()?;
+        row.last = last.query_row(params![row.chat_id, row.last_seq, uid], message_from_row).optional()?;
     }
     Ok((rows, has_more))
 }
