@@ -67,6 +67,12 @@ pub struct Config {
     /// Benchmarks only: keep messages in memory, never on disk (measures durability's cost).
     #[arg(long, env = "IMD_NO_STORE", hide = true)]
     pub no_store: bool,
+
+    /// Origins (`scheme://host[:port]`, comma-separated) whose web pages may open a WebSocket
+    /// and get CORS answers; `*` allows any. Default: only pages of the host and port the
+    /// request was sent to. Clients that send no Origin (curl, wscat) are always allowed.
+    #[arg(long, env = "IMD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
 }
 
 /// SQLite's `synchronous` setting for the writer.

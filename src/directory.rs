@@ -20,7 +20,20 @@ pub struct UserEntry {
 
 pub struct Shop {
     pub owner_uid: u64,
+    /// Agents who accepted: only they are routed customers, synced and listed as agents.
     pub agents: Arc<Vec<u64>>,
+    /// Users the owner added who have not accepted yet.
+    pub invited: Vec<u64>,
+}
+
+/// Who may join a room and what history a new member sees; rooms not listed are public with
+/// their history shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoomPolicy {
+    /// Joining needs an invitation by a member.
+    pub private: bool,
+    /// A member sees only messages after their join.
+    pub history_from_join: bool,
 }
 
 #[derive(Default)]
@@ -28,6 +41,8 @@ pub struct Directory {
     users: DashMap<u64, UserEntry>,
     /// Members of each room; replaced whole on change so readers share a snapshot.
     rooms: DashMap<Arc<str>, Arc<HashSet<u64>>>,
+    /// Rooms whose policy is not the default (public, history shared).
+    room_policies: DashMap<Arc<str>, RoomPolicy>,
     shops: DashMap<u64, Shop>,
     /// The agent handling each service conversation.
     handlers: DashMap<Arc<str>, u64>,
@@ -49,9 +64,16 @@ impl Directory {
         // Each set is built whole, then shared once: adding members one by one (`add_member`
         // copies the set each time) made start-up quadratic in a room's size.
         let mut room_members: HashMap<String, HashSet<u64>> = HashMap::new();
-        let mut rooms = conn.prepare("SELECT chat_id FROM rooms")?;
-        for chat_id in rooms.query_map([], |r| r.get::<_, String>(0))? {
-            room_members.insert(chat_id?, HashSet::new());
+        let mut rooms = conn.prepare("SELECT chat_id, private, history FROM rooms")?;
+        for row in
+            rooms.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, String>(2)?)))?
+        {
+            let (chat_id, private, history) = row?;
+            let policy = RoomPolicy { private, history_from_join: history == "joined" };
+            if policy != RoomPolicy::default() {
+                directory.room_policies.insert(Arc::from(chat_id.as_str()), policy);
+            }
+            room_members.insert(chat_id, HashSet::new());
         }
         let mut members = conn.prepare("SELECT chat_id, uid FROM room_members")?;
         for row in members.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
@@ -64,22 +86,22 @@ impl Directory {
         for (chat_id, set) in room_members {
             directory.rooms.insert(Arc::from(chat_id), Arc::new(set));
         }
-        let mut shop_agents: HashMap<u64, (u64, Vec<u64>)> = HashMap::new();
+        let mut shop_agents: HashMap<u64, (u64, Vec<u64>, Vec<u64>)> = HashMap::new();
         let mut shops = conn.prepare("SELECT shop_id, owner_uid FROM shops")?;
         for row in shops.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?)))? {
             let (shop_id, owner_uid) = row?;
-            shop_agents.insert(shop_id, (owner_uid, Vec::new()));
+            shop_agents.insert(shop_id, (owner_uid, Vec::new(), Vec::new()));
         }
         // (shop_id, uid) is the table's key: no duplicates to skip.
-        let mut agents = conn.prepare("SELECT shop_id, uid FROM shop_agents")?;
-        for row in agents.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?)))? {
-            let (shop_id, uid) = row?;
-            if let Some((_, list)) = shop_agents.get_mut(&shop_id) {
-                list.push(uid);
+        let mut agents = conn.prepare("SELECT shop_id, uid, accepted FROM shop_agents")?;
+        for row in agents.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, r.get::<_, bool>(2)?)))? {
+            let (shop_id, uid, accepted) = row?;
+            if let Some((_, list, invited)) = shop_agents.get_mut(&shop_id) {
+                if accepted { list.push(uid) } else { invited.push(uid) }
             }
         }
-        for (shop_id, (owner_uid, agents)) in shop_agents {
-            directory.shops.insert(shop_id, Shop { owner_uid, agents: Arc::new(agents) });
+        for (shop_id, (owner_uid, agents, invited)) in shop_agents {
+            directory.shops.insert(shop_id, Shop { owner_uid, agents: Arc::new(agents), invited });
         }
         let mut handlers =
             conn.prepare("SELECT chat_id, handler_uid FROM conversations WHERE handler_uid IS NOT NULL")?;
@@ -116,8 +138,15 @@ impl Directory {
 
     // Rooms.
 
-    pub fn add_room(&self, chat_id: &str, owner_uid: u64) {
+    pub fn add_room(&self, chat_id: &str, owner_uid: u64, policy: RoomPolicy) {
+        if policy != RoomPolicy::default() {
+            self.room_policies.insert(Arc::from(chat_id), policy);
+        }
         self.rooms.insert(Arc::from(chat_id), Arc::new(HashSet::from([owner_uid])));
+    }
+
+    pub fn room_policy(&self, chat_id: &str) -> RoomPolicy {
+        self.room_policies.get(chat_id).map(|p| *p).unwrap_or_default()
     }
 
     pub fn room_exists(&self, chat_id: &str) -> bool {
@@ -155,7 +184,7 @@ impl Directory {
     // Shops and service conversations.
 
     pub fn add_shop(&self, shop_id: u64, owner_uid: u64) {
-        self.shops.insert(shop_id, Shop { owner_uid, agents: Arc::new(Vec::new()) });
+        self.shops.insert(shop_id, Shop { owner_uid, agents: Arc::new(Vec::new()), invited: Vec::new() });
     }
 
     pub fn shop_owner(&self, shop_id: u64) -> Option<u64> {
@@ -184,7 +213,35 @@ impl Directory {
         if let Some(mut shop) = self.shops.get_mut(&shop_id) {
             let next: Vec<u64> = shop.agents.iter().copied().filter(|&a| a != uid).collect();
             shop.agents = Arc::new(next);
+            shop.invited.retain(|&a| a != uid);
         }
+    }
+
+    /// `uid` was added by the owner but has not accepted: not an agent yet.
+    pub fn invite_agent(&self, shop_id: u64, uid: u64) {
+        if let Some(mut shop) = self.shops.get_mut(&shop_id)
+            && !shop.agents.contains(&uid)
+            && !shop.invited.contains(&uid)
+        {
+            shop.invited.push(uid);
+        }
+    }
+
+    pub fn is_invited_agent(&self, shop_id: u64, uid: u64) -> bool {
+        self.shops.get(&shop_id).is_some_and(|s| s.invited.contains(&uid))
+    }
+
+    /// Users added to the shop who have not accepted yet.
+    pub fn shop_invited(&self, shop_id: u64) -> Vec<u64> {
+        self.shops.get(&shop_id).map(|s| s.invited.clone()).unwrap_or_default()
+    }
+
+    /// The invited `uid` accepted: from now on an agent like any other.
+    pub fn accept_agent(&self, shop_id: u64, uid: u64) {
+        if let Some(mut shop) = self.shops.get_mut(&shop_id) {
+            shop.invited.retain(|&a| a != uid);
+        }
+        self.add_agent(shop_id, uid);
     }
 
     pub fn handler(&self, chat_id: &str) -> Option<u64> {

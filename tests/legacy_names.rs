@@ -288,6 +288,7 @@ async fn swoole_readme_flow_with_form_bodies() {
         .post_form("/shop/agent/add", &[("shop_id", &shop.to_string()), ("uid", &carol.to_string())], Some(dave_t))
         .await;
     ok(status, &body, "shop/agent/add (form)");
+    accept_agent(&server, carol_t, shop).await;
     let mut c = open(&server, carol_t, carol, "carol").await;
     let service = format!("3_{shop}_{bob}");
     let ack = reply(

@@ -35,11 +35,12 @@ async fn shop_create_and_agent_management() {
     assert_error(status, &body, 404, "add an unknown uid as agent");
     let (status, body) = server.post_json("/shop/agent/add", json!({"shop_id": shop, "uid": g1}), None).await;
     assert_error(status, &body, 401, "add an agent without a token");
-    for g in [g1, g2] {
+    for (g, g_t) in [(g1, &g1_t), (g2, &g2_t)] {
         let (status, body) = add_agent(&server, &owner_t, shop, g).await;
         let data = ok(status, &body, "owner adds an agent");
         assert_eq!(data["shop_id"], json!(shop), "{body}");
         assert_eq!(data["uid"], json!(g), "{body}");
+        accept_agent(&server, g_t, shop).await;
     }
 
     // Listing agents: owner and agents may, with online flags; others may not.
@@ -95,6 +96,7 @@ async fn shop_create_and_agent_management() {
         .post_form("/shop/agent/add", &[("shop_id", &hats.to_string()), ("uid", &g2.to_string())], Some(&owner_t))
         .await;
     ok(status, &body, "add agent (form)");
+    accept_agent(&server, &g2_t, hats).await;
     let (status, body) = agents(&server, &g2_t, hats).await;
     let data = ok(status, &body, "agent2 lists the hats shop");
     assert!(uids_in(&data, "agents").contains(&g2), "{body}");

@@ -17,6 +17,11 @@ fn room_reply(
     match result {
         Ok(()) => frames::json(json!({"action": action, "code": 200, "chat_id": chat_id})),
         Err(RoomError::NoSuchRoom) => frames::error(404, &format!("unknown room: {chat_id}"), None),
+        Err(RoomError::NoSuchUser(uid)) => frames::error(404, &format!("unknown user: {uid}"), None),
+        Err(RoomError::Forbidden(why)) => {
+            app.metrics.error(403);
+            frames::error(403, &why, None)
+        }
         Err(RoomError::Store(e)) => super::not_stored(&app.metrics, &e),
     }
 }

@@ -98,7 +98,16 @@ pub async fn history(app: &App, params: Params) -> ApiResult {
         return Err(ApiError::bad_request("`limit` must be 1-200"));
     }
     let id = chat_id.clone();
-    let (page, has_more) = app.store.read(move |conn| store::queries::history(conn, &id, before, limit as i64)).await?;
+    // In a room whose history is not shared, a member sees only what came after their join.
+    let from_join = app.directory.room_policy(&chat_id).history_from_join;
+    let uid = claims.uid;
+    let (page, has_more) = app
+        .store
+        .read(move |conn| {
+            let after = if from_join { store::queries::joined_seq(conn, &id, uid)?.unwrap_or(i64::MAX) } else { 0 };
+            store::queries::history(conn, &id, before, after, limit as i64)
+        })
+        .await?;
     let messages: Vec<Value> = page.iter().map(|m| message_json(app, m)).collect();
     Ok(json!({"chat_id": chat_id, "messages": messages, "has_more": has_more}))
 }

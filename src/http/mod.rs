@@ -3,6 +3,7 @@
 
 mod envelope;
 mod message;
+pub mod origin;
 mod params;
 mod room;
 mod shop;
@@ -39,7 +40,20 @@ pub async fn serve_connection(app: Arc<App>, stream: TcpStream) {
     let _ = http1::Builder::new().serve_connection(io, service).with_upgrades().await;
 }
 
+/// Answers CORS preflight (`OPTIONS`, any path) and marks other answers for allowed origins.
 async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
+    let verdict = origin::check(&app.config.allowed_origins, req.headers());
+    if req.method() == Method::OPTIONS {
+        return origin::preflight(&verdict);
+    }
+    let mut response = respond(app, req, socket).await;
+    if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        origin::add_cors_headers(&mut response, &verdict);
+    }
+    response
+}
+
+async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
     if let Some(worker) = app.supervisor.failed() {
         return failed(&app, worker);
     }
@@ -80,10 +94,12 @@ const ROUTES: &[(&str, Method)] = &[
     ("/room/join", Method::POST),
     ("/room/leave", Method::POST),
     ("/room/members", Method::GET),
+    ("/room/invite", Method::POST),
     ("/shop/create", Method::POST),
     ("/shop/agent/add", Method::POST),
     ("/shop/agent/remove", Method::POST),
     ("/shop/agents", Method::GET),
+    ("/shop/agent/accept", Method::POST),
     ("/message/sendPublicMessage", Method::POST),
     ("/message/history", Method::GET),
     ("/message/conversations", Method::GET),
@@ -101,10 +117,12 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
         "/room/join" => room::join(app, params).await,
         "/room/leave" => room::leave(app, params).await,
         "/room/members" => room::members(app, params),
+        "/room/invite" => room::invite(app, params).await,
         "/shop/create" => shop::create(app, params).await,
         "/shop/agent/add" => shop::add_agent(app, params).await,
         "/shop/agent/remove" => shop::remove_agent(app, params).await,
         "/shop/agents" => shop::agents(app, params),
+        "/shop/agent/accept" => shop::accept_agent(app, params).await,
         "/message/sendPublicMessage" => message::broadcast(app, params).await,
         "/message/history" => message::history(app, params).await,
         "/message/conversations" => message::conversations(app, params).await,

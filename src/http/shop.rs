@@ -1,4 +1,5 @@
-//! Shops and their customer-service agents.
+//! Shops and their customer-service agents. An agent the owner adds is only invited until
+//! they accept; only accepted agents get customers.
 
 use rusqlite::params;
 use serde_json::json;
@@ -44,16 +45,60 @@ fn owned_shop_and_agent(app: &App, params: &Params) -> Result<(u64, u64), ApiErr
     Ok((shop_id, uid))
 }
 
+/// The owner adds `uid`: invited until they accept (`/shop/agent/accept`), except the owner
+/// themselves and an agent who already accepted.
 pub async fn add_agent(app: &App, params: Params) -> ApiResult {
     let (shop_id, uid) = owned_shop_and_agent(app, &params)?;
-    app.store
+    let owner = app.directory.shop_owner(shop_id) == Some(uid);
+    let accepted = app
+        .store
         .write(move |conn| {
-            conn.execute("INSERT OR IGNORE INTO shop_agents (shop_id, uid) VALUES (?1, ?2)", params![shop_id, uid])?;
-            Ok(())
+            conn.execute(
+                "INSERT OR IGNORE INTO shop_agents (shop_id, uid, accepted) VALUES (?1, ?2, ?3)",
+                params![shop_id, uid, owner],
+            )?;
+            Ok(conn.query_row(
+                "SELECT accepted FROM shop_agents WHERE shop_id = ?1 AND uid = ?2",
+                params![shop_id, uid],
+                |row| row.get::<_, bool>(0),
+            )?)
         })
         .await?;
-    app.directory.add_agent(shop_id, uid);
-    Ok(json!({"shop_id": shop_id, "uid": uid}))
+    if accepted {
+        app.directory.add_agent(shop_id, uid);
+    } else {
+        app.directory.invite_agent(shop_id, uid);
+    }
+    Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": accepted}))
+}
+
+/// `POST /shop/agent/accept`: the invited caller becomes an agent of the shop; 404 without an
+/// invitation. Accepting again is not an error.
+pub async fn accept_agent(app: &App, params: Params) -> ApiResult {
+    let claims = params.user(app)?;
+    let shop_id = params.require_number("shop_id")?;
+    let uid = claims.uid;
+    if app.directory.is_agent(shop_id, uid) {
+        return Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": true}));
+    }
+    if !app.directory.is_invited_agent(shop_id, uid) {
+        return Err(ApiError::not_found(format!("no invitation to be an agent of shop {shop_id}")));
+    }
+    let changed = app
+        .store
+        .write(move |conn| {
+            Ok(conn.execute(
+                "UPDATE shop_agents SET accepted = 1 WHERE shop_id = ?1 AND uid = ?2",
+                params![shop_id, uid],
+            )?)
+        })
+        .await?;
+    // The owner may have removed them meanwhile.
+    if changed == 0 {
+        return Err(ApiError::not_found(format!("no invitation to be an agent of shop {shop_id}")));
+    }
+    app.directory.accept_agent(shop_id, uid);
+    Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": true}))
 }
 
 pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
@@ -82,6 +127,8 @@ pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
     Ok(json!({"shop_id": shop_id, "uid": uid}))
 }
 
+/// The shop's accepted agents, for its owner and those agents; the owner also gets the uids
+/// still `invited` (no names: they have not agreed to anything yet).
 pub fn agents(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let shop_id = params.require_number("shop_id")?;
@@ -90,5 +137,11 @@ pub fn agents(app: &App, params: Params) -> ApiResult {
     if owner != claims.uid && !agents.contains(&claims.uid) {
         return Err(ApiError::forbidden("only the shop's owner and agents may list its agents"));
     }
-    Ok(json!({"shop_id": shop_id, "agents": user_list(app, &agents)}))
+    let mut reply = json!({"shop_id": shop_id, "agents": user_list(app, &agents)});
+    if owner == claims.uid {
+        let mut invited = app.directory.shop_invited(shop_id);
+        invited.sort_unstable();
+        reply["invited"] = json!(invited);
+    }
+    Ok(reply)
 }

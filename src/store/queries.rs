@@ -127,18 +127,31 @@ pub fn sync_for(conn: &Connection, uid: u64, device: &str) -> StoreResult<SyncBa
     Ok(batch)
 }
 
-/// One page of a conversation, newest page first: messages with seq below `before`.
+/// The room's last seq when `uid` joined it (messages up to it came before them); None if
+/// they are not a member.
+pub fn joined_seq(conn: &Connection, chat_id: &str, uid: u64) -> StoreResult<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT joined_seq FROM room_members WHERE chat_id = ?1 AND uid = ?2")?
+        .query_row(params![chat_id, uid], |row| row.get(0))
+        .optional()?)
+}
+
+/// One page of a conversation, newest page first: messages with seq below `before` and above
+/// `after` (where a member's visible history starts).
 pub fn history(
     conn: &Connection,
     chat_id: &str,
     before: Option<i64>,
+    after: i64,
     limit: i64,
 ) -> StoreResult<(Vec<StoredMessage>, bool)> {
-    let sql =
-        format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3");
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq < ?2 AND seq > ?3
+         ORDER BY seq DESC LIMIT ?4"
+    );
     let mut page: Vec<StoredMessage> = conn
         .prepare_cached(&sql)?
-        .query_map(params![chat_id, before.unwrap_or(i64::MAX), limit + 1], message_from_row)?
+        .query_map(params![chat_id, before.unwrap_or(i64::MAX), after, limit + 1], message_from_row)?
         .collect::<Result<_, _>>()?;
     let has_more = page.len() as i64 > limit;
     page.truncate(limit as usize);
@@ -181,10 +194,15 @@ pub fn conversations_of(
         all.into_iter().skip(offset).take(limit.saturating_add(1)).map(|(_, row)| row).collect();
     let has_more = rows.len() > limit;
     rows.truncate(limit);
-    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2");
+    // A member of a room whose history starts at their join does not see an older last message.
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq = ?2 AND seq > COALESCE(
+            (SELECT rm.joined_seq FROM room_members rm JOIN rooms r ON r.chat_id = rm.chat_id
+             WHERE rm.chat_id = ?1 AND rm.uid = ?3 AND r.history = 'joined'), 0)"
+    );
     let mut last = conn.prepare_cached(&sql)?;
     for row in &mut rows {
-        row.last = last.query_row(params![row.chat_id, row.last_seq], message_from_row).optional()?;
+        row.last = last.query_row(params![row.chat_id, row.last_seq, uid], message_from_row).optional()?;
     }
     Ok((rows, has_more))
 }

@@ -9,6 +9,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/001_init.sql"),
     include_str!("../../sql/002_service_by_shop.sql"),
     include_str!("../../sql/003_delivered.sql"),
+    include_str!("../../sql/005_private_rooms.sql"),
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -43,5 +44,35 @@ mod tests {
         let table: i64 =
             conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivered'", [], |r| r.get(0)).unwrap();
         assert_eq!(table, 1, "migration 003 ran");
+        let invites: i64 =
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'room_invites'", [], |r| r.get(0)).unwrap();
+        assert_eq!(invites, 1, "migration 005 ran");
+    }
+
+    /// A database from before private rooms: its agents keep getting customers, its rooms stay
+    /// public with their history shared.
+    #[test]
+    fn existing_agents_and_rooms_keep_their_meaning() {
+        let conn = Connection::open_in_memory().unwrap();
+        let before = MIGRATIONS.iter().position(|sql| sql.contains("private rooms")).unwrap();
+        for sql in &MIGRATIONS[..before] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before).unwrap();
+        conn.execute_batch(
+            "INSERT INTO shops (shop_id, name, owner_uid, created_at) VALUES (1, 'tea', 1, 0);
+             INSERT INTO shop_agents (shop_id, uid) VALUES (1, 2);
+             INSERT INTO rooms (chat_id, owner_uid, created_at) VALUES ('2_1_1', 1, 0);
+             INSERT INTO room_members (chat_id, uid, joined_at) VALUES ('2_1_1', 3, 0);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let accepted: i64 = conn.query_row("SELECT accepted FROM shop_agents", [], |r| r.get(0)).unwrap();
+        assert_eq!(accepted, 1);
+        let (private, history): (i64, String) =
+            conn.query_row("SELECT private, history FROM rooms", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((private, history.as_str()), (0, "shared"));
+        let joined: i64 = conn.query_row("SELECT joined_seq FROM room_members", [], |r| r.get(0)).unwrap();
+        assert_eq!(joined, 0);
     }
 }

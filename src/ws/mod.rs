@@ -21,10 +21,14 @@ use self::cork::Cork;
 use crate::app::App;
 use crate::http::{ApiError, Body, envelope};
 
-/// Answers `GET /?access_token=…`: 401 before the upgrade for a bad token, else 101 and a
-/// session task on the upgraded connection.
+/// Answers `GET /?access_token=…`: 403 before the upgrade for a refused Origin, 401 for a bad
+/// token, else 101 and a session task on the upgraded connection.
 pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, socket: RawFd) -> Response<Body> {
     let headers = req.headers();
+    // A page of another site must not ride a user's token (cross-site WebSocket hijacking).
+    if crate::http::origin::check(&app.config.allowed_origins, headers) == crate::http::origin::Verdict::Refused {
+        return refusal(ApiError::forbidden("this Origin may not open a WebSocket here (see --allowed-origins)"));
+    }
     let wants_upgrade =
         headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));

@@ -384,6 +384,13 @@ pub async fn add_agent(server: &Server, token: &str, shop: u64, uid: u64) -> (u1
     server.post_json("/shop/agent/add", json!({"shop_id": shop, "uid": uid}), Some(token)).await
 }
 
+/// `POST /shop/agent/accept` as the invited agent (`token`), asserting it succeeded: only then
+/// are they routed customers.
+pub async fn accept_agent(server: &Server, token: &str, shop: u64) {
+    let (status, body) = server.post_json("/shop/agent/accept", json!({"shop_id": shop}), Some(token)).await;
+    ok(status, &body, "accept agent");
+}
+
 /// A shop ready for customer-service tests, made by [`shop_with_agents`].
 pub struct ShopSetup<const N: usize> {
     /// The uid and token of the user "owner", who created the shop.
@@ -394,7 +401,7 @@ pub struct ShopSetup<const N: usize> {
 }
 
 /// Registers "owner" and then a user for each of `agents`, creates the shop `shop_name` as the
-/// owner and adds every agent to it, asserting each add succeeded. Uids and the shop id come out
+/// owner and adds every agent to it, each agent accepting, asserting each step succeeded. Uids and the shop id come out
 /// as if a test made the same requests itself.
 pub async fn shop_with_agents<const N: usize>(server: &Server, shop_name: &str, agents: [&str; N]) -> ShopSetup<N> {
     let owner = server.register("owner").await;
@@ -403,9 +410,10 @@ pub async fn shop_with_agents<const N: usize>(server: &Server, shop_name: &str, 
         registered.push(server.register(name).await);
     }
     let shop = create_shop(server, &owner.1, shop_name).await;
-    for (uid, _) in &registered {
+    for (uid, token) in &registered {
         let (status, body) = add_agent(server, &owner.1, shop, *uid).await;
         ok(status, &body, "add agent");
+        accept_agent(server, token, shop).await;
     }
     let agents = registered.try_into().unwrap_or_else(|_| unreachable!("one entry per name"));
     ShopSetup { owner, shop, agents }
