@@ -121,8 +121,8 @@ pub async fn join(app: &App, chat_id: &str, uid: u64) -> Result<(), RoomError> {
                 params![room, uid, crate::now_ms()],
             )?;
             conn.execute(
-                "INSERT OR IGNORE INTO participants (uid, chat_id, read_seq)
-                 SELECT ?1, chat_id, last_seq FROM conversations WHERE chat_id = ?2",
+                "INSERT OR IGNORE INTO participants (uid, chat_id, read_seq, floor_seq)
+                 SELECT ?1, chat_id, last_seq, last_seq FROM conversations WHERE chat_id = ?2",
                 params![uid, room],
             )?;
             Ok(true)

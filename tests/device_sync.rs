@@ -257,3 +257,35 @@ async fn a_failed_sync_is_an_error_and_a_close_never_sync_done() {
     assert_eq!(synced.len(), 1, "{synced:?}");
     assert_eq!(synced[0]["id"], ack["id"]);
 }
+
+/// Found by the soak: a user's own message moved their read position past other members'
+/// messages their other device had not received, and sync never offered those again.
+#[tokio::test]
+async fn sending_does_not_skip_what_another_device_has_not_received() {
+    let server = Server::start().await;
+    let (_, ta) = server.register("alice").await;
+    let (_, tb) = server.register("bob").await;
+    let room = common::create_room(&server, &ta).await;
+    let (status, body) = server.post_json("/room/join", json!({"chat_id": room}), Some(&tb)).await;
+    ok(status, &body, "join");
+
+    // Alice's phone is online; her laptop is not.
+    let (mut phone, _) = server.connect_device(&ta, "phone").await;
+    let (mut wb, _) = server.connect(&tb).await;
+    let from_bob = wb.request(group_frame(&room, "b-1", "from bob")).await;
+    assert_eq!(from_bob["code"], 200, "{from_bob}");
+    assert_eq!(phone.recv_action("group_chat").await["id"], from_bob["id"]);
+    let own = phone.request(group_frame(&room, "a-1", "from alice")).await;
+    assert_eq!(own["code"], 200, "{own}");
+
+    // The laptop has received nothing: Bob's message is synced to it; Alice's own is not.
+    let (_, synced, _) = connect_raw(&server, &ta, "laptop").await;
+    let ids: Vec<&Value> = synced.iter().map(|f| &f["id"]).collect();
+    assert_eq!(ids, [&from_bob["id"]], "sync of the laptop: {synced:?}");
+
+    // Once Alice reads up to her own message, nothing is unread for her.
+    let mut laptop = connect_raw(&server, &ta, "laptop2").await.0;
+    let read = laptop.request(json!({"action": "read", "chat_id": room, "seq": own["seq"]})).await;
+    assert_eq!(read["seq"], own["seq"], "{read}");
+    assert_eq!(conversation(&server, &ta, &room).await["unread"], 0);
+}

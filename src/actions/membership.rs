@@ -65,6 +65,8 @@ pub fn read(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
                 Ok(db
                     .query_row(
                         "UPDATE participants SET read_seq = MAX(read_seq,
+                             MIN(?3, (SELECT last_seq FROM conversations WHERE chat_id = ?2))),
+                           floor_seq = MAX(floor_seq,
                              MIN(?3, (SELECT last_seq FROM conversations WHERE chat_id = ?2)))
                          WHERE uid = ?1 AND chat_id = ?2 RETURNING read_seq",
                         params![uid, id, seq],

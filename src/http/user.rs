@@ -38,7 +38,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
             let uid = conn.last_insert_rowid() as u64;
             // Broadcasts from before registration are not for this user.
             conn.execute(
-                "INSERT INTO participants (uid, chat_id, read_seq) SELECT ?1, chat_id, last_seq FROM conversations WHERE chat_id = ?2",
+                "INSERT INTO participants (uid, chat_id, read_seq, floor_seq) SELECT ?1, chat_id, last_seq, last_seq FROM conversations WHERE chat_id = ?2",
                 params![uid, crate::chat_id::SYSTEM],
             )?;
             Ok(uid)

@@ -25,12 +25,12 @@ pub fn advance(conn: &Connection, uid: u64, device: &str, positions: &[(Arc<str>
 pub fn receive(conn: &Connection, uid: u64, device: &str, chat_id: &str, seq: i64) -> StoreResult<Option<i64>> {
     let found: Option<(i64, Option<i64>)> = conn
         .prepare_cached(
-            "SELECT p.read_seq, (SELECT c.last_seq FROM conversations c WHERE c.chat_id = p.chat_id)
+            "SELECT p.floor_seq, (SELECT c.last_seq FROM conversations c WHERE c.chat_id = p.chat_id)
              FROM participants p WHERE p.uid = ?1 AND p.chat_id = ?2",
         )?
         .query_row(params![uid, chat_id], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    let Some((read_seq, last_seq)) = found else { return Ok(None) };
+    let Some((floor_seq, last_seq)) = found else { return Ok(None) };
     let seq = seq.min(last_seq.unwrap_or(0));
     let stored: i64 = conn
         .prepare_cached(
@@ -38,7 +38,7 @@ pub fn receive(conn: &Connection, uid: u64, device: &str, chat_id: &str, seq: i6
              ON CONFLICT (uid, device, chat_id) DO UPDATE SET seq = MAX(seq, excluded.seq) RETURNING seq",
         )?
         .query_row(params![uid, device, chat_id, seq], |row| row.get(0))?;
-    Ok(Some(stored.max(read_seq)))
+    Ok(Some(stored.max(floor_seq)))
 }
 
 #[cfg(test)]
@@ -50,7 +50,7 @@ mod tests {
         let conn = crate::store::Store::prepare(&dir.path().join("d.db")).unwrap();
         conn.execute_batch(
             "INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 5, 0);
-             INSERT INTO participants (uid, chat_id, read_seq) VALUES (2, '1_1_2', 1);",
+             INSERT INTO participants (uid, chat_id, read_seq, floor_seq) VALUES (2, '1_1_2', 1, 1);",
         )
         .unwrap();
         (dir, conn)

@@ -57,9 +57,9 @@ pub struct SyncBatch {
 // connect and listing avoid both (correlated subqueries instead of joins; checked by the unit
 // test below); the message queries need their ORDER BY and run only when there is a page to read.
 
-/// Whether the user has any conversation with unread messages.
+/// Whether the user has any conversation with messages after where its sync starts.
 const UNREAD_SQL: &str = "SELECT p.chat_id FROM participants p WHERE p.uid = ?1 AND (
-    SELECT c.last_seq > p.read_seq
+    SELECT c.last_seq > p.floor_seq
        AND (c.kind <> 3 OR c.customer_uid = p.uid OR c.handler_uid IS NULL OR c.handler_uid = p.uid)
     FROM conversations c WHERE c.chat_id = p.chat_id)";
 
@@ -68,7 +68,7 @@ const UNREAD_SQL: &str = "SELECT p.chat_id FROM participants p WHERE p.uid = ?1 
 /// customer, to its handling agent, or to every agent of the shop while nobody handles it.
 const SYNC_SQL: &str = "SELECT chat_id, position, last_seq FROM (
         SELECT p.chat_id,
-            MAX(p.read_seq, COALESCE((SELECT d.seq FROM delivered d
+            MAX(p.floor_seq, COALESCE((SELECT d.seq FROM delivered d
                 WHERE d.uid = p.uid AND d.device = ?2 AND d.chat_id = p.chat_id), 0)) AS position,
             (SELECT CASE WHEN c.kind <> 3 OR c.customer_uid = p.uid OR c.handler_uid IS NULL
                     OR c.handler_uid = p.uid THEN c.last_seq ELSE 0 END
@@ -89,7 +89,9 @@ const CONVERSATIONS_SQL: &str = "SELECT chat_id, kind, last_seq, read_seq, last_
     WHERE last_seq > 0 OR kind = 2";
 
 /// The connect-time sync of `device` of `uid`: at most `SYNC_PER_CONVERSATION` messages per
-/// conversation and `SYNC_MAX_MESSAGES` in all; what is left out is listed in `cut`.
+/// conversation and `SYNC_MAX_MESSAGES` in all; what is left out is listed in `cut`. The
+/// user's own messages are not synced back to them (their read position may stop before them,
+/// see the writer's `BatchUpdates::sent`).
 pub fn sync_for(conn: &Connection, uid: u64, device: &str) -> StoreResult<SyncBatch> {
     let mut pending_rows = conn.prepare_cached(SYNC_SQL)?;
     // Rows stream: stopping after the cap leaves the rest unread.
@@ -98,8 +100,9 @@ pub fn sync_for(conn: &Connection, uid: u64, device: &str) -> StoreResult<SyncBa
         .take(SYNC_MAX_CONVERSATIONS + 1)
         .collect::<Result<_, _>>()?;
     let all_read = pending.is_empty() && conn.prepare_cached(UNREAD_SQL)?.query([uid])?.next()?.is_none();
-    let sql =
-        format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq > ?2 ORDER BY seq DESC LIMIT ?3");
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE chat_id = ?1 AND seq > ?2 AND from_uid <> ?4 ORDER BY seq DESC LIMIT ?3"
+    );
     let mut newest = conn.prepare_cached(&sql)?;
     let mut batch =
         SyncBatch { messages: Vec::new(), cut: Vec::new(), more: pending.len() > SYNC_MAX_CONVERSATIONS, all_read };
@@ -111,7 +114,7 @@ pub fn sync_for(conn: &Connection, uid: u64, device: &str) -> StoreResult<SyncBa
         }
         // One more than taken tells whether older ones were left out.
         let start = batch.messages.len();
-        for message in newest.query_map(params![&*chat_id, position, take as i64 + 1], message_from_row)? {
+        for message in newest.query_map(params![&*chat_id, position, take as i64 + 1, uid], message_from_row)? {
             batch.messages.push(message?);
         }
         // The extra (oldest) row only says that older ones were left out.

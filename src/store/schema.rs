@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/002_service_by_shop.sql"),
     include_str!("../../sql/003_delivered.sql"),
     include_str!("../../sql/005_private_rooms.sql"),
+    include_str!("../../sql/006_sync_floor.sql"),
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
