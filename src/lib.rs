@@ -16,6 +16,7 @@ pub mod frames;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod revocations;
 pub mod rooms;
 pub mod server;
 pub mod service;

@@ -1,6 +1,7 @@
 //! HTTP on the WebSocket's port: hyper serves each connection, `/` with an upgrade goes to
 //! `ws`, every other path to its route.
 
+mod admin;
 mod envelope;
 mod message;
 mod params;
@@ -85,6 +86,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/shop/agent/remove", Method::POST),
     ("/shop/agents", Method::GET),
     ("/message/sendPublicMessage", Method::POST),
+    ("/admin/user/revoke", Method::POST),
     ("/message/history", Method::GET),
     ("/message/conversations", Method::GET),
     ("/health", Method::GET),
@@ -106,6 +108,7 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
         "/shop/agent/remove" => shop::remove_agent(app, params).await,
         "/shop/agents" => shop::agents(app, params),
         "/message/sendPublicMessage" => message::broadcast(app, params).await,
+        "/admin/user/revoke" => admin::revoke_user(app, params).await,
         "/message/history" => message::history(app, params).await,
         "/message/conversations" => message::conversations(app, params).await,
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
