@@ -257,6 +257,29 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_revocation_by_another_connection_shows_in_the_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = crate::store::Store::prepare(&dir.path().join("imd.db")).expect("database");
+        for name in ["alice", "bob"] {
+            conn.execute("INSERT INTO users (username, password_hash, created_at) VALUES (?1, 'x', 0)", [name])
+                .expect("user");
+        }
+        let directory = Directory::load(&conn).expect("load");
+        assert_eq!(revocations(&conn).expect("count"), None);
+        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), Vec::<u64>::new(), "nothing moved");
+
+        assert_eq!(bump_token_gen(&conn, 2).expect("bump"), Some(1));
+        assert_eq!(bump_token_gen(&conn, 99).expect("bump"), None, "no such user");
+        note_revocation(&conn).expect("note");
+        note_revocation(&conn).expect("note");
+        assert_eq!(revocations(&conn).expect("count").as_deref(), Some("2"));
+
+        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), vec![2]);
+        assert_eq!((directory.token_gen(1), directory.token_gen(2)), (Some(0), Some(1)));
+        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), Vec::<u64>::new(), "seen once");
+    }
+
     /// Members of one room, as a large deployment has them.
     const MEMBERS: u64 = 200_000;
 
