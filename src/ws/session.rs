@@ -54,7 +54,7 @@ struct Session<S> {
     ws: WebSocketStream<S>,
     rate: RateLimit,
     /// A WebSocket ping over the limit was answered with 429 since the last frame allowed:
-    /// further ones get nothing (no pong either) until the limit lets a frame through.
+    /// further ones get no 429 until the limit lets a frame through.
     pings_limited: bool,
     liveness: Liveness,
     /// Holds the `101` until the sync is written (see `cork`).
@@ -305,9 +305,9 @@ where
             }
             // tungstenite queued the pong; send it now.
             Message::Ping(_) if self.allow_frame() => self.ws.flush().await.map_err(|_| End::Gone),
-            // Over the limit: no flush, so no pong now (tungstenite keeps only the latest one
-            // pending, which leaves with the next write), and one 429 per limited stretch, so
-            // that a flood of pings costs one frame.
+            // Over the limit: not flushed here, and one 429 per limited stretch, so that a
+            // flood of pings costs one error frame. The pong itself cannot be withheld:
+            // tungstenite sends the latest pending one at its next read or write.
             Message::Ping(_) if self.pings_limited => Ok(()),
             Message::Ping(_) => {
                 self.pings_limited = true;
