@@ -7,10 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::store::StoreResult;
 use crate::unread::UnreadHints;
+
+/// The `meta` key that `imd user revoke` counts up, so that a running daemon notices
+/// revocations made by another process (see `revocations`).
+pub const REVOCATIONS_KEY: &str = "token_revocations";
 
 pub struct UserEntry {
     pub name: Arc<str>,
@@ -134,6 +138,22 @@ impl Directory {
         if let Some(user) = self.users.get(&uid) {
             user.token_gen.fetch_max(token_gen, Ordering::AcqRel);
         }
+    }
+
+    /// Takes every user's token generation from the database (where another process may have
+    /// moved it on); returns the uids whose generation moved. Blocking: a store read.
+    pub fn reload_token_gens(&self, conn: &Connection) -> StoreResult<Vec<u64>> {
+        let mut moved = Vec::new();
+        let mut users = conn.prepare("SELECT uid, token_gen FROM users")?;
+        for row in users.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?)))? {
+            let (uid, token_gen) = row?;
+            if let Some(user) = self.users.get(&uid)
+                && user.token_gen.fetch_max(token_gen, Ordering::AcqRel) < token_gen
+            {
+                moved.push(uid);
+            }
+        }
+        Ok(moved)
     }
 
     // Rooms.
@@ -261,6 +281,31 @@ impl Directory {
     }
 }
 
+/// Moves `uid`'s token generation on, which revokes every token issued to them so far;
+/// returns the new generation, or None when there is no such user.
+pub fn bump_token_gen(conn: &Connection, uid: u64) -> StoreResult<Option<u64>> {
+    Ok(conn
+        .query_row("UPDATE users SET token_gen = token_gen + 1 WHERE uid = ?1 RETURNING token_gen", [uid], |r| {
+            r.get::<_, u64>(0)
+        })
+        .optional()?)
+}
+
+/// Counts a revocation made outside the daemon up (see `REVOCATIONS_KEY`).
+pub fn note_revocation(conn: &Connection) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, '1')
+         ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+        [REVOCATIONS_KEY],
+    )?;
+    Ok(())
+}
+
+/// The count of `note_revocation`, None before the first.
+pub fn revocations(conn: &Connection) -> StoreResult<Option<String>> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [REVOCATIONS_KEY], |r| r.get(0)).optional()?)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
@@ -268,6 +313,29 @@ mod tests {
     use rusqlite::params;
 
     use super::*;
+
+    #[test]
+    fn a_revocation_by_another_connection_shows_in_the_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = crate::store::Store::prepare(&dir.path().join("imd.db")).expect("database");
+        for name in ["alice", "bob"] {
+            conn.execute("INSERT INTO users (username, password_hash, created_at) VALUES (?1, 'x', 0)", [name])
+                .expect("user");
+        }
+        let directory = Directory::load(&conn).expect("load");
+        assert_eq!(revocations(&conn).expect("count"), None);
+        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), Vec::<u64>::new(), "nothing moved");
+
+        assert_eq!(bump_token_gen(&conn, 2).expect("bump"), Some(1));
+        assert_eq!(bump_token_gen(&conn, 99).expect("bump"), None, "no such user");
+        note_revocation(&conn).expect("note");
+        note_revocation(&conn).expect("note");
+        assert_eq!(revocations(&conn).expect("count").as_deref(), Some("2"));
+
+        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), vec![2]);
+        assert_eq!((directory.token_gen(1), directory.token_gen(2)), (Some(0), Some(1)));
+        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), Vec::<u64>::new(), "seen once");
+    }
 
     /// Members of one room, as a large deployment has them.
     const MEMBERS: u64 = 200_000;

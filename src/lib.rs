@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod revocations;
 pub mod rooms;
 pub mod server;
 pub mod service;

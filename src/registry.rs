@@ -1,15 +1,19 @@
 //! Who is online: every open WebSocket connection, by user.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::ws::inflight::InFlight;
 use crate::ws::outbox::Outbox;
 use crate::ws::positions::Positions;
+
+/// Close code of a connection whose token was revoked (logout, an admin) or expired.
+pub const TOKEN_CLOSE: u16 = 4001;
 
 /// One open WebSocket connection (a device of a user).
 pub struct Connection {
@@ -22,9 +26,23 @@ pub struct Connection {
     /// How far this connection has received each conversation (kept in memory, saved in
     /// coalesced writes).
     pub positions: Positions,
+    /// Cancelled to make the session close with `closing`'s code and reason.
+    pub kicked: CancellationToken,
+    closing: OnceLock<(u16, &'static str)>,
 }
 
 impl Connection {
+    /// Asks the session to close with `code` and `reason` (the first request wins).
+    pub fn kick(&self, code: u16, reason: &'static str) {
+        let _ = self.closing.set((code, reason));
+        self.kicked.cancel();
+    }
+
+    /// The code and reason the session was asked to close with, once kicked.
+    pub fn closing(&self) -> Option<(u16, &'static str)> {
+        self.closing.get().copied()
+    }
+
     /// Queues a frame for this connection; false if it is gone or overflowed.
     pub fn send(&self, frame: &Utf8Bytes) -> bool {
         self.outbox.push(frame)
@@ -57,6 +75,8 @@ impl Registry {
             outbox: Outbox::new(self.outbox_bytes),
             in_flight: InFlight::default(),
             positions: Positions::default(),
+            kicked: CancellationToken::new(),
+            closing: OnceLock::new(),
         });
         self.by_uid.entry(uid).or_default().push(conn.clone());
         self.metrics.online_connections.inc();
@@ -86,6 +106,16 @@ impl Registry {
         if let Some(conns) = self.by_uid.get(&uid) {
             conns.iter().for_each(&mut f);
         }
+    }
+
+    /// Closes every open connection of `uid` with `code` and `reason`; returns how many.
+    pub fn close_user(&self, uid: u64, code: u16, reason: &'static str) -> usize {
+        let mut closed = 0;
+        self.for_each_of(uid, |conn| {
+            conn.kick(code, reason);
+            closed += 1;
+        });
+        closed
     }
 
     /// Calls `f` with every open connection.

@@ -101,6 +101,7 @@ async fn serve(
         stop_signals.recv().await;
         shutdown.cancel();
     });
+    crate::revocations::spawn(app.clone());
     tracing::info!("imd listening on {addr}, database {}", app.config.db.display());
     on_ready(addr);
 

@@ -284,36 +284,50 @@ async fn rate_limit_answers_429() {
     }
 }
 
-#[tokio::test]
-async fn expired_token_during_session_gets_401_then_close_1008() {
-    let server = Server::start_with(&["--token-ttl", "2"]).await;
-    let (_, token) = server.register("alice").await;
-    let (mut ws, _) = server.connect(&token).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+/// Sends a `ping` frame every 100 ms until the server closes the socket (bounded by WAIT);
+/// every reply before the close must be a pong, or the 401 of a frame that raced the close.
+/// Returns the close code.
+async fn ping_until_closed(ws: &mut Ws) -> u16 {
+    use futures_util::{SinkExt, StreamExt};
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let reply = ws.request(json!({"action": "ping"})).await;
-        if reply["action"] == "error" {
-            assert_frame_error(&reply, 401, None, "expired token");
-            break;
+        // A send may fail once the server has closed; the close frame is still read below.
+        let _ = ws.stream.send(Message::text(json!({"action": "ping"}).to_string())).await;
+        let next = tokio::time::timeout_at(deadline, ws.stream.next()).await.expect("still open after WAIT");
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                let reply: Value = serde_json::from_str(text.as_str()).expect("JSON frame");
+                if reply["action"] == "error" {
+                    assert_frame_error(&reply, 401, None, "a frame that raced the close");
+                } else {
+                    assert_eq!(reply["action"], "pong", "{reply}");
+                }
+            }
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)).expect("a close code"),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
         }
-        assert_eq!(reply["action"], "pong", "{reply}");
-        assert!(tokio::time::Instant::now() < deadline, "token with ttl 2 s still accepted on the socket");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(ws.recv_close().await, Some(1008));
 }
 
 #[tokio::test]
-async fn logout_during_session_gets_401_then_close_1008() {
+async fn expired_token_during_session_closes_with_4001() {
+    let server = Server::start_with(&["--token-ttl", "2"]).await;
+    let (_, token) = server.register("alice").await;
+    let (mut ws, _) = server.connect(&token).await;
+    assert_eq!(ping_until_closed(&mut ws).await, 4001);
+}
+
+#[tokio::test]
+async fn logout_during_session_closes_with_4001() {
     let server = Server::start().await;
     let (_, token) = server.register("alice").await;
     let (mut ws, _) = server.connect(&token).await;
     assert_alive(&mut ws, "connect").await;
     let (status, body) = server.post_json("/user/logout", json!({}), Some(&token)).await;
     assert_eq!(status, 200, "{body}");
-    let reply = ws.request(json!({"action": "ping"})).await;
-    assert_frame_error(&reply, 401, None, "revoked token");
-    assert_eq!(ws.recv_close().await, Some(1008));
+    assert_eq!(ping_until_closed(&mut ws).await, 4001);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

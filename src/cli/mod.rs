@@ -70,6 +70,13 @@ enum UserCommand {
         #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
         db: PathBuf,
     },
+    /// Revoke every token of a user (as a logout); a running daemon closes their sockets.
+    Revoke {
+        name: String,
+        /// SQLite database file (must exist).
+        #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
+        db: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,6 +101,7 @@ pub fn run() -> i32 {
         Command::Stop { port, host, pid_file, timeout } => control::stop(port, &host, pid_file, timeout),
         Command::Status { port, host, pid_file } => control::status(port, &host, pid_file),
         Command::User { command: UserCommand::Role { name, role, db } } => user::set_role(&db, &name, role),
+        Command::User { command: UserCommand::Revoke { name, db } } => user::revoke(&db, &name),
     }
 }
 

@@ -41,7 +41,7 @@ pub async fn broadcast(app: &App, params: Params) -> ApiResult {
 }
 
 /// The uid behind an admin credential (0 for the `--admin-token` secret), or 401/403.
-async fn admin_uid(app: &App, params: &Params) -> Result<u64, ApiError> {
+pub(super) async fn admin_uid(app: &App, params: &Params) -> Result<u64, ApiError> {
     let token = params.token().ok_or_else(|| ApiError::unauthorized("an admin credential is required"))?;
     if app.auth.is_admin_token(token) {
         return Ok(0);

@@ -1,6 +1,7 @@
 //! HTTP on the WebSocket's port: hyper serves each connection, `/` with an upgrade goes to
 //! `ws`, every other path to its route.
 
+mod admin;
 mod envelope;
 mod message;
 pub mod origin;
@@ -101,6 +102,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/shop/agents", Method::GET),
     ("/shop/agent/accept", Method::POST),
     ("/message/sendPublicMessage", Method::POST),
+    ("/admin/user/revoke", Method::POST),
     ("/message/history", Method::GET),
     ("/message/conversations", Method::GET),
     ("/health", Method::GET),
@@ -124,6 +126,7 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
         "/shop/agents" => shop::agents(app, params),
         "/shop/agent/accept" => shop::accept_agent(app, params).await,
         "/message/sendPublicMessage" => message::broadcast(app, params).await,
+        "/admin/user/revoke" => admin::revoke_user(app, params).await,
         "/message/history" => message::history(app, params).await,
         "/message/conversations" => message::conversations(app, params).await,
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),

@@ -82,19 +82,20 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
 
 pub async fn logout(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
-    let uid = claims.uid;
-    let token_gen = app
-        .store
-        .write(move |conn| {
-            Ok(conn.query_row(
-                "UPDATE users SET token_gen = token_gen + 1 WHERE uid = ?1 RETURNING token_gen",
-                [uid],
-                |r| r.get::<_, u64>(0),
-            )?)
-        })
-        .await?;
-    app.directory.set_token_gen(uid, token_gen);
+    revoke(app, claims.uid, "logged out").await?;
     Ok(json!({}))
+}
+
+/// Revokes every token issued to `uid` so far and closes their open sockets with 4001 and
+/// `reason`; false when there is no such user.
+pub(super) async fn revoke(app: &App, uid: u64, reason: &'static str) -> Result<bool, ApiError> {
+    let Some(token_gen) = app.store.write(move |conn| crate::directory::bump_token_gen(conn, uid)).await? else {
+        return Ok(false);
+    };
+    // The generation first: a socket joining the registry meanwhile checks it (`ws::session`).
+    app.directory.set_token_gen(uid, token_gen);
+    app.registry.close_user(uid, crate::registry::TOKEN_CLOSE, reason);
+    Ok(true)
 }
 
 pub async fn me(app: &App, params: Params) -> ApiResult {

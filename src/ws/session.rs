@@ -22,7 +22,7 @@ use crate::actions::{self, Step};
 use crate::app::App;
 use crate::auth::Claims;
 use crate::frames;
-use crate::registry::Connection;
+use crate::registry::{Connection, TOKEN_CLOSE};
 use crate::store::queries;
 use crate::unread::SyncNeed;
 
@@ -33,6 +33,11 @@ const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 /// How long a closing handshake may take before the socket is just dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Longest the expiry timer is armed for at once; it is re-armed until `exp` (tokio's timers
+/// do not reach arbitrarily far).
+const EXPIRY_TIMER_MAX: Duration = Duration::from_secs(86_400);
+/// The error frame of a frame over the rate limit.
+const RATE_LIMITED: &str = "rate limited: slow down";
 
 /// Why a session ends.
 enum End {
@@ -48,6 +53,9 @@ struct Session<S> {
     claims: Claims,
     ws: WebSocketStream<S>,
     rate: RateLimit,
+    /// A WebSocket ping over the limit was answered with 429 since the last frame allowed:
+    /// further ones get no 429 until the limit lets a frame through.
+    pings_limited: bool,
     liveness: Liveness,
     /// Holds the `101` until the sync is written (see `cork`).
     cork: Option<Cork>,
@@ -69,7 +77,8 @@ where
     app.metrics.connections_total.inc();
     let rate = RateLimit::new(app.config.rate_limit, app.config.rate_burst);
     let liveness = Liveness::new(Duration::from_secs(app.config.ping_interval.max(1)), Instant::now());
-    let mut session = Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, liveness, cork };
+    let mut session =
+        Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, pings_limited: false, liveness, cork };
     let end = session.serve().await;
     session.finish(end).await;
     // Before leaving the registry, so that a reconnect that no longer finds this connection
@@ -83,6 +92,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async fn serve(&mut self) -> End {
+        // A logout between the upgrade's check and joining the registry did not find this
+        // connection to close it.
+        if let Some(end) = self.token_end() {
+            return end;
+        }
         if let Err(end) = self.sync().await {
             return end;
         }
@@ -95,10 +109,23 @@ where
         // One registration with the shutdown token for the whole session, not one per turn.
         let shutdown = self.app.shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown);
+        // Revocation (logout, an admin) and expiry close the socket even if it never sends.
+        let kicked = self.conn.kicked.clone().cancelled_owned();
+        tokio::pin!(kicked);
+        let expiry = tokio::time::sleep(self.until_expiry());
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return End::Close(CloseCode::Away, "server shutting down"),
+                _ = &mut kicked => {
+                    let (code, reason) = self.conn.closing().unwrap_or((TOKEN_CLOSE, "token revoked"));
+                    return End::Close(CloseCode::from(code), reason);
+                }
+                _ = &mut expiry => match self.token_end() {
+                    Some(end) => return end,
+                    None => expiry.as_mut().reset(tokio::time::Instant::now() + self.until_expiry()),
+                },
                 _ = self.conn.outbox.ready() => {
                     if let Err(end) = self.write_queued(&mut outgoing).await {
                         return end;
@@ -232,6 +259,31 @@ where
         positions::schedule_save(&self.app, &self.conn);
     }
 
+    /// How long until the token's `exp` (at most `EXPIRY_TIMER_MAX`).
+    fn until_expiry(&self) -> Duration {
+        let exp_ms = i64::try_from(self.claims.exp).unwrap_or(i64::MAX / 1000).saturating_mul(1000);
+        let left = u64::try_from(exp_ms.saturating_sub(crate::now_ms())).unwrap_or(0);
+        Duration::from_millis(left.max(1)).min(EXPIRY_TIMER_MAX)
+    }
+
+    /// The close for a token that expired or was revoked; None while it is valid.
+    fn token_end(&self) -> Option<End> {
+        if self.app.token_still_valid(&self.claims) {
+            return None;
+        }
+        let reason = if self.claims.exp <= crate::auth::now_secs() { "token expired" } else { "token revoked" };
+        Some(End::Close(CloseCode::from(TOKEN_CLOSE), reason))
+    }
+
+    /// Takes a token of the rate limit for any frame the client sends.
+    fn allow_frame(&mut self) -> bool {
+        let allowed = self.rate.allow(Instant::now());
+        if allowed {
+            self.pings_limited = false;
+        }
+        allowed
+    }
+
     async fn on_incoming(&mut self, incoming: Option<Result<Message, WsError>>) -> Result<(), End> {
         let message = match incoming {
             None => return Err(End::Gone),
@@ -246,26 +298,42 @@ where
         self.liveness.heard(Instant::now());
         match message {
             Message::Text(text) => self.on_text(&text).await,
+            Message::Binary(_) if !self.allow_frame() => self.refuse(frames::error(429, RATE_LIMITED, None), 429).await,
             Message::Binary(_) => {
                 self.refuse(frames::error(400, "binary frames are not supported: send JSON text frames", None), 400)
                     .await
             }
-            // tungstenite queued the pong, or the reply to a close; send it now.
-            Message::Ping(_) | Message::Close(_) => self.ws.flush().await.map_err(|_| End::Gone),
-            Message::Pong(_) | Message::Frame(_) => Ok(()),
+            // tungstenite queued the pong; send it now.
+            Message::Ping(_) if self.allow_frame() => self.ws.flush().await.map_err(|_| End::Gone),
+            // Over the limit: not flushed here, and one 429 per limited stretch, so that a
+            // flood of pings costs one error frame. The pong itself cannot be withheld:
+            // tungstenite sends the latest pending one at its next read or write.
+            Message::Ping(_) if self.pings_limited => Ok(()),
+            Message::Ping(_) => {
+                self.pings_limited = true;
+                self.refuse(frames::error(429, RATE_LIMITED, None), 429).await
+            }
+            // Counted like any frame; there is nothing to answer.
+            Message::Pong(_) => {
+                self.allow_frame();
+                Ok(())
+            }
+            // tungstenite queued the reply to a close; send it now.
+            Message::Close(_) => self.ws.flush().await.map_err(|_| End::Gone),
+            Message::Frame(_) => Ok(()),
         }
     }
 
     /// Handles one frame to the end before the next is read, so that each frame sees what the
     /// ones before it changed (a join commits before the next frame is checked).
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
-        if !self.app.token_still_valid(&self.claims) {
+        if let Some(end) = self.token_end() {
             let refusal = actions::refusal(text, 401, "the access token expired or was revoked: log in again");
             self.refuse(refusal, 401).await?;
-            return Err(End::Close(CloseCode::Policy, "token expired"));
+            return Err(end);
         }
-        if !self.rate.allow(Instant::now()) {
-            return self.refuse(actions::refusal(text, 429, "rate limited: slow down"), 429).await;
+        if !self.allow_frame() {
+            return self.refuse(actions::refusal(text, 429, RATE_LIMITED), 429).await;
         }
         let ctx = actions::Ctx { app: &self.app, conn: &self.conn, uid: self.claims.uid };
         match actions::handle(&ctx, text) {
@@ -314,10 +382,15 @@ where
     }
 
     /// Writes what is still queued and closes with the reason's code, within a grace period.
+    /// A revoked or expired session is sent no more messages (its replies, such as the 401,
+    /// still go): they stay unreceived, and the next login syncs them.
     async fn finish(&mut self, end: End) {
         let End::Close(code, reason) = end else { return };
         let mut outgoing = Vec::new();
         self.conn.outbox.drain_into(&mut outgoing);
+        if u16::from(code) == TOKEN_CLOSE {
+            outgoing.retain(|queued| queued.mark.is_none());
+        }
         let ws = &mut self.ws;
         let frames = &outgoing;
         let close = async {
