@@ -251,8 +251,9 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
     if !(cli.drain_secs >= 0.0 && cli.drain_secs <= 600.0) {
         return Err("--drain-secs must be 0..=600".into());
     }
-    if cli.password.len() < 6 || cli.password.len() > 128 {
-        return Err("--password must be 6..=128 characters".into());
+    // imd refuses passwords over bcrypt's 72 bytes.
+    if cli.password.chars().count() < 6 || cli.password.len() > 72 {
+        return Err("--password must be 6 characters to 72 bytes".into());
     }
     let prefix = match &cli.user_prefix {
         Some(p) => p.clone(),
