@@ -9,7 +9,7 @@
 //! ```text
 //! cargo build --release --bin imd --example loadgen
 //! taskset -c 0 target/release/imd start 9501 --host 127.0.0.1 --db /tmp/imd-bench.db \
-//!     --bcrypt-cost 4 --rate-limit 0 --admin-token bench
+//!     --bcrypt-cost 4 --rate-limit 0 --admin-token bench-admin-secret-0123456789abcdef
 //! ```
 //!
 //! and the load generator on the other core (it runs on one thread):
@@ -20,7 +20,7 @@
 //! $L pairs --pairs 100 --window 8 --duration 10
 //! $L pairs --pairs 100 --window 8 --duration 10 --rate 5000
 //! $L group --members 100 --senders 4 --window 4 --duration 10
-//! $L broadcast --conns 5000 --users 1000 --admin-token bench
+//! $L broadcast --conns 5000 --users 1000 --admin-token bench-admin-secret-0123456789abcdef
 //! ```
 //!
 //! Every run registers fresh accounts, so a database can take many runs. For more than ~1000
@@ -269,8 +269,9 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
     if !(cli.drain_secs >= 0.0 && cli.drain_secs <= 600.0) {
         return Err("--drain-secs must be 0..=600".into());
     }
-    if cli.password.len() < 6 || cli.password.len() > 128 {
-        return Err("--password must be 6..=128 characters".into());
+    // imd refuses passwords over bcrypt's 72 bytes.
+    if cli.password.chars().count() < 6 || cli.password.len() > 72 {
+        return Err("--password must be 6 characters to 72 bytes".into());
     }
     let prefix = match &cli.user_prefix {
         Some(p) => p.clone(),

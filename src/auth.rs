@@ -141,6 +141,15 @@ mod tests {
     }
 
     #[test]
+    fn the_generated_secret_is_long_enough_and_kept() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").unwrap();
+        let secret = stored_secret(&conn).unwrap();
+        assert!(secret.len() >= crate::config::MIN_SECRET_BYTES, "{} bytes", secret.len());
+        assert_eq!(stored_secret(&conn).unwrap(), secret, "generated once");
+    }
+
+    #[test]
     fn admin_token_matches_exactly() {
         let auth = auth(60);
         assert!(auth.is_admin_token("admin-secret"));

@@ -14,17 +14,27 @@ pub struct Config {
     #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
     pub db: PathBuf,
 
-    /// HS256 secret for access tokens (default: generated once and kept in the database).
+    /// HS256 secret for access tokens, at least 32 bytes (default: generated once and kept in
+    /// the database).
     #[arg(long, env = "IMD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// File holding the JWT secret (a trailing newline is ignored); keeps it out of `ps`.
+    #[arg(long, env = "IMD_JWT_SECRET_FILE", conflicts_with = "jwt_secret")]
+    pub jwt_secret_file: Option<PathBuf>,
 
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "IMD_TOKEN_TTL", default_value_t = 86_400)]
     pub token_ttl: u64,
 
-    /// Shared secret accepted as an admin credential (broadcast).
+    /// Shared secret, at least 32 bytes, accepted as an admin credential (broadcast) in the
+    /// `Authorization: Bearer` header.
     #[arg(long, env = "IMD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// File holding the admin secret (a trailing newline is ignored); keeps it out of `ps`.
+    #[arg(long, env = "IMD_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Pid file (default with -d: ./imd-PORT.pid).
     #[arg(long, env = "IMD_PID_FILE")]
@@ -65,7 +75,9 @@ pub struct Config {
     pub sync: SyncMode,
 
     /// Benchmarks only: keep messages in memory, never on disk (measures durability's cost).
-    #[arg(long, env = "IMD_NO_STORE", hide = true)]
+    /// Only builds with the `bench` feature have the option; elsewhere it is always false.
+    #[cfg_attr(feature = "bench", arg(long, env = "IMD_NO_STORE", hide = true))]
+    #[cfg_attr(not(feature = "bench"), arg(skip))]
     pub no_store: bool,
 
     /// Origins (`scheme://host[:port]`, comma-separated) whose web pages may open a WebSocket
@@ -73,6 +85,46 @@ pub struct Config {
     /// request was sent to. Clients that send no Origin (curl, wscat) are always allowed.
     #[arg(long, env = "IMD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+}
+
+/// Shortest secret accepted: 256 bits, HS256's key size.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Reads the secret files into `jwt_secret` and `admin_token` and checks every secret's
+    /// length; the error is for the operator, naming the option.
+    pub fn load_secrets(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.jwt_secret_file {
+            self.jwt_secret = Some(read_secret(path)?);
+        }
+        if let Some(path) = &self.admin_token_file {
+            self.admin_token = Some(read_secret(path)?);
+        }
+        // An empty inline value means none (an `IMD_*=` left empty), as before.
+        check_secret("--jwt-secret", self.jwt_secret_file.is_some(), self.jwt_secret.as_deref())?;
+        check_secret("--admin-token", self.admin_token_file.is_some(), self.admin_token.as_deref())
+    }
+}
+
+/// A secret file's content without its trailing line break.
+fn read_secret(path: &std::path::Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn check_secret(option: &str, from_file: bool, secret: Option<&str>) -> Result<(), String> {
+    match secret {
+        Some(secret) if (from_file || !secret.is_empty()) && secret.len() < MIN_SECRET_BYTES => {
+            let source = if from_file { format!("{option}-file") } else { option.to_string() };
+            Err(format!(
+                "{option} must be at least {MIN_SECRET_BYTES} bytes (the one from {source} has {}); \
+                 `openssl rand -hex 32` makes one",
+                secret.len()
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// SQLite's `synchronous` setting for the writer.
@@ -88,5 +140,32 @@ impl SyncMode {
             SyncMode::Full => "FULL",
             SyncMode::Normal => "NORMAL",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_shorter_than_32_bytes_are_refused() {
+        let long = "x".repeat(MIN_SECRET_BYTES);
+        assert!(check_secret("--admin-token", false, Some(&long)).is_ok());
+        assert!(check_secret("--admin-token", false, None).is_ok());
+        assert!(check_secret("--admin-token", false, Some("")).is_ok(), "empty inline: no secret");
+        let error = check_secret("--admin-token", true, Some("")).unwrap_err();
+        assert!(error.contains("--admin-token-file") && error.contains("32 bytes"), "{error}");
+        let error = check_secret("--jwt-secret", false, Some(&long[1..])).unwrap_err();
+        assert!(error.contains("--jwt-secret") && error.contains("has 31"), "{error}");
+    }
+
+    #[test]
+    fn secret_files_lose_their_trailing_newline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, " spaced secret \r\n").unwrap();
+        assert_eq!(read_secret(&path).unwrap(), " spaced secret ");
+        let error = read_secret(&dir.path().join("missing")).unwrap_err();
+        assert!(error.contains("missing"), "{error}");
     }
 }

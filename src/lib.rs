@@ -24,6 +24,7 @@ pub mod service;
 pub mod store;
 pub mod supervisor;
 pub mod unread;
+pub mod usernames;
 pub mod ws;
 
 /// Milliseconds since the Unix epoch.

@@ -7,7 +7,7 @@ use common::*;
 use serde_json::{Value, json};
 use util::*;
 
-const SECRET: &str = "s3cret-admin-token";
+const SECRET: &str = "s3cret-admin-token-0123456789abcdef";
 const PATH: &str = "/message/sendPublicMessage";
 
 #[tokio::test]
@@ -66,10 +66,12 @@ async fn broadcast_reaches_every_connection() {
         ws.expect_nothing_pending().await;
     }
 
-    // access_token=SECRET in the query, form body.
-    let (status, body) =
-        server.post_form(&format!("{PATH}?access_token={SECRET}"), &[("data", "second notice")], None).await;
-    let second = ok(status, &body, "broadcast with ?access_token=SECRET");
+    // access_token=SECRET in the query is refused (it would land in logs); the header with a
+    // form body works.
+    let (status, body) = server.post_form(&format!("{PATH}?access_token={SECRET}"), &[("data", "refused")], None).await;
+    assert_error(status, &body, 401, "broadcast with ?access_token=SECRET");
+    let (status, body) = server.post_form(PATH, &[("data", "second notice")], Some(SECRET)).await;
+    let second = ok(status, &body, "broadcast with a form body");
     assert_eq!(second["delivered"], 4, "{body}");
     assert_eq!(second["seq"].as_u64(), Some(first["seq"].as_u64().unwrap() + 1), "seq counts up: {body}");
     assert_ne!(second["id"], first["id"], "{body}");

@@ -196,6 +196,12 @@ async fn daemon_start_status_stop() {
     assert_eq!(data["pid"].as_i64(), Some(i64::from(pid)), "/health pid matches the pid file: {data}");
     assert!(alive(pid));
     assert!(Path::new(&p.log).exists(), "log file created");
+    // Private: the database holds the JWT secret and password hashes (issue 9).
+    for file in [&p.db, &p.pid, &p.log] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file).expect("created").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} is mode {mode:o}");
+    }
     // It serves real traffic.
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let (status, body) = common::http(

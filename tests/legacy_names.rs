@@ -199,7 +199,7 @@ async fn empty_msg_id_of_old_clients_is_not_a_dedup_key() {
 /// broadcast posted as `data=...`), run against imd.
 #[tokio::test]
 async fn swoole_readme_flow_with_form_bodies() {
-    let admin = "readme-admin-secret";
+    let admin = "readme-admin-secret-0123456789abcdef";
     let server = Server::start_with(&["--admin-token", admin]).await;
 
     // 2.1 register (curl -X POST -d "username=a&password=123456" .../user/register)
@@ -313,12 +313,11 @@ async fn swoole_readme_flow_with_form_bodies() {
     assert_service_message(&f, &service, shop, carol, &ack, carol, "carol", "how can I help?");
 
     // 5. broadcast (curl -X POST -d "data=..." .../message/sendPublicMessage), now with the
-    // admin credential.
+    // admin credential (in the Authorization header: never in the query string).
     let text = "这是广播消息abc123";
     let (status, body) = server.post_form("/message/sendPublicMessage", &[("data", text)], None).await;
     assert_eq!(status, 401, "broadcast without a credential: {body}");
-    let (status, body) =
-        server.post_form(&format!("/message/sendPublicMessage?access_token={admin}"), &[("data", text)], None).await;
+    let (status, body) = server.post_form("/message/sendPublicMessage", &[("data", text)], Some(admin)).await;
     let data = ok(status, &body, "sendPublicMessage (form)");
     assert_eq!(data["delivered"], 3, "alice, bob and carol are connected: {body}");
     for ws in [&mut a, &mut b, &mut c] {

@@ -58,8 +58,11 @@ async fn loadgen(args: &[&str]) -> (i32, Value, String) {
     (out.status.code().unwrap_or(-1), value, stderr)
 }
 
+/// The admin secret the test servers start with (imd wants at least 32 bytes).
+const ADMIN: &str = "loadgen-admin-secret-0123456789abcdef";
+
 async fn server() -> common::Server {
-    common::Server::start_with(&["--rate-limit", "0", "--admin-token", "t"]).await
+    common::Server::start_with(&["--rate-limit", "0", "--admin-token", ADMIN]).await
 }
 
 fn u(v: &Value, key: &str) -> u64 {
@@ -176,7 +179,7 @@ async fn broadcast_scenario() {
     let s = server().await;
     let addr = s.addr.to_string();
     let (code, v, stderr) =
-        loadgen(&["broadcast", "--addr", &addr, "--conns", "10", "--users", "4", "--admin-token", "t"]).await;
+        loadgen(&["broadcast", "--addr", &addr, "--conns", "10", "--users", "4", "--admin-token", ADMIN]).await;
     assert_ok(code, &v, &stderr, "broadcast");
     assert_eq!(u(&v, "delivered"), 10, "{v}");
     assert_eq!(u(&v, "received"), 10, "{v}");

@@ -237,7 +237,7 @@ async fn reconnect(server: &Server, token: &str, want_seqs: &[u64]) -> &'static 
 
 #[tokio::test]
 async fn nothing_unread_is_known_without_the_store_until_a_message_arrives() {
-    let server = Server::start_with(&["--admin-token", "admin-secret"]).await;
+    let server = Server::start_with(&["--admin-token", "admin-secret-0123456789abcdef-0123"]).await;
     let (a, ta) = server.register("alice").await;
     let (b, tb) = server.register("bob").await;
 
@@ -275,8 +275,9 @@ async fn nothing_unread_is_known_without_the_store_until_a_message_arrives() {
     drop(wa);
     common::wait_online(&server, 0).await;
     assert_eq!(reconnect(&server, &ta, &[]).await, "memory");
-    let (status, body) =
-        server.post_json("/message/sendPublicMessage", json!({"data": "to all"}), Some("admin-secret")).await;
+    let (status, body) = server
+        .post_json("/message/sendPublicMessage", json!({"data": "to all"}), Some("admin-secret-0123456789abcdef-0123"))
+        .await;
     common::ok(status, &body, "broadcast");
     assert_eq!(reconnect(&server, &ta, &[1]).await, "store");
 }

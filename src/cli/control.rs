@@ -37,7 +37,13 @@ pub fn start_detached(port: u16, mut config: Config, listener: std::net::TcpList
         }
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let daemon = Daemonize::new().pid_file(&pid_file).working_directory(cwd).stdout(log).stderr(log_err);
+    let daemon = Daemonize::new()
+        .pid_file(&pid_file)
+        .working_directory(cwd)
+        // Its default (0o027) would make the pid file and the database group-readable.
+        .umask(super::PRIVATE_UMASK)
+        .stdout(log)
+        .stderr(log_err);
     match daemon.execute() {
         Outcome::Parent(result) => {
             drop(ready_tx);

@@ -96,6 +96,7 @@ impl Role {
 
 /// Runs the command line; returns the exit code.
 pub fn run() -> i32 {
+    private_files();
     match Cli::parse().command {
         Command::Start { port, daemon, config } => start(port, daemon, config),
         Command::Stop { port, host, pid_file, timeout } => control::stop(port, &host, pid_file, timeout),
@@ -106,6 +107,10 @@ pub fn run() -> i32 {
 }
 
 fn start(port: u16, daemon: bool, mut config: Config) -> i32 {
+    if let Err(e) = config.load_secrets() {
+        eprintln!("imd: {e}");
+        return 1;
+    }
     let listener = match server::bind(&config.host, port) {
         Ok(listener) => listener,
         Err(e) => {
@@ -144,6 +149,16 @@ fn start(port: u16, daemon: bool, mut config: Config) -> i32 {
         }
     }
 }
+
+/// Every file imd creates (database, WAL, pid, log) is for its owner only: the database
+/// holds the JWT secret and the password hashes.
+fn private_files() {
+    // SAFETY: umask(2) only sets the process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(PRIVATE_UMASK) };
+}
+
+/// Leaves only the owner's bits of a new file's mode.
+pub const PRIVATE_UMASK: libc::mode_t = 0o077;
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())

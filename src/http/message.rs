@@ -42,10 +42,11 @@ pub async fn broadcast(app: &App, params: Params) -> ApiResult {
 
 /// The uid behind an admin credential (0 for the `--admin-token` secret), or 401/403.
 pub(super) async fn admin_uid(app: &App, params: &Params) -> Result<u64, ApiError> {
-    let token = params.token().ok_or_else(|| ApiError::unauthorized("an admin credential is required"))?;
-    if app.auth.is_admin_token(token) {
+    if params.bearer().is_some_and(|bearer| app.auth.is_admin_token(bearer)) {
         return Ok(0);
     }
+    // The admin secret anywhere else is only an invalid user token (401).
+    let token = params.token().ok_or_else(|| ApiError::unauthorized("an admin credential is required"))?;
     let claims = app
         .authenticate(token)
         .ok_or_else(|| ApiError::unauthorized("the access token is invalid, expired or revoked"))?;

@@ -95,6 +95,13 @@ impl Params {
         self.number(key)?.ok_or_else(|| ApiError::bad_request(format!("`{key}` is required")))
     }
 
+    /// The `Authorization: Bearer` credential alone: the only place an admin secret is taken
+    /// from (a query string or a body lands in proxy and access logs).
+    pub fn bearer(&self) -> Option<&str> {
+        self.bearer.as_deref().filter(|t| !t.is_empty())
+    }
+
+    /// A user's access token, from the header or (for WebSocket-era clients) `?access_token=`.
     pub fn token(&self) -> Option<&str> {
         self.bearer.as_deref().or_else(|| self.get("access_token")).filter(|t| !t.is_empty())
     }

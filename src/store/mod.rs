@@ -155,6 +155,7 @@ impl Store {
     /// Opens the database for writing, creating it and applying migrations as needed. The
     /// caller may read start-up state from the connection before handing it to `start`.
     pub fn prepare(path: &Path) -> StoreResult<Connection> {
+        make_private(path);
         let conn = open_connection(path, false)?;
         schema::migrate(&conn)?;
         Ok(conn)
@@ -281,6 +282,25 @@ impl ReaderPool {
         // At most READERS exist (the semaphore), so all of them may be kept.
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(conn);
+        }
+    }
+}
+
+/// Takes group and other access away from an existing database and its WAL and index files
+/// (created before imd made its files 0600); new ones are 0600 from the umask, and SQLite
+/// gives the WAL and index the database's mode.
+fn make_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        let Ok(meta) = std::fs::metadata(&file) else { continue };
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0
+            && let Err(e) = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+        {
+            tracing::warn!("cannot make {} private (mode {:o}): {e}", file.display(), mode & 0o777);
         }
     }
 }

@@ -9,15 +9,22 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/001_init.sql"),
     include_str!("../../sql/002_service_by_shop.sql"),
     include_str!("../../sql/003_delivered.sql"),
+    include_str!("../../sql/004_usernames.sql"),
     include_str!("../../sql/005_private_rooms.sql"),
     include_str!("../../sql/006_sync_floor.sql"),
 ];
+
+/// The migration (1-based) that adds `users.name_key`, which only code can fill.
+const NAME_KEYS: usize = 4;
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
     let applied: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
+        if index + 1 == NAME_KEYS {
+            crate::usernames::fill_keys(&tx)?;
+        }
         tx.pragma_update(None, "user_version", index + 1)?;
         tx.commit()?;
     }
@@ -75,5 +82,32 @@ mod tests {
         assert_eq!((private, history.as_str()), (0, "shared"));
         let joined: i64 = conn.query_row("SELECT joined_seq FROM room_members", [], |r| r.get(0)).unwrap();
         assert_eq!(joined, 0);
+    }
+
+    #[test]
+    fn existing_users_get_name_keys_and_colliding_ones_are_kept() {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..NAME_KEYS - 1] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", NAME_KEYS - 1).unwrap();
+        for name in ["Alice", "alice", "bob"] {
+            conn.execute("INSERT INTO users (username, password_hash, created_at) VALUES (?1, 'x', 0)", [name])
+                .unwrap();
+        }
+        migrate(&conn).unwrap();
+        let keys: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT username, name_key FROM users ORDER BY uid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = crate::usernames::key;
+        assert_eq!(
+            keys,
+            vec![("Alice".into(), Some(key("Alice"))), ("alice".into(), None), ("bob".into(), Some(key("bob")))],
+            "the older of two colliding names holds the key; both accounts stay"
+        );
     }
 }
