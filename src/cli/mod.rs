@@ -28,7 +28,7 @@ enum Command {
         #[arg(short = 'd', long = "daemon")]
         daemon: bool,
         #[command(flatten)]
-        config: Config,
+        config: Box<Config>,
     },
     /// Stop the daemon on PORT (SIGTERM) and wait until it has exited.
     Stop {
@@ -98,7 +98,7 @@ impl Role {
 pub fn run() -> i32 {
     private_files();
     match Cli::parse().command {
-        Command::Start { port, daemon, config } => start(port, daemon, config),
+        Command::Start { port, daemon, config } => start(port, daemon, *config),
         Command::Stop { port, host, pid_file, timeout } => control::stop(port, &host, pid_file, timeout),
         Command::Status { port, host, pid_file } => control::status(port, &host, pid_file),
         Command::User { command: UserCommand::Role { name, role, db } } => user::set_role(&db, &name, role),
