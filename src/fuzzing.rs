@@ -28,6 +28,10 @@ pub fn client_frame(data: &[u8]) {
                 // frame itself, never something the parser made up.
                 let raw = msg.get();
                 assert!(!raw.is_empty() && text.contains(raw), "msg {raw:?} is not a part of the frame");
+                // What the checks accept comes back unchanged: history reads it as a JSON value.
+                if actions::msg_check::check(raw).is_ok() {
+                    assert!(serde_json::from_str::<Value>(raw).is_ok(), "accepted msg {raw:?} does not read back");
+                }
             }
         }
         Err(_) => check_error_frame(text, 400),

@@ -5,7 +5,7 @@
 mod chat;
 mod frame;
 mod membership;
-mod msg_check;
+pub(crate) mod msg_check;
 mod received;
 
 use std::future::Future;
