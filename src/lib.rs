@@ -7,9 +7,11 @@
 pub mod actions;
 pub mod app;
 pub mod auth;
+pub mod bcrypt_pool;
 pub mod chat_id;
 pub mod cli;
 pub mod config;
+pub mod conn_limits;
 pub mod directory;
 pub mod fanout;
 pub mod frames;
@@ -21,6 +23,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod supervisor;
+pub mod throttle;
 pub mod unread;
 pub mod ws;
 

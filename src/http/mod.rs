@@ -9,14 +9,17 @@ mod shop;
 mod user;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpStream;
 
@@ -25,27 +28,108 @@ use envelope::{ApiResult, reply, with_body};
 pub use params::Params;
 
 use crate::app::App;
+use crate::bcrypt_pool::Busy;
+use crate::conn_limits::{ConnPermit, Refusal};
+use crate::throttle::Throttled;
 
-/// Serves one TCP connection until it closes (or is upgraded to a WebSocket).
-pub async fn serve_connection(app: Arc<App>, stream: TcpStream) {
+/// The connection a request came on: the client's address and its place under the
+/// connection caps (a WebSocket session keeps it).
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub permit: Arc<ConnPermit>,
+}
+
+/// Serves one TCP connection until it closes (or is upgraded to a WebSocket). A connection
+/// over a cap (`admitted` is a refusal) gets every request answered 503/429 and is closed.
+pub async fn serve_connection(
+    app: Arc<App>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    admitted: Result<ConnPermit, Refusal>,
+) {
     let _ = stream.set_nodelay(true);
     // For the WebSocket upgrade, which corks the socket while it answers (see `ws::cork`).
     let socket = stream.as_raw_fd();
     let io = TokioIo::new(stream);
+    let mut builder = http1::Builder::new();
+    // hyper's timer also runs while a kept-alive connection waits for its next request head.
+    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(app.config.http_header_timeout.max(1)));
+    let idle_timeout = Duration::from_secs(app.config.http_idle_timeout.max(1));
+    let permit = match admitted {
+        Ok(permit) => Arc::new(permit),
+        Err(refusal) => {
+            builder.keep_alive(false);
+            let service = service_fn(move |_req| async move {
+                Ok::<_, Infallible>(envelope(refusal.code(), refusal.message(), serde_json::Value::Null))
+            });
+            let _ = tokio::time::timeout(idle_timeout, builder.serve_connection(io, service)).await;
+            return;
+        }
+    };
+    let peer = Peer { addr, permit };
+    let activity = Arc::new(Activity::default());
+    let counter = activity.clone();
     let service = service_fn(move |req| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(handle(app, req, socket).await) }
+        let (app, peer, counter) = (app.clone(), peer.clone(), counter.clone());
+        async move {
+            counter.started.fetch_add(1, Ordering::Relaxed);
+            counter.in_flight.fetch_add(1, Ordering::Relaxed);
+            let response = handle(app, req, socket, peer).await;
+            counter.in_flight.fetch_sub(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(response)
+        }
     });
-    let _ = http1::Builder::new().serve_connection(io, service).with_upgrades().await;
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    // Idle: no request in flight now and none started during the last whole timeout, so a
+    // quiet connection is closed between one and two timeouts after its last request.
+    let mut started_before = 0;
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tokio::time::sleep(idle_timeout) => {
+                let started = activity.started.load(Ordering::Relaxed);
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && started == started_before {
+                    // Closes an idle connection at once, or after the response in progress.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(idle_timeout, &mut conn).await;
+                    return;
+                }
+                started_before = started;
+            }
+        }
+    }
 }
 
-async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
+/// Requests of one connection: how many have started, how many are being answered.
+#[derive(Default)]
+struct Activity {
+    started: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl From<Throttled> for ApiError {
+    fn from(t: Throttled) -> Self {
+        let mut e = ApiError::new(429, format!("too many failed attempts; retry in {} s", t.retry_after));
+        e.retry_after = Some(t.retry_after);
+        e
+    }
+}
+
+impl From<Busy> for ApiError {
+    fn from(_: Busy) -> Self {
+        ApiError::new(503, "busy checking passwords; retry in a moment")
+    }
+}
+
+async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer) -> Response<Body> {
     if let Some(worker) = app.supervisor.failed() {
         return failed(&app, worker);
     }
     let path = req.uri().path();
     if path == "/" {
-        return crate::ws::upgrade(app, req, socket);
+        return crate::ws::upgrade(app, req, socket, peer.permit);
     }
     let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return reply(Err(ApiError::not_found(format!("no such endpoint: {path}"))));
@@ -61,10 +145,11 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Respons
             None => reply(Ok(health(&app))),
         },
         _ => {
-            let params = match Params::from_request(req).await {
+            let mut params = match Params::from_request(req, app.config.max_body_bytes).await {
                 Ok(params) => params,
                 Err(e) => return reply(Err(e)),
             };
+            params.peer = Some(peer.addr.ip());
             reply(route(&app, &path, params).await)
         }
     }

@@ -2,6 +2,7 @@
 //! access token from `Authorization: Bearer` or `?access_token=`.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -12,17 +13,17 @@ use super::envelope::ApiError;
 use crate::app::App;
 use crate::auth::Claims;
 
-/// Largest request body accepted.
-const MAX_BODY: usize = 64 * 1024;
-
 #[derive(Debug, Default)]
 pub struct Params {
     values: HashMap<String, String>,
     bearer: Option<String>,
+    /// The client's address (for the login throttle).
+    pub peer: Option<IpAddr>,
 }
 
 impl Params {
-    pub async fn from_request(req: Request<Incoming>) -> Result<Params, ApiError> {
+    /// Reads the query and a body of at most `max_body` bytes (413 beyond).
+    pub async fn from_request(req: Request<Incoming>, max_body: usize) -> Result<Params, ApiError> {
         let mut params = Params::default();
         if let Some(query) = req.uri().query() {
             params.values.extend(form_urlencoded::parse(query.as_bytes()).into_owned());
@@ -38,10 +39,10 @@ impl Params {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.starts_with("application/json"));
-        let body = Limited::new(req.into_body(), MAX_BODY)
+        let body = Limited::new(req.into_body(), max_body)
             .collect()
             .await
-            .map_err(|_| ApiError::new(413, format!("request body over {MAX_BODY} bytes")))?
+            .map_err(|_| ApiError::new(413, format!("request body over {max_body} bytes")))?
             .to_bytes();
         let body_is_json = is_json.unwrap_or_else(|| body.first() == Some(&b'{'));
         if body.iter().all(u8::is_ascii_whitespace) {

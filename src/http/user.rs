@@ -17,6 +17,7 @@ fn valid_password(password: &str) -> bool {
 }
 
 pub async fn register(app: &App, params: Params) -> ApiResult {
+    let attempt = app.throttle.attempt(params.peer, None)?;
     let username = params.require("username")?.to_string();
     let password = params.require("password")?.to_string();
     if !valid_username(&username) {
@@ -25,7 +26,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
     if !valid_password(&password) {
         return Err(ApiError::bad_request("password must be 6-128 characters"));
     }
-    let hash = app.auth.hash_password(password).await.ok_or_else(|| ApiError::new(500, "cannot hash the password"))?;
+    let hash = app.auth.hash_password(password).await?.ok_or_else(|| ApiError::new(500, "cannot hash the password"))?;
     let name = username.clone();
     let shared_mark = app.directory.unread.shared_mark();
     let created = app
@@ -56,20 +57,23 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
     };
     app.directory.unread.registered(uid, shared_mark);
     app.directory.add_user(uid, &username, 0);
+    attempt.succeeded();
     let (token, expires_in) = app.auth.issue(uid, &username, 0);
     Ok(json!({"uid": uid, "username": username, "access_token": token, "expires_in": expires_in}))
 }
 
 pub async fn login(app: &App, params: Params) -> ApiResult {
+    let attempt = app.throttle.attempt(params.peer, params.get("username"))?;
     let username = params.require("username")?.to_string();
     let password = params.require("password")?.to_string();
     let lookup = username.clone();
     let user = app.store.read(move |conn| store::queries::user_by_name(conn, &lookup)).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !app.auth.check_password(password, hash).await {
+    if !app.auth.check_password(password, hash).await? {
         return Err(ApiError::unauthorized("wrong username or password"));
     }
     let Some(user) = user else { return Err(ApiError::unauthorized("wrong username or password")) };
+    attempt.succeeded();
     let (token, expires_in) = app.auth.issue(user.uid, &user.username, user.token_gen);
     Ok(json!({
         "access_token": token,

@@ -1,0 +1,189 @@
+//! Login and register throttling: failures per username and per client IP, each at most N a
+//! minute (a generic cell rate: N at once, then one every 60/N s). Over it: 429 + Retry-After.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(60);
+/// Keys remembered per table; beyond, recovered entries are dropped first, then new keys go
+/// uncounted (the per-IP table still applies), so memory stays bounded under a name spray.
+const MAX_KEYS: usize = 100_000;
+/// Usernames are keyed on at most this many characters, lowercased.
+const NAME_KEY_CHARS: usize = 64;
+
+/// One table of "theoretical arrival times": a key is over its rate while its time is more
+/// than a window ahead of now.
+struct Cells<K> {
+    per_minute: u32,
+    cells: Mutex<HashMap<K, Instant>>,
+}
+
+impl<K: Hash + Eq + Clone> Cells<K> {
+    fn new(per_minute: u32) -> Self {
+        Cells { per_minute, cells: Mutex::new(HashMap::new()) }
+    }
+
+    fn interval(&self) -> Duration {
+        WINDOW / self.per_minute.max(1)
+    }
+
+    /// None if one more failure fits; else how long until it does.
+    fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        let tat = *cells.get(key)?;
+        // The next failure would push the time to tat + interval; it fits within a window.
+        let limit = now + WINDOW;
+        let next = tat.max(now) + self.interval();
+        (next > limit).then(|| next - limit)
+    }
+
+    fn failed(&self, key: &K, now: Instant) {
+        if self.per_minute == 0 {
+            return;
+        }
+        let mut cells = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        if cells.len() >= MAX_KEYS && !cells.contains_key(key) {
+            cells.retain(|_, tat| *tat > now);
+            if cells.len() >= MAX_KEYS {
+                return;
+            }
+        }
+        let tat = cells.get(key).copied().unwrap_or(now).max(now);
+        cells.insert(key.clone(), tat + self.interval());
+    }
+
+    fn clear(&self, key: &K) {
+        self.cells.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+/// Over the rate: retry after this many seconds (429 with `Retry-After`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Throttled {
+    pub retry_after: u64,
+}
+
+/// One login or registration going ahead: it counts as a failure when dropped, unless it
+/// `succeeded`, so every way out of a handler but success (401, 409, 400, ...) is counted.
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    ip: Option<IpAddr>,
+    name: Option<String>,
+    done: bool,
+}
+
+impl Attempt<'_> {
+    /// Not a failure; a login also clears its name's failures (its owner knows the password).
+    pub fn succeeded(mut self) {
+        self.done = true;
+        if let Some(name) = &self.name {
+            self.throttle.by_name.clear(&name_key(name));
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.throttle.failed(self.ip, self.name.as_deref());
+        }
+    }
+}
+
+pub struct Throttle {
+    by_name: Cells<String>,
+    by_ip: Cells<IpAddr>,
+}
+
+impl Throttle {
+    /// `per_user` failed logins per username and `per_ip` failures per address each minute;
+    /// 0 turns that limit off.
+    pub fn new(per_user: u32, per_ip: u32) -> Throttle {
+        Throttle { by_name: Cells::new(per_user), by_ip: Cells::new(per_ip) }
+    }
+
+    /// Whether an attempt may go ahead now: Err(seconds to wait) when the address or the name
+    /// is over its rate.
+    pub fn check(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<(), u64> {
+        let now = Instant::now();
+        let by_ip = ip.and_then(|ip| self.by_ip.wait(&ip, now));
+        let by_name = name.and_then(|name| self.by_name.wait(&name_key(name), now));
+        match by_ip.max(by_name) {
+            None => Ok(()),
+            // Round up: a client that waits this long will fit.
+            Some(wait) => Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+        }
+    }
+
+    /// Starts an attempt from `ip` (for a login, on `name`), or Throttled while either is
+    /// over its rate.
+    pub fn attempt(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<Attempt<'_>, Throttled> {
+        self.check(ip, name).map_err(|retry_after| Throttled { retry_after })?;
+        Ok(Attempt { throttle: self, ip, name: name.map(str::to_string), done: false })
+    }
+
+    /// Counts a failed attempt against the address and (for a login) the name.
+    pub fn failed(&self, ip: Option<IpAddr>, name: Option<&str>) {
+        let now = Instant::now();
+        if let Some(ip) = ip {
+            self.by_ip.failed(&ip, now);
+        }
+        if let Some(name) = name {
+            self.by_name.failed(&name_key(name), now);
+        }
+    }
+
+    /// A successful login: the name's failures are forgotten (its owner knows the password).
+    pub fn succeeded(&self, name: &str) {
+        self.by_name.clear(&name_key(name));
+    }
+}
+
+fn name_key(name: &str) -> String {
+    name.chars().take(NAME_KEY_CHARS).flat_map(char::to_lowercase).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn n_failures_fit_then_the_next_waits() {
+        let cells = Cells::<u32>::new(3);
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(cells.wait(&1, now), None);
+            cells.failed(&1, now);
+        }
+        let wait = cells.wait(&1, now).expect("the fourth waits");
+        assert_eq!(wait, Duration::from_secs(20), "one interval (60 s / 3)");
+        assert_eq!(cells.wait(&1, now + wait), None, "after the wait one more fits");
+        assert_eq!(cells.wait(&2, now), None, "other keys are not affected");
+    }
+
+    #[test]
+    fn zero_means_off_and_success_clears_the_name() {
+        let throttle = Throttle::new(1, 0);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        throttle.failed(Some(ip), Some("Alice"));
+        assert!(throttle.check(Some(ip), Some("alice")).is_err(), "names are keyed case-insensitively");
+        assert!(throttle.check(Some(ip), Some("bob")).is_ok(), "the per-IP limit is off");
+        throttle.succeeded("ALICE");
+        assert!(throttle.check(Some(ip), Some("alice")).is_ok());
+    }
+
+    #[test]
+    fn an_attempt_counts_unless_it_succeeded() {
+        let throttle = Throttle::new(1, 0);
+        throttle.attempt(None, Some("alice")).unwrap().succeeded();
+        assert!(throttle.check(None, Some("alice")).is_ok());
+        drop(throttle.attempt(None, Some("alice")).unwrap());
+        assert!(throttle.attempt(None, Some("alice")).is_err(), "the dropped attempt counted");
+    }
+}
