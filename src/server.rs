@@ -51,7 +51,7 @@ pub fn raise_file_limit() -> u64 {
         }
     }
     tracing::info!("open file limit {} (was {before}, hard {})", lim.rlim_cur, lim.rlim_max);
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Binds `host:port` with a backlog deep enough for bursts of connects.

@@ -69,33 +69,6 @@ pub struct Throttled {
     pub retry_after: u64,
 }
 
-/// One login or registration going ahead: it counts as a failure when dropped, unless it
-/// `succeeded`, so every way out of a handler but success (401, 409, 400, ...) is counted.
-pub struct Attempt<'a> {
-    throttle: &'a Throttle,
-    ip: Option<IpAddr>,
-    name: Option<String>,
-    done: bool,
-}
-
-impl Attempt<'_> {
-    /// Not a failure; a login also clears its name's failures (its owner knows the password).
-    pub fn succeeded(mut self) {
-        self.done = true;
-        if let Some(name) = &self.name {
-            self.throttle.by_name.clear(&name_key(name));
-        }
-    }
-}
-
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.throttle.failed(self.ip, self.name.as_deref());
-        }
-    }
-}
-
 pub struct Throttle {
     by_name: Cells<String>,
     by_ip: Cells<IpAddr>,
@@ -110,22 +83,15 @@ impl Throttle {
 
     /// Whether an attempt may go ahead now: Err(seconds to wait) when the address or the name
     /// is over its rate.
-    pub fn check(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<(), u64> {
+    pub fn check(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<(), Throttled> {
         let now = Instant::now();
         let by_ip = ip.and_then(|ip| self.by_ip.wait(&ip, now));
         let by_name = name.and_then(|name| self.by_name.wait(&name_key(name), now));
         match by_ip.max(by_name) {
             None => Ok(()),
             // Round up: a client that waits this long will fit.
-            Some(wait) => Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+            Some(wait) => Err(Throttled { retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }),
         }
-    }
-
-    /// Starts an attempt from `ip` (for a login, on `name`), or Throttled while either is
-    /// over its rate.
-    pub fn attempt(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<Attempt<'_>, Throttled> {
-        self.check(ip, name).map_err(|retry_after| Throttled { retry_after })?;
-        Ok(Attempt { throttle: self, ip, name: name.map(str::to_string), done: false })
     }
 
     /// Counts a failed attempt against the address and (for a login) the name.
@@ -176,14 +142,5 @@ mod tests {
         assert!(throttle.check(Some(ip), Some("bob")).is_ok(), "the per-IP limit is off");
         throttle.succeeded("ALICE");
         assert!(throttle.check(Some(ip), Some("alice")).is_ok());
-    }
-
-    #[test]
-    fn an_attempt_counts_unless_it_succeeded() {
-        let throttle = Throttle::new(1, 0);
-        throttle.attempt(None, Some("alice")).unwrap().succeeded();
-        assert!(throttle.check(None, Some("alice")).is_ok());
-        drop(throttle.attempt(None, Some("alice")).unwrap());
-        assert!(throttle.attempt(None, Some("alice")).is_err(), "the dropped attempt counted");
     }
 }

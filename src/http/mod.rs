@@ -9,7 +9,7 @@ mod shop;
 mod user;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -178,8 +178,11 @@ const ROUTES: &[(&str, Method)] = &[
 
 async fn route(app: &App, path: &str, params: Params) -> ApiResult {
     match path {
-        "/user/register" => user::register(app, params).await,
-        "/user/login" => user::login(app, params).await,
+        "/user/register" => throttled(app, params.peer, None, user::register(app, params)).await,
+        "/user/login" => {
+            let name = params.get("username").map(str::to_string);
+            throttled(app, params.peer, name, user::login(app, params)).await
+        }
         "/user/logout" => user::logout(app, params).await,
         "/user/me" => user::me(app, params).await,
         "/room/create" => room::create(app, params).await,
@@ -195,6 +198,29 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
         "/message/conversations" => message::conversations(app, params).await,
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }
+}
+
+/// Login and register under the throttle: 429 with Retry-After while the client's address (or,
+/// for a login, the username) is over its rate; wrong credentials (401) and taken names (409)
+/// count as failures, bad input does not; a successful login clears its name's failures.
+async fn throttled(
+    app: &App,
+    ip: Option<IpAddr>,
+    name: Option<String>,
+    handler: impl Future<Output = ApiResult>,
+) -> ApiResult {
+    app.throttle.check(ip, name.as_deref())?;
+    let result = handler.await;
+    match &result {
+        Ok(_) => {
+            if let Some(name) = &name {
+                app.throttle.succeeded(name);
+            }
+        }
+        Err(e) if matches!(e.code, 401 | 409) => app.throttle.failed(ip, name.as_deref()),
+        Err(_) => {}
+    }
+    result
 }
 
 /// Every request's answer once a watched worker has died, until the daemon exits (a second
