@@ -58,6 +58,17 @@ impl<K: Hash + Eq + Clone> Cells<K> {
         cells.insert(key.clone(), tat + self.interval());
     }
 
+    /// Gives back one failure counted ahead (the attempt turned out not to be one).
+    fn refund(&self, key: &K) {
+        if self.per_minute == 0 {
+            return;
+        }
+        let interval = self.interval();
+        if let Some(tat) = self.cells.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key) {
+            *tat = tat.checked_sub(interval).unwrap_or(*tat);
+        }
+    }
+
     fn clear(&self, key: &K) {
         self.cells.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
@@ -81,34 +92,53 @@ impl Throttle {
         Throttle { by_name: Cells::new(per_user), by_ip: Cells::new(per_ip) }
     }
 
-    /// Whether an attempt may go ahead now: Err(seconds to wait) when the address or the name
-    /// is over its rate.
-    pub fn check(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<(), Throttled> {
+    /// Lets an attempt go ahead, counting it as a failure at once (so that a flood's attempts
+    /// in flight are counted before their passwords are checked), or Throttled while the
+    /// address or the name is over its rate. Then call `settled` with its outcome.
+    pub fn begin(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<(), Throttled> {
         let now = Instant::now();
+        let name = name.map(name_key);
         let by_ip = ip.and_then(|ip| self.by_ip.wait(&ip, now));
-        let by_name = name.and_then(|name| self.by_name.wait(&name_key(name), now));
-        match by_ip.max(by_name) {
-            None => Ok(()),
+        let by_name = name.as_ref().and_then(|name| self.by_name.wait(name, now));
+        if let Some(wait) = by_ip.max(by_name) {
             // Round up: a client that waits this long will fit.
-            Some(wait) => Err(Throttled { retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }),
+            return Err(Throttled { retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) });
         }
-    }
-
-    /// Counts a failed attempt against the address and (for a login) the name.
-    pub fn failed(&self, ip: Option<IpAddr>, name: Option<&str>) {
-        let now = Instant::now();
         if let Some(ip) = ip {
             self.by_ip.failed(&ip, now);
         }
-        if let Some(name) = name {
-            self.by_name.failed(&name_key(name), now);
+        if let Some(name) = &name {
+            self.by_name.failed(name, now);
         }
+        Ok(())
     }
 
-    /// A successful login: the name's failures are forgotten (its owner knows the password).
-    pub fn succeeded(&self, name: &str) {
-        self.by_name.clear(&name_key(name));
+    /// The outcome of a begun attempt: a failure stays counted; anything else is given back,
+    /// and a success also clears the name's failures (its owner knows the password).
+    pub fn settled(&self, ip: Option<IpAddr>, name: Option<&str>, outcome: Outcome) {
+        if outcome == Outcome::Failed {
+            return;
+        }
+        if let Some(ip) = ip {
+            self.by_ip.refund(&ip);
+        }
+        if let Some(name) = name.map(name_key) {
+            match outcome {
+                Outcome::Succeeded => self.by_name.clear(&name),
+                _ => self.by_name.refund(&name),
+            }
+        }
     }
+}
+
+/// How a throttled attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// Wrong credentials, or a registration's name taken: counted.
+    Failed,
+    /// Anything else (bad input, busy): not counted.
+    Neither,
 }
 
 fn name_key(name: &str) -> String {
@@ -137,10 +167,23 @@ mod tests {
     fn zero_means_off_and_success_clears_the_name() {
         let throttle = Throttle::new(1, 0);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        throttle.failed(Some(ip), Some("Alice"));
-        assert!(throttle.check(Some(ip), Some("alice")).is_err(), "names are keyed case-insensitively");
-        assert!(throttle.check(Some(ip), Some("bob")).is_ok(), "the per-IP limit is off");
-        throttle.succeeded("ALICE");
-        assert!(throttle.check(Some(ip), Some("alice")).is_ok());
+        throttle.begin(Some(ip), Some("Alice")).unwrap();
+        throttle.settled(Some(ip), Some("Alice"), Outcome::Failed);
+        assert!(throttle.begin(Some(ip), Some("alice")).is_err(), "names are keyed case-insensitively");
+        throttle.begin(Some(ip), Some("bob")).unwrap();
+        throttle.settled(Some(ip), Some("bob"), Outcome::Succeeded);
+        throttle.settled(Some(ip), Some("ALICE"), Outcome::Succeeded);
+        assert!(throttle.begin(Some(ip), Some("alice")).is_ok(), "a success clears the name");
+    }
+
+    #[test]
+    fn attempts_in_flight_count_until_settled() {
+        let throttle = Throttle::new(100, 2);
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        throttle.begin(Some(ip), Some("a")).unwrap();
+        throttle.begin(Some(ip), Some("b")).unwrap();
+        assert!(throttle.begin(Some(ip), Some("c")).is_err(), "two unsettled attempts fill the rate");
+        throttle.settled(Some(ip), Some("a"), Outcome::Neither);
+        assert!(throttle.begin(Some(ip), Some("c")).is_ok(), "an attempt given back frees its place");
     }
 }

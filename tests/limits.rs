@@ -322,8 +322,11 @@ async fn flood_login(addr: SocketAddr, body: &str) -> Option<u16> {
 
 #[tokio::test]
 async fn a_login_flood_leaves_health_and_message_acks_fast() {
-    // Cost 12 makes every check some hundreds of milliseconds of CPU, as in production.
-    let server = start_custom(&["--bcrypt-cost", "12"], false).await;
+    // Cost 12 makes every check some hundreds of milliseconds of CPU, as in production. The
+    // throttle is off so that the whole flood reaches bcrypt.
+    let server =
+        start_custom(&["--bcrypt-cost", "12", "--login-failures-per-user", "0", "--login-failures-per-ip", "0"], false)
+            .await;
     let (_, alice) = server.register("alice").await;
     let (bob_uid, _) = server.register("bob").await;
     let (mut ws, _) = server.connect(&alice).await;
@@ -369,7 +372,11 @@ async fn a_login_flood_leaves_health_and_message_acks_fast() {
 
 #[tokio::test]
 async fn password_checks_beyond_the_queue_are_answered_503() {
-    let server = start_custom(&["--bcrypt-cost", "12", "--bcrypt-threads", "1", "--bcrypt-queue", "2"], false).await;
+    let server = start_custom(
+        &["--bcrypt-cost", "12", "--bcrypt-threads", "1", "--bcrypt-queue", "2", "--login-failures-per-user", "0"],
+        false,
+    )
+    .await;
     server.register("alice").await;
     let body = json!({"username": "alice", "password": "secret-pw"}).to_string();
     let logins: Vec<_> = (0..12)

@@ -30,7 +30,7 @@ pub use params::Params;
 use crate::app::App;
 use crate::bcrypt_pool::Busy;
 use crate::conn_limits::{ConnPermit, Refusal};
-use crate::throttle::Throttled;
+use crate::throttle::{Outcome, Throttled};
 
 /// The connection a request came on: the client's address and its place under the
 /// connection caps (a WebSocket session keeps it).
@@ -201,25 +201,23 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
 }
 
 /// Login and register under the throttle: 429 with Retry-After while the client's address (or,
-/// for a login, the username) is over its rate; wrong credentials (401) and taken names (409)
-/// count as failures, bad input does not; a successful login clears its name's failures.
+/// for a login, the username) is over its rate. An attempt counts from its start; wrong
+/// credentials (401) and taken names (409) stay counted, anything else is given back, and a
+/// successful login clears its name's failures.
 async fn throttled(
     app: &App,
     ip: Option<IpAddr>,
     name: Option<String>,
     handler: impl Future<Output = ApiResult>,
 ) -> ApiResult {
-    app.throttle.check(ip, name.as_deref())?;
+    app.throttle.begin(ip, name.as_deref())?;
     let result = handler.await;
-    match &result {
-        Ok(_) => {
-            if let Some(name) = &name {
-                app.throttle.succeeded(name);
-            }
-        }
-        Err(e) if matches!(e.code, 401 | 409) => app.throttle.failed(ip, name.as_deref()),
-        Err(_) => {}
-    }
+    let outcome = match &result {
+        Ok(_) => Outcome::Succeeded,
+        Err(e) if matches!(e.code, 401 | 409) => Outcome::Failed,
+        Err(_) => Outcome::Neither,
+    };
+    app.throttle.settled(ip, name.as_deref(), outcome);
     result
 }
 
