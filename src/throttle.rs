@@ -92,9 +92,11 @@ impl Throttle {
         Throttle { by_name: Cells::new(per_user), by_ip: Cells::new(per_ip) }
     }
 
-    /// Lets an attempt go ahead, counting it as a failure at once (so that a flood's attempts
-    /// in flight are counted before their passwords are checked), or Throttled while the
-    /// address or the name is over its rate. Then call `settled` with its outcome.
+    /// Lets an attempt go ahead, or Throttled while the address or the name is over its rate.
+    /// The name's failure is counted at once (so a flood of one name's attempts waiting for
+    /// bcrypt cannot slip past its limit); the address's only once `settled` says it failed
+    /// (so that one address may register or log in many accounts at once). Then call
+    /// `settled` with the outcome.
     pub fn begin(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<(), Throttled> {
         let now = Instant::now();
         let name = name.map(name_key);
@@ -104,29 +106,25 @@ impl Throttle {
             // Round up: a client that waits this long will fit.
             return Err(Throttled { retry_after: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) });
         }
-        if let Some(ip) = ip {
-            self.by_ip.failed(&ip, now);
-        }
         if let Some(name) = &name {
             self.by_name.failed(name, now);
         }
         Ok(())
     }
 
-    /// The outcome of a begun attempt: a failure stays counted; anything else is given back,
-    /// and a success also clears the name's failures (its owner knows the password).
+    /// The outcome of a begun attempt: a failure is counted against the address (the name's
+    /// is already); otherwise the name's is given back, and a success clears the name's
+    /// failures (its owner knows the password).
     pub fn settled(&self, ip: Option<IpAddr>, name: Option<&str>, outcome: Outcome) {
-        if outcome == Outcome::Failed {
-            return;
-        }
-        if let Some(ip) = ip {
-            self.by_ip.refund(&ip);
-        }
-        if let Some(name) = name.map(name_key) {
-            match outcome {
-                Outcome::Succeeded => self.by_name.clear(&name),
-                _ => self.by_name.refund(&name),
+        let name = name.map(name_key);
+        match outcome {
+            Outcome::Failed => {
+                if let Some(ip) = ip {
+                    self.by_ip.failed(&ip, Instant::now());
+                }
             }
+            Outcome::Succeeded => name.iter().for_each(|name| self.by_name.clear(name)),
+            Outcome::Neither => name.iter().for_each(|name| self.by_name.refund(name)),
         }
     }
 }
@@ -177,13 +175,28 @@ mod tests {
     }
 
     #[test]
-    fn attempts_in_flight_count_until_settled() {
-        let throttle = Throttle::new(100, 2);
+    fn a_names_attempts_in_flight_count_until_settled() {
+        let throttle = Throttle::new(2, 100);
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         throttle.begin(Some(ip), Some("a")).unwrap();
-        throttle.begin(Some(ip), Some("b")).unwrap();
-        assert!(throttle.begin(Some(ip), Some("c")).is_err(), "two unsettled attempts fill the rate");
+        throttle.begin(Some(ip), Some("a")).unwrap();
+        assert!(throttle.begin(Some(ip), Some("a")).is_err(), "two unsettled attempts fill the name's rate");
         throttle.settled(Some(ip), Some("a"), Outcome::Neither);
-        assert!(throttle.begin(Some(ip), Some("c")).is_ok(), "an attempt given back frees its place");
+        assert!(throttle.begin(Some(ip), Some("a")).is_ok(), "an attempt given back frees its place");
+    }
+
+    #[test]
+    fn an_address_counts_failures_only() {
+        let throttle = Throttle::new(100, 1);
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        for _ in 0..5 {
+            throttle.begin(Some(ip), None).unwrap();
+        }
+        for _ in 0..5 {
+            throttle.settled(Some(ip), None, Outcome::Succeeded);
+        }
+        throttle.begin(Some(ip), None).unwrap();
+        throttle.settled(Some(ip), None, Outcome::Failed);
+        assert!(throttle.begin(Some(ip), None).is_err());
     }
 }

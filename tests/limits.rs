@@ -393,3 +393,21 @@ async fn password_checks_beyond_the_queue_are_answered_503() {
     assert!(statuses.contains(&503), "some were refused as busy: {statuses:?}");
     assert!(statuses.contains(&200), "the queued ones were answered: {statuses:?}");
 }
+
+#[tokio::test]
+async fn many_registrations_at_once_from_one_address_are_not_throttled() {
+    let server = Server::start().await;
+    let registrations: Vec<_> = (0..64)
+        .map(|i| {
+            let addr = server.addr;
+            tokio::spawn(async move {
+                let body = json!({"username": format!("user{i}"), "password": "secret-pw"});
+                request(addr, "POST", "/user/register", Some(body)).await
+            })
+        })
+        .collect();
+    for registration in registrations {
+        let (status, _, body) = registration.await.expect("task");
+        assert_eq!(status, 200, "{body}");
+    }
+}

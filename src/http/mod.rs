@@ -201,9 +201,8 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
 }
 
 /// Login and register under the throttle: 429 with Retry-After while the client's address (or,
-/// for a login, the username) is over its rate. An attempt counts from its start; wrong
-/// credentials (401) and taken names (409) stay counted, anything else is given back, and a
-/// successful login clears its name's failures.
+/// for a login, the username) is over its rate. Wrong credentials (401) and taken names (409)
+/// are failures, bad input is not; a successful login clears its name's failures.
 async fn throttled(
     app: &App,
     ip: Option<IpAddr>,
