@@ -8,9 +8,10 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Nice value of the bcrypt threads: under contention the scheduler favours the workers,
-/// the store writer and the fan-out.
-const NICE: libc::c_int = 10;
+/// Nice value of the bcrypt threads: the lowest priority, so they use mostly what CPU the
+/// workers, the store writer and the fan-out leave idle. (Not SCHED_IDLE: on a host busy
+/// with other work, logins would then never finish.)
+const NICE: libc::c_int = 19;
 
 /// The queue is full: the caller answers 503 "busy, retry".
 #[derive(Debug, PartialEq, Eq)]
