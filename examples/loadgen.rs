@@ -43,6 +43,8 @@
 //!   distinct users; each sender keeps W `single_chat` in flight (or, with `--rate`, sends R
 //!   messages/s in total, paced, still capped by W). Acked and delivered messages/s,
 //!   send-to-receipt latency (the send time is in `msg_id`), `lost` = acked but never delivered.
+//!   `--login-flood N` adds N wrong-password logins a second meanwhile (new connection each,
+//!   at most 256 in flight); the report's `login_flood` counts their answers by status.
 //! - `group --members M [--senders K] [--window W] [--duration S] [--rate R]`: one room with M
 //!   connected members, K of them sending `group_chat`; deliveries/s counting each member's
 //!   receipt, latency, `missing` = acked x (M-1) - receipts.
@@ -161,6 +163,10 @@ enum Scenario {
         pairs: usize,
         #[command(flatten)]
         pacing: Pacing,
+        /// Meanwhile, N logins a second with wrong passwords (on new connections, at most
+        /// 256 in flight), to see what a password-guessing flood costs the message path.
+        #[arg(long)]
+        login_flood: Option<f64>,
     },
     /// One room; K of its M members send group_chat.
     Group {
@@ -306,11 +312,15 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
             s.insert("users".into(), json!(users));
             s.insert("hold".into(), json!(hold));
         }
-        Scenario::Pairs { pairs, pacing } => {
+        Scenario::Pairs { pairs, pacing, login_flood } => {
             if *pairs == 0 {
                 return Err("need --pairs >= 1".into());
             }
+            if login_flood.is_some_and(|r| !(r > 0.0 && r <= 100_000.0)) {
+                return Err("--login-flood must be in (0, 100000]".into());
+            }
             s.insert("pairs".into(), json!(pairs));
+            s.insert("login_flood".into(), json!(login_flood));
             pacing.check_into(s)?;
         }
         Scenario::Group { members, senders, pacing } => {
@@ -377,9 +387,11 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
         Scenario::Idle { conns, users, hold } => {
             idle(&ctx, *conns, users.unwrap_or(*conns), Duration::from_secs_f64(*hold)).await
         }
-        Scenario::Pairs { pairs, pacing } => chat_load(&ctx, Kind::Pairs { pairs: *pairs }, *pacing).await,
+        Scenario::Pairs { pairs, pacing, login_flood } => {
+            chat_load(&ctx, Kind::Pairs { pairs: *pairs }, *pacing, *login_flood).await
+        }
         Scenario::Group { members, senders, pacing } => {
-            chat_load(&ctx, Kind::Group { members: *members, senders: *senders }, *pacing).await
+            chat_load(&ctx, Kind::Group { members: *members, senders: *senders }, *pacing, None).await
         }
         Scenario::Broadcast { conns, users, admin_token } => {
             broadcast(&ctx, *conns, users.unwrap_or(*conns), admin_token).await
@@ -1393,7 +1405,7 @@ async fn client_task(load: Rc<Load>, me: usize, mut ws: Ws, plan: Option<SendPla
     close_ws(ws).await;
 }
 
-async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> {
+async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing, login_flood: Option<f64>) -> Res<(Value, bool)> {
     let clients = kind.clients();
     let senders = kind.senders();
     let (users, register_took) = register_users(ctx, clients).await?;
@@ -1461,6 +1473,11 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> 
         });
         tasks.push(tokio::task::spawn_local(client_task(load.clone(), me, ws, plan, stop_rx.clone())));
     }
+    let flood = Rc::new(Flood::default());
+    let flood_task = login_flood.map(|rate| {
+        let names = users.iter().take(16).enumerate().map(|(i, _)| format!("{}{i}", ctx.prefix)).collect();
+        tokio::task::spawn_local(run_login_flood(ctx.net.clone(), flood.clone(), names, rate, start, until))
+    });
     eprintln!("loadgen: load running for {:.1}s", pacing.duration);
 
     // Figures over the load period.
@@ -1483,6 +1500,9 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let drain_took = drain_start.elapsed();
+    if let Some(task) = flood_task {
+        let _ = tokio::time::timeout(STEP_TIMEOUT, task).await;
+    }
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), futures_util::future::join_all(tasks)).await;
 
@@ -1529,6 +1549,9 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing) -> Res<(Value, bool)> 
     let obj = report.as_object_mut().expect("object");
     match kind {
         Kind::Pairs { .. } => {
+            if login_flood.is_some() {
+                obj.insert("login_flood".into(), flood.report());
+            }
             obj.insert("delivered".into(), json!(load.deliveries.get()));
             obj.insert("delivered_per_sec".into(), json!(per_sec(delivered_in_period, measured)));
             obj.insert("lost".into(), json!(missing));
@@ -1752,4 +1775,79 @@ fn pin_to_core(core: usize) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Login flood (pairs --login-flood N)
+
+/// Logins of the flood in flight at most; a tick that finds this many waiting is skipped.
+const FLOOD_IN_FLIGHT: u64 = 256;
+
+/// What the login flood saw: answers by HTTP status, transport errors, skipped ticks.
+#[derive(Default)]
+struct Flood {
+    sent: Cell<u64>,
+    in_flight: Cell<u64>,
+    skipped: Cell<u64>,
+    errors: Cell<u64>,
+    by_status: RefCell<BTreeMap<u16, u64>>,
+    hist: RefCell<Option<Histogram<u64>>>,
+}
+
+impl Flood {
+    fn report(&self) -> Value {
+        let statuses: serde_json::Map<String, Value> =
+            self.by_status.borrow().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let latency = self.hist.borrow().as_ref().map(latency_json);
+        json!({
+            "sent": self.sent.get(),
+            "by_status": statuses,
+            "errors": self.errors.get(),
+            "skipped": self.skipped.get(),
+            "latency_us": latency,
+        })
+    }
+}
+
+/// From `start` to `until`, `rate` logins a second with a wrong password for one of `names`,
+/// each on a new connection (as a guessing client would), at most [`FLOOD_IN_FLIGHT`] at once.
+async fn run_login_flood(
+    net: Rc<Net>,
+    flood: Rc<Flood>,
+    names: Vec<String>,
+    rate: f64,
+    start: tokio::time::Instant,
+    until: tokio::time::Instant,
+) {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut next = start;
+    let mut i = 0usize;
+    let mut attempts = Vec::new();
+    while next < until {
+        tokio::time::sleep_until(next).await;
+        next += period;
+        if flood.in_flight.get() >= FLOOD_IN_FLIGHT {
+            flood.skipped.set(flood.skipped.get() + 1);
+            continue;
+        }
+        let body = json!({"username": names[i % names.len()], "password": "wrong-password"});
+        i += 1;
+        flood.sent.set(flood.sent.get() + 1);
+        flood.in_flight.set(flood.in_flight.get() + 1);
+        let (net, flood) = (net.clone(), flood.clone());
+        attempts.push(tokio::task::spawn_local(async move {
+            let sent = Instant::now();
+            match Http::new(net).request("POST", "/user/login", Some(&body), None).await {
+                Ok((status, _)) => {
+                    *flood.by_status.borrow_mut().entry(status).or_insert(0) += 1;
+                    let us = (sent.elapsed().as_micros() as u64).max(1);
+                    let _ = flood.hist.borrow_mut().get_or_insert_with(latency_histogram).record(us);
+                }
+                Err(_) => flood.errors.set(flood.errors.get() + 1),
+            }
+            flood.in_flight.set(flood.in_flight.get() - 1);
+        }));
+        attempts.retain(|a: &tokio::task::JoinHandle<()>| !a.is_finished());
+    }
+    futures_util::future::join_all(attempts).await;
 }

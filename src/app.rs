@@ -8,11 +8,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, Claims};
 use crate::config::Config;
+use crate::conn_limits::ConnLimits;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
+use crate::throttle::Throttle;
 
 pub struct App {
     pub config: Config,
@@ -28,6 +30,10 @@ pub struct App {
     pub sessions: TaskTracker,
     /// Watches the store writer, the checkpoint thread and the fan-out task.
     pub supervisor: Supervisor,
+    /// Open TCP connections, capped in total and per client IP.
+    pub conns: Arc<ConnLimits>,
+    /// Failed logins and registrations, per username and per client IP.
+    pub throttle: Throttle,
 }
 
 impl App {

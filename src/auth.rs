@@ -1,11 +1,12 @@
 //! Access tokens (HS256 JWT with an absolute expiry and a revocation generation), password
-//! hashing (bcrypt, on blocking threads) and the admin secret.
+//! hashing (bcrypt, on a small pool of its own: `bcrypt_pool`) and the admin secret.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::bcrypt_pool::{BcryptPool, Busy};
 use crate::store::StoreResult;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +29,8 @@ pub struct Auth {
     /// wrong password.
     dummy_hash: String,
     admin_token: Option<String>,
+    /// Where bcrypt runs: a few threads and a bounded queue.
+    pool: BcryptPool,
 }
 
 impl Auth {
@@ -48,7 +51,14 @@ impl Auth {
             bcrypt_cost,
             dummy_hash: bcrypt::hash("imd-no-such-user", bcrypt_cost)?,
             admin_token: admin_token.filter(|t| !t.is_empty()),
+            pool: BcryptPool::new(0, 64),
         })
+    }
+
+    /// Runs bcrypt on `threads` threads (0: half the cores) with at most `queue` waiting.
+    pub fn with_bcrypt_pool(mut self, threads: usize, queue: usize) -> Auth {
+        self.pool = BcryptPool::new(threads, queue);
+        self
     }
 
     /// A new token for `uid`; returns it with its lifetime in seconds.
@@ -68,19 +78,19 @@ impl Auth {
         self.admin_token.as_ref().is_some_and(|secret| bool::from(secret.as_bytes().ct_eq(token.as_bytes())))
     }
 
-    pub async fn hash_password(&self, password: String) -> Option<String> {
+    /// The bcrypt hash (None if hashing failed), or Busy when the pool's queue is full.
+    pub async fn hash_password(&self, password: String) -> Result<Option<String>, Busy> {
         let cost = self.bcrypt_cost;
-        tokio::task::spawn_blocking(move || bcrypt::hash(password, cost).ok()).await.ok().flatten()
+        self.pool.run(move || bcrypt::hash(password, cost).ok()).await
     }
 
     /// Checks a password against a stored hash, or against a dummy one when there is none.
-    pub async fn check_password(&self, password: String, hash: Option<String>) -> bool {
+    /// Busy when the pool's queue is full.
+    pub async fn check_password(&self, password: String, hash: Option<String>) -> Result<bool, Busy> {
         let exists = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
-        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false);
-        exists && matches
+        let matches = self.pool.run(move || bcrypt::verify(password, &hash).unwrap_or(false)).await?;
+        Ok(exists && matches)
     }
 }
 
@@ -133,11 +143,11 @@ mod tests {
     async fn an_unknown_user_costs_one_bcrypt_check_like_a_wrong_password() {
         let auth = auth(60);
         // Same cost as real hashes, so a miss does the same work as a wrong password.
-        let real = auth.hash_password("right password".into()).await.unwrap();
+        let real = auth.hash_password("right password".into()).await.unwrap().unwrap();
         assert_eq!(&auth.dummy_hash[..7], &real[..7], "same algorithm and cost: {real}");
-        assert!(auth.check_password("right password".into(), Some(real.clone())).await);
-        assert!(!auth.check_password("wrong password".into(), Some(real)).await);
-        assert!(!auth.check_password("imd-no-such-user".into(), None).await, "no user never logs in");
+        assert_eq!(auth.check_password("right password".into(), Some(real.clone())).await, Ok(true));
+        assert_eq!(auth.check_password("wrong password".into(), Some(real)).await, Ok(false));
+        assert_eq!(auth.check_password("imd-no-such-user".into(), None).await, Ok(false), "no user never logs in");
     }
 
     #[test]

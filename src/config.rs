@@ -80,6 +80,46 @@ pub struct Config {
     #[cfg_attr(not(feature = "bench"), arg(skip))]
     pub no_store: bool,
 
+    /// Seconds a client may take to send a request's head (line and headers); then it is closed.
+    #[arg(long, env = "IMD_HTTP_HEADER_TIMEOUT", default_value_t = 10)]
+    pub http_header_timeout: u64,
+
+    /// Seconds an HTTP connection may wait with no request in flight before it is closed.
+    #[arg(long, env = "IMD_HTTP_IDLE_TIMEOUT", default_value_t = 60)]
+    pub http_idle_timeout: u64,
+
+    /// Largest HTTP request body accepted; larger ones are refused with 413.
+    #[arg(long, env = "IMD_MAX_BODY_BYTES", default_value_t = 65_536)]
+    pub max_body_bytes: usize,
+
+    /// Open TCP connections (HTTP and WebSocket) in total; 0: the file limit minus a reserve.
+    #[arg(long, env = "IMD_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Open TCP connections (HTTP and WebSocket) per client IP address; 0: no limit.
+    #[arg(long, env = "IMD_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: usize,
+
+    /// Open WebSocket sessions per user; 0: no limit.
+    #[arg(long, env = "IMD_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
+
+    /// Failed logins per username per minute before it is answered 429 (0: no limit).
+    #[arg(long, env = "IMD_LOGIN_FAILURES_PER_USER", default_value_t = 10)]
+    pub login_failures_per_user: u32,
+
+    /// Failed logins and registrations per client IP per minute before 429 (0: no limit).
+    #[arg(long, env = "IMD_LOGIN_FAILURES_PER_IP", default_value_t = 30)]
+    pub login_failures_per_ip: u32,
+
+    /// Threads hashing and checking passwords; 0: half the cores, at least one.
+    #[arg(long, env = "IMD_BCRYPT_THREADS", default_value_t = 0)]
+    pub bcrypt_threads: usize,
+
+    /// Password checks that may wait for a bcrypt thread; beyond, 503 "busy, retry".
+    #[arg(long, env = "IMD_BCRYPT_QUEUE", default_value_t = 64)]
+    pub bcrypt_queue: usize,
+
     /// Origins (`scheme://host[:port]`, comma-separated) whose web pages may open a WebSocket
     /// and get CORS answers; `*` allows any. Default: only pages of the host and port the
     /// request was sent to. Clients that send no Origin (curl, wscat) are always allowed.

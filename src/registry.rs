@@ -60,11 +60,44 @@ pub struct Registry {
     next_id: AtomicU64,
     outbox_bytes: usize,
     metrics: Arc<Metrics>,
+    /// WebSocket sessions per user, counted from the upgrade (before `add`) to the session's end.
+    sessions_of: DashMap<u64, usize>,
+}
+
+/// One user's place among their capped sessions; given back when dropped.
+pub struct UserSlot {
+    registry: Arc<Registry>,
+    uid: u64,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        self.registry.sessions_of.remove_if_mut(&self.uid, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
 }
 
 impl Registry {
     pub fn new(outbox_bytes: usize, metrics: Arc<Metrics>) -> Registry {
-        Registry { by_uid: DashMap::new(), next_id: AtomicU64::new(1), outbox_bytes, metrics }
+        Registry {
+            by_uid: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            outbox_bytes,
+            metrics,
+            sessions_of: DashMap::new(),
+        }
+    }
+
+    /// A place for one more session of `uid`, unless they have `max` already (0: no cap).
+    pub fn reserve_session(self: &Arc<Self>, uid: u64, max: usize) -> Option<UserSlot> {
+        let mut count = self.sessions_of.entry(uid).or_insert(0);
+        if max > 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot { registry: self.clone(), uid })
     }
 
     pub fn add(&self, uid: u64, device: &str) -> Arc<Connection> {

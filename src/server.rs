@@ -13,12 +13,14 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::auth::{self, Auth};
 use crate::config::Config;
+use crate::conn_limits::ConnLimits;
 use crate::directory::Directory;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Store, WriterSettings};
 use crate::supervisor::Supervisor;
+use crate::throttle::Throttle;
 
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -26,6 +28,31 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a daemon whose worker died keeps answering 503 before it exits.
 const FAILED_LINGER: Duration = Duration::from_secs(1);
+/// File descriptors kept out of the default connection cap: the database, its WAL, logs,
+/// and connections being refused.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (every connection is a descriptor);
+/// returns the soft limit in force afterwards.
+pub fn raise_file_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        tracing::warn!("getrlimit(RLIMIT_NOFILE): {}", std::io::Error::last_os_error());
+        return 1024;
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            tracing::warn!("setrlimit(RLIMIT_NOFILE, {}): {}", lim.rlim_max, std::io::Error::last_os_error());
+        }
+    }
+    tracing::info!("open file limit {} (was {before}, hard {})", lim.rlim_cur, lim.rlim_max);
+    lim.rlim_cur
+}
 
 /// Binds `host:port` with a backlog deep enough for bursts of connects.
 pub fn bind(host: &str, port: u16) -> std::io::Result<std::net::TcpListener> {
@@ -68,7 +95,15 @@ async fn serve(
         Some(secret) if !secret.is_empty() => secret.clone(),
         _ => auth::stored_secret(&db)?,
     };
-    let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?;
+    let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?
+        .with_bcrypt_pool(config.bcrypt_threads, config.bcrypt_queue);
+    let file_limit = raise_file_limit();
+    let max_connections = match config.max_connections {
+        0 => file_limit.saturating_sub(FD_RESERVE).max(1) as usize,
+        n => n,
+    };
+    let conns = ConnLimits::new(max_connections, config.max_connections_per_ip);
+    let throttle = Throttle::new(config.login_failures_per_user, config.login_failures_per_ip);
     let registry = Arc::new(Registry::new(config.outbox_bytes, metrics.clone()));
     let fanout = Fanout {
         registry: registry.clone(),
@@ -92,6 +127,8 @@ async fn serve(
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         supervisor,
+        conns,
+        throttle,
     });
 
     let listener = TcpListener::from_std(listener)?;
@@ -153,8 +190,11 @@ async fn serve(
 
 async fn accept(app: &Arc<App>, accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>) {
     match accepted {
-        Ok((stream, _)) => {
-            tokio::spawn(crate::http::serve_connection(app.clone(), stream));
+        Ok((stream, peer)) => {
+            // Counted from here to the connection's (or its WebSocket session's) end; over a
+            // cap it is still served, with a refusal, so the client learns why.
+            let admitted = app.conns.admit(peer.ip());
+            tokio::spawn(crate::http::serve_connection(app.clone(), stream, peer, admitted));
         }
         Err(e) => {
             // Out of file descriptors, most likely: back off instead of spinning.

@@ -19,6 +19,7 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of `Start`'s options does not matter.
 #[derive(Subcommand)]
 enum Command {
     /// Start the daemon on PORT (0: any free port).

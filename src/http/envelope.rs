@@ -14,11 +14,13 @@ pub type Body = Full<Bytes>;
 pub struct ApiError {
     pub code: u16,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429 from the login throttle).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: u16, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), retry_after: None }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, message)
@@ -55,7 +57,13 @@ pub type ApiResult = Result<Value, ApiError>;
 pub fn reply(result: ApiResult) -> Response<Body> {
     match result {
         Ok(data) => envelope(200, "success", data),
-        Err(e) => envelope(e.code, &e.message, Value::Null),
+        Err(e) => {
+            let mut response = envelope(e.code, &e.message, Value::Null);
+            if let Some(secs) = e.retry_after {
+                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            }
+            response
+        }
     }
 }
 

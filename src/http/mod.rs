@@ -11,14 +11,17 @@ mod shop;
 mod user;
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpStream;
 
@@ -27,40 +30,121 @@ use envelope::{ApiResult, reply, with_body};
 pub use params::Params;
 
 use crate::app::App;
+use crate::bcrypt_pool::Busy;
+use crate::conn_limits::{ConnPermit, Refusal};
+use crate::throttle::{Outcome, Throttled};
 
-/// Serves one TCP connection until it closes (or is upgraded to a WebSocket).
-pub async fn serve_connection(app: Arc<App>, stream: TcpStream) {
+/// The connection a request came on: the client's address and its place under the
+/// connection caps (a WebSocket session keeps it).
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub permit: Arc<ConnPermit>,
+}
+
+/// Serves one TCP connection until it closes (or is upgraded to a WebSocket). A connection
+/// over a cap (`admitted` is a refusal) gets every request answered 503/429 and is closed.
+pub async fn serve_connection(
+    app: Arc<App>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    admitted: Result<ConnPermit, Refusal>,
+) {
     let _ = stream.set_nodelay(true);
     // For the WebSocket upgrade, which corks the socket while it answers (see `ws::cork`).
     let socket = stream.as_raw_fd();
     let io = TokioIo::new(stream);
+    let mut builder = http1::Builder::new();
+    // hyper's timer also runs while a kept-alive connection waits for its next request head.
+    builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(app.config.http_header_timeout.max(1)));
+    let idle_timeout = Duration::from_secs(app.config.http_idle_timeout.max(1));
+    let permit = match admitted {
+        Ok(permit) => Arc::new(permit),
+        Err(refusal) => {
+            builder.keep_alive(false);
+            let service = service_fn(move |_req| async move {
+                Ok::<_, Infallible>(envelope(refusal.code(), refusal.message(), serde_json::Value::Null))
+            });
+            let _ = tokio::time::timeout(idle_timeout, builder.serve_connection(io, service)).await;
+            return;
+        }
+    };
+    let peer = Peer { addr, permit };
+    let activity = Arc::new(Activity::default());
+    let counter = activity.clone();
     let service = service_fn(move |req| {
-        let app = app.clone();
-        async move { Ok::<_, Infallible>(handle(app, req, socket).await) }
+        let (app, peer, counter) = (app.clone(), peer.clone(), counter.clone());
+        async move {
+            counter.started.fetch_add(1, Ordering::Relaxed);
+            counter.in_flight.fetch_add(1, Ordering::Relaxed);
+            let response = handle(app, req, socket, peer).await;
+            counter.in_flight.fetch_sub(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(response)
+        }
     });
-    let _ = http1::Builder::new().serve_connection(io, service).with_upgrades().await;
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    // Idle: no request in flight now and none started during the last whole timeout, so a
+    // quiet connection is closed between one and two timeouts after its last request.
+    let mut started_before = 0;
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tokio::time::sleep(idle_timeout) => {
+                let started = activity.started.load(Ordering::Relaxed);
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && started == started_before {
+                    // Closes an idle connection at once, or after the response in progress.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(idle_timeout, &mut conn).await;
+                    return;
+                }
+                started_before = started;
+            }
+        }
+    }
+}
+
+/// Requests of one connection: how many have started, how many are being answered.
+#[derive(Default)]
+struct Activity {
+    started: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+impl From<Throttled> for ApiError {
+    fn from(t: Throttled) -> Self {
+        let mut e = ApiError::new(429, format!("too many failed attempts; retry in {} s", t.retry_after));
+        e.retry_after = Some(t.retry_after);
+        e
+    }
+}
+
+impl From<Busy> for ApiError {
+    fn from(_: Busy) -> Self {
+        ApiError::new(503, "busy checking passwords; retry in a moment")
+    }
 }
 
 /// Answers CORS preflight (`OPTIONS`, any path) and marks other answers for allowed origins.
-async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
+async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer) -> Response<Body> {
     let verdict = origin::check(&app.config.allowed_origins, req.headers());
     if req.method() == Method::OPTIONS {
         return origin::preflight(&verdict);
     }
-    let mut response = respond(app, req, socket).await;
+    let mut response = respond(app, req, socket, peer).await;
     if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
         origin::add_cors_headers(&mut response, &verdict);
     }
     response
 }
 
-async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Response<Body> {
+async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer) -> Response<Body> {
     if let Some(worker) = app.supervisor.failed() {
         return failed(&app, worker);
     }
     let path = req.uri().path();
     if path == "/" {
-        return crate::ws::upgrade(app, req, socket);
+        return crate::ws::upgrade(app, req, socket, peer.permit);
     }
     let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return reply(Err(ApiError::not_found(format!("no such endpoint: {path}"))));
@@ -76,10 +160,11 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd) -> Respon
             None => reply(Ok(health(&app))),
         },
         _ => {
-            let params = match Params::from_request(req).await {
+            let mut params = match Params::from_request(req, app.config.max_body_bytes).await {
                 Ok(params) => params,
                 Err(e) => return reply(Err(e)),
             };
+            params.peer = Some(peer.addr.ip());
             reply(route(&app, &path, params).await)
         }
     }
@@ -111,8 +196,11 @@ const ROUTES: &[(&str, Method)] = &[
 
 async fn route(app: &App, path: &str, params: Params) -> ApiResult {
     match path {
-        "/user/register" => user::register(app, params).await,
-        "/user/login" => user::login(app, params).await,
+        "/user/register" => throttled(app, params.peer, None, user::register(app, params)).await,
+        "/user/login" => {
+            let name = params.get("username").map(str::to_string);
+            throttled(app, params.peer, name, user::login(app, params)).await
+        }
         "/user/logout" => user::logout(app, params).await,
         "/user/me" => user::me(app, params).await,
         "/room/create" => room::create(app, params).await,
@@ -131,6 +219,26 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
         "/message/conversations" => message::conversations(app, params).await,
         _ => Err(ApiError::not_found(format!("no such endpoint: {path}"))),
     }
+}
+
+/// Login and register under the throttle: 429 with Retry-After while the client's address (or,
+/// for a login, the username) is over its rate. Wrong credentials (401) and taken names (409)
+/// are failures, bad input is not; a successful login clears its name's failures.
+async fn throttled(
+    app: &App,
+    ip: Option<IpAddr>,
+    name: Option<String>,
+    handler: impl Future<Output = ApiResult>,
+) -> ApiResult {
+    app.throttle.begin(ip, name.as_deref())?;
+    let result = handler.await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Succeeded,
+        Err(e) if matches!(e.code, 401 | 409) => Outcome::Failed,
+        Err(_) => Outcome::Neither,
+    };
+    app.throttle.settled(ip, name.as_deref(), outcome);
+    result
 }
 
 /// Every request's answer once a watched worker has died, until the daemon exits (a second

@@ -2,6 +2,7 @@
 //! access token from `Authorization: Bearer` or `?access_token=`.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -12,17 +13,17 @@ use super::envelope::ApiError;
 use crate::app::App;
 use crate::auth::Claims;
 
-/// Largest request body accepted.
-const MAX_BODY: usize = 64 * 1024;
-
 #[derive(Debug, Default)]
 pub struct Params {
     values: HashMap<String, String>,
     bearer: Option<String>,
+    /// The client's address (for the login throttle).
+    pub peer: Option<IpAddr>,
 }
 
 impl Params {
-    pub async fn from_request(req: Request<Incoming>) -> Result<Params, ApiError> {
+    /// Reads the query and a body of at most `max_body` bytes (413 beyond).
+    pub async fn from_request(req: Request<Incoming>, max_body: usize) -> Result<Params, ApiError> {
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -31,10 +32,10 @@ impl Params {
             .map(|t| t.trim().to_string());
         let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let query = req.uri().query().map(str::to_owned);
-        let body = Limited::new(req.into_body(), MAX_BODY)
+        let body = Limited::new(req.into_body(), max_body)
             .collect()
             .await
-            .map_err(|_| ApiError::new(413, format!("request body over {MAX_BODY} bytes")))?
+            .map_err(|_| ApiError::new(413, format!("request body over {max_body} bytes")))?
             .to_bytes();
         let mut params = Params::parse(content_type.as_deref(), query.as_deref(), &body)?;
         params.bearer = bearer;

@@ -34,7 +34,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
     if taken {
         return Err(ApiError::new(409, format!("username {username} is taken")));
     }
-    let hash = app.auth.hash_password(password).await.ok_or_else(|| ApiError::new(500, "cannot hash the password"))?;
+    let hash = app.auth.hash_password(password).await?.ok_or_else(|| ApiError::new(500, "cannot hash the password"))?;
     let name = username.clone();
     let shared_mark = app.directory.unread.shared_mark();
     let created = app
@@ -89,7 +89,7 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
         .await?;
     // No length check here: accounts made before the 72-byte limit log in as they always did.
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !app.auth.check_password(password, hash).await {
+    if !app.auth.check_password(password, hash).await? {
         return Err(ApiError::unauthorized("wrong username or password"));
     }
     let Some(user) = user else { return Err(ApiError::unauthorized("wrong username or password")) };

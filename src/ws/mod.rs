@@ -19,11 +19,14 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use self::cork::Cork;
 use crate::app::App;
+use crate::conn_limits::ConnPermit;
 use crate::http::{ApiError, Body, envelope};
 
 /// Answers `GET /?access_token=…`: 403 before the upgrade for a refused Origin, 401 for a bad
-/// token, else 101 and a session task on the upgraded connection.
-pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, socket: RawFd) -> Response<Body> {
+/// token, 429 when the user has `--max-connections-per-user` sessions already, else 101 and a
+/// session task on the upgraded connection, which keeps the connection's `permit` (its place
+/// under the caps).
+pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, socket: RawFd, permit: Arc<ConnPermit>) -> Response<Body> {
     let headers = req.headers();
     // A page of another site must not ride a user's token (cross-site WebSocket hijacking).
     if crate::http::origin::check(&app.config.allowed_origins, headers) == crate::http::origin::Verdict::Refused {
@@ -46,12 +49,20 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, socket: RawFd) -> Resp
     let Some(claims) = app.authenticate(token) else {
         return refusal(ApiError::unauthorized("the access token is invalid, expired or revoked"));
     };
+    let Some(slot) = app.registry.reserve_session(claims.uid, app.config.max_connections_per_user) else {
+        return refusal(ApiError::new(
+            429,
+            format!("you have {} connections open already; close one first", app.config.max_connections_per_user),
+        ));
+    };
     let device: String = param("device").or_else(|| param("fromSource")).unwrap_or("web").chars().take(32).collect();
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let cork = Cork::new(socket);
     let tracker = app.sessions.clone();
     tracker.spawn(async move {
+        // Held for the session's life: both are given back when it ends.
+        let _places = (slot, permit);
         match on_upgrade.await {
             Ok(upgraded) => session::run(app, TokioIo::new(upgraded), claims, device, cork).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
