@@ -912,6 +912,12 @@ mod tests {
         assert_eq!(writer.next_id, max_id + 1, "next_id");
     }
 
+    /// A trigger `fail` that runs `raise` (`RAISE(ABORT, …)`, `RAISE(ROLLBACK, …)`, …) at
+    /// `when` (`AFTER INSERT ON messages WHEN …`): a real failure of SQLite's own making.
+    fn fail_when(writer: &Writer, when: &str, raise: &str) {
+        writer.conn.execute_batch(&format!("CREATE TRIGGER fail {when} BEGIN SELECT {raise}; END")).unwrap();
+    }
+
     fn writer_on(dir: &tempfile::TempDir) -> (Writer, DeliveryReceiver) {
         let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
         let (tx, deliveries) = delivery_channel();
@@ -922,13 +928,7 @@ mod tests {
     fn a_message_that_fails_alone_leaves_its_neighbours_and_the_seqs_whole() {
         let dir = tempfile::tempdir().unwrap();
         let (mut writer, mut deliveries) = writer_on(&dir);
-        writer
-            .conn
-            .execute_batch(
-                "CREATE TRIGGER fail AFTER INSERT ON messages WHEN NEW.body = '\"fail\"'
-                 BEGIN SELECT RAISE(ABORT, 'injected'); END",
-            )
-            .unwrap();
+        fail_when(&writer, "AFTER INSERT ON messages WHEN NEW.body = '\"fail\"'", "RAISE(ABORT, 'injected')");
         let mut batch = vec![
             text("1_1_2", 2, "a", "a"),
             text("1_1_2", 2, "f1", "fail"),
@@ -959,13 +959,7 @@ mod tests {
         let mut batch = vec![text("1_1_2", 2, "a", "a")];
         writer.run_batch(&mut batch);
         assert_eq!(acked(&answers(&mut deliveries)), ["a"]);
-        writer
-            .conn
-            .execute_batch(
-                "CREATE TRIGGER fail AFTER INSERT ON messages WHEN NEW.body = '\"fail\"'
-                 BEGIN SELECT RAISE(FAIL, 'injected'); END",
-            )
-            .unwrap();
+        fail_when(&writer, "AFTER INSERT ON messages WHEN NEW.body = '\"fail\"'", "RAISE(FAIL, 'injected')");
         let Command::Message(known) = text("1_1_2", 2, "x", "x") else { unreachable!() };
         assert!(!writer.needs_savepoint(&known), "a known conversation goes without a savepoint");
         let mut batch = vec![text("1_1_2", 2, "f", "fail"), text("1_1_2", 2, "b", "b"), text("1_1_2", 2, "c", "c")];
@@ -981,13 +975,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut writer, mut deliveries) = writer_on(&dir);
         // Recording the agents who wait for a service conversation fails: after its row.
-        writer
-            .conn
-            .execute_batch(
-                "CREATE TRIGGER fail BEFORE INSERT ON participants WHEN NEW.uid = 99
-                 BEGIN SELECT RAISE(ABORT, 'injected'); END",
-            )
-            .unwrap();
+        fail_when(&writer, "BEFORE INSERT ON participants WHEN NEW.uid = 99", "RAISE(ABORT, 'injected')");
         let mut batch = vec![text("1_1_2", 2, "a", "a"), to_shop("s1", vec![99]), text("1_1_2", 2, "b", "b")];
         writer.run_batch(&mut batch);
         let got = answers(&mut deliveries);
@@ -1006,13 +994,7 @@ mod tests {
     fn a_transaction_rolled_back_mid_batch_is_retried_without_the_message_that_failed() {
         let dir = tempfile::tempdir().unwrap();
         let (mut writer, mut deliveries) = writer_on(&dir);
-        writer
-            .conn
-            .execute_batch(
-                "CREATE TRIGGER fail BEFORE INSERT ON messages WHEN NEW.body = '\"fail\"'
-                 BEGIN SELECT RAISE(ROLLBACK, 'injected'); END",
-            )
-            .unwrap();
+        fail_when(&writer, "BEFORE INSERT ON messages WHEN NEW.body = '\"fail\"'", "RAISE(ROLLBACK, 'injected')");
         let (job1, mut job1_done) = job("j1");
         let (job2, mut job2_done) = job("j2");
         let mut batch = vec![
@@ -1053,13 +1035,7 @@ mod tests {
     fn a_batch_that_keeps_losing_its_transaction_refuses_only_what_fails() {
         let dir = tempfile::tempdir().unwrap();
         let (mut writer, mut deliveries) = writer_on(&dir);
-        writer
-            .conn
-            .execute_batch(
-                "CREATE TRIGGER fail BEFORE INSERT ON messages WHEN NEW.body = '\"fail\"'
-                 BEGIN SELECT RAISE(ROLLBACK, 'injected'); END",
-            )
-            .unwrap();
+        fail_when(&writer, "BEFORE INSERT ON messages WHEN NEW.body = '\"fail\"'", "RAISE(ROLLBACK, 'injected')");
         // More failures than whole-batch attempts: the rest run one transaction each.
         let mut batch: Vec<Command> = (0..12)
             .map(|i| {
