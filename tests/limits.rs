@@ -279,6 +279,25 @@ async fn failed_logins_per_username_are_answered_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn registering_a_taken_name_again_and_again_is_throttled_per_username() {
+    let server = Server::start_with(&["--login-failures-per-user", "3", "--login-failures-per-ip", "1000"]).await;
+    server.register("alice").await;
+    let again = json!({"username": "alice", "password": "secret-pw"});
+    for i in 0..3 {
+        let (status, _, body) = request(server.addr, "POST", "/user/register", Some(again.clone())).await;
+        assert_eq!(status, 409, "attempt {i} is an ordinary 409: {body}");
+    }
+    let (status, retry_after, body) = request(server.addr, "POST", "/user/register", Some(again)).await;
+    assert_eq!((status, body["code"].as_u64()), (429, Some(429)), "{body}");
+    assert!(retry_after.is_some(), "Retry-After");
+    // Registration attempts do not lock the account's owner out of logging in.
+    let (status, _, body) = login(server.addr, "alice", "secret-pw").await;
+    assert_eq!(status, 200, "{body}");
+    // Other names still register.
+    server.register("bob").await;
+}
+
+#[tokio::test]
 async fn failures_per_ip_throttle_login_and_register() {
     let server = Server::start_with(&["--login-failures-per-ip", "3", "--login-failures-per-user", "100"]).await;
     server.register("alice").await;

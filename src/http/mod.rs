@@ -196,7 +196,12 @@ const ROUTES: &[(&str, Method)] = &[
 
 async fn route(app: &App, path: &str, params: Params) -> ApiResult {
     match path {
-        "/user/register" => throttled(app, params.peer, None, user::register(app, params)).await,
+        "/user/register" => {
+            // A name of its own in the per-username table: guessing at registrations must not
+            // lock the name's owner out of logging in.
+            let name = params.get("username").map(|name| format!("register\u{0}{name}"));
+            throttled(app, params.peer, name, user::register(app, params)).await
+        }
         "/user/login" => {
             let name = params.get("username").map(str::to_string);
             throttled(app, params.peer, name, user::login(app, params)).await
@@ -221,8 +226,8 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
     }
 }
 
-/// Login and register under the throttle: 429 with Retry-After while the client's address (or,
-/// for a login, the username) is over its rate. Wrong credentials (401) and taken names (409)
+/// Login and register under the throttle: 429 with Retry-After while the client's address or
+/// the username (for a login, or for registering that name) is over its rate. Wrong credentials (401) and taken names (409)
 /// are failures, bad input is not; a successful login clears its name's failures.
 async fn throttled(
     app: &App,
