@@ -18,6 +18,7 @@ pub mod frames;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod notify;
 pub mod registry;
 pub mod revocations;
 pub mod rooms;

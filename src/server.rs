@@ -141,6 +141,7 @@ async fn serve(
     crate::revocations::spawn(app.clone());
     tracing::info!("imd listening on {addr}, database {}", app.config.db.display());
     on_ready(addr);
+    crate::notify::ready();
 
     let stop = app.shutdown.cancelled();
     let failure = app.supervisor.failure();
@@ -166,6 +167,7 @@ async fn serve(
         }
     }
     app.supervisor.stopping();
+    crate::notify::stopping();
     drop(listener);
     tracing::info!("shutting down: closing {} connections", app.registry.online_connections());
     app.sessions.close();
