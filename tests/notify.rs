@@ -58,6 +58,7 @@ async fn ready_once_listening_and_stopping_on_sigterm() {
     let (status, body) = common::http(addr, "GET", "/health", None, None).await;
     assert_eq!(status, 200, "{body}");
 
+    // SAFETY: kill(2) on the child this test spawned and has not yet reaped.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let stopping = next_datagram(&socket, "STOPPING").await;
     assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
