@@ -3,12 +3,14 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Stdio;
 
 use common::{BIN, WAIT};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixDatagram;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 /// Waits for the next datagram on `socket` and returns it as text.
 async fn next_datagram(socket: &UnixDatagram, what: &str) -> String {
@@ -20,41 +22,57 @@ async fn next_datagram(socket: &UnixDatagram, what: &str) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-#[tokio::test]
-async fn ready_once_listening_and_stopping_on_sigterm() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sock_path = dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+/// Starts imd in the foreground with `NOTIFY_SOCKET` set to `notify`; returns it and the
+/// address from its `listening on` line.
+async fn start_with_notify_socket(dir: &Path, notify: &Path) -> (Child, SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db"])
-        .arg(dir.path().join("imd.db"))
-        .env("NOTIFY_SOCKET", &sock_path)
+        .arg(dir.join("imd.db"))
+        .env("NOTIFY_SOCKET", notify)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn imd");
-    let pid = child.id().expect("pid");
-
-    let ready = next_datagram(&socket, "READY").await;
-    let lines: Vec<&str> = ready.lines().collect();
-    assert!(lines.contains(&"READY=1"), "{ready:?}");
-    assert!(lines.contains(&format!("MAINPID={pid}").as_str()), "{ready:?}");
-
-    // Ready means listening: the port printed on stdout answers /health now.
     let stdout = child.stdout.take().expect("stdout");
     let mut out = BufReader::new(stdout).lines();
     let addr = tokio::time::timeout(WAIT, async {
         while let Some(line) = out.next_line().await.expect("stdout") {
             if let Some(rest) = line.strip_prefix("listening on ") {
-                return rest.trim().parse::<std::net::SocketAddr>().expect("address");
+                return rest.trim().parse::<SocketAddr>().expect("address");
             }
         }
         panic!("imd exited before listening");
     })
     .await
     .expect("listening line");
+    // Keep draining stdout so the daemon never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    (child, addr)
+}
+
+/// SIGTERM to `child`; it must exit 0 within the timeout.
+async fn terminate(mut child: Child) {
+    let pid = child.id().expect("pid");
+    // SAFETY: kill(2) on the child this test spawned and has not yet reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exit after SIGTERM").expect("wait");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn ready_once_listening_and_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    let (mut child, addr) = start_with_notify_socket(dir.path(), &sock_path).await;
+    let pid = child.id().expect("pid");
+
+    let ready = next_datagram(&socket, "READY").await;
+    let lines: Vec<&str> = ready.lines().collect();
+    assert!(lines.contains(&"READY=1"), "{ready:?}");
+    assert!(lines.contains(&format!("MAINPID={pid}").as_str()), "{ready:?}");
     let (status, body) = common::http(addr, "GET", "/health", None, None).await;
     assert_eq!(status, 200, "{body}");
 
@@ -67,11 +85,11 @@ async fn ready_once_listening_and_stopping_on_sigterm() {
 }
 
 #[tokio::test]
-async fn nothing_is_sent_and_nothing_breaks_without_notify_socket() {
-    // The harness never sets NOTIFY_SOCKET; a daemon that then tried to notify would still
-    // have to start and stop cleanly.
-    let mut server = common::Server::start().await;
-    let (status, body) = server.get("/health", None).await;
+async fn an_unreachable_notify_socket_does_not_stop_the_daemon() {
+    // systemd gone, or a stale variable: the send fails, is logged, and imd serves anyway.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (child, addr) = start_with_notify_socket(dir.path(), &dir.path().join("nobody-listens.sock")).await;
+    let (status, body) = common::http(addr, "GET", "/health", None, None).await;
     assert_eq!(status, 200, "{body}");
-    assert!(server.terminate().await.success());
+    terminate(child).await;
 }
