@@ -59,9 +59,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = Connection::open(dir.path().join("a.db")).unwrap();
         source.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x TEXT);").unwrap();
+        source.execute_batch("BEGIN").unwrap();
         for i in 0..2000 {
-            source.execute("INSERT INTO t (x) VALUES (?1)", [format!("row {i} {}", "x".repeat(100))]).unwrap();
+            source.execute("INSERT INTO t (x) VALUES (?1)", [format!("row {i} {}", "x".repeat(1000))]).unwrap();
         }
+        source.execute_batch("COMMIT").unwrap();
         let mut dest = Connection::open(dir.path().join("b.db")).unwrap();
         let mut last = (0, 0);
         let mut steps = 0;
