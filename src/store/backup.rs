@@ -77,4 +77,33 @@ mod tests {
         let rows: i64 = dest.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(rows, 2000);
     }
+
+    /// Another connection (the daemon's writer) commits between the steps: the copy is the
+    /// snapshot of when it began, and it finishes rather than restarting.
+    #[test]
+    fn commits_during_the_copy_are_not_in_it_and_do_not_restart_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let source = Connection::open(&path).unwrap();
+        source.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (x TEXT);").unwrap();
+        source.execute_batch("BEGIN").unwrap();
+        for i in 0..2000 {
+            source.execute("INSERT INTO t (x) VALUES (?1)", [format!("row {i} {}", "x".repeat(1000))]).unwrap();
+        }
+        source.execute_batch("COMMIT").unwrap();
+        let writer = Connection::open(&path).unwrap();
+        let mut dest = Connection::open(dir.path().join("b.db")).unwrap();
+        let mut steps = 0;
+        copy(&source, &mut dest, |_, _| {
+            steps += 1;
+            assert!(steps < 100, "the copy keeps restarting");
+            writer.execute("INSERT INTO t (x) VALUES (?1)", [format!("late {}", "y".repeat(1000))]).unwrap();
+        })
+        .unwrap();
+        assert!(steps > 1);
+        let copied: i64 = dest.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(copied, 2000, "the rows of when the copy began");
+        let now: i64 = writer.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(now, 2000 + steps);
+    }
 }
