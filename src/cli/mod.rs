@@ -1,5 +1,7 @@
-//! The `imd` command line: start, stop, status, user.
+//! The `imd` command line: start, stop, status, backup, user.
 
+mod accounts;
+mod backup;
 mod control;
 mod locate;
 mod user;
@@ -54,6 +56,16 @@ enum Command {
         #[arg(long, env = "IMD_PID_FILE")]
         pid_file: Option<PathBuf>,
     },
+    /// Copy the database (also while a daemon writes it) to PATH, consistently.
+    Backup {
+        path: PathBuf,
+        /// SQLite database file (must exist).
+        #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
+        db: PathBuf,
+        /// Replace PATH if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Account tools that work on the database directly.
     User {
         #[command(subcommand)]
@@ -63,11 +75,37 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UserCommand {
+    /// List every account: uid, username and role, tab-separated, one per line.
+    List {
+        /// SQLite database file (must exist).
+        #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
+        db: PathBuf,
+    },
+    /// Create an account; its password is the first line of stdin.
+    Add {
+        name: String,
+        /// SQLite database file (must exist).
+        #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
+        db: PathBuf,
+        /// bcrypt cost of the password hash.
+        #[arg(long, env = "IMD_BCRYPT_COST", default_value_t = 10)]
+        bcrypt_cost: u32,
+    },
+    /// Set a user's password (the first line of stdin) and revoke every token they hold.
+    Passwd {
+        name: String,
+        /// SQLite database file (must exist).
+        #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
+        db: PathBuf,
+        /// bcrypt cost of the password hash.
+        #[arg(long, env = "IMD_BCRYPT_COST", default_value_t = 10)]
+        bcrypt_cost: u32,
+    },
     /// Set a user's role.
     Role {
         name: String,
         role: Role,
-        /// SQLite database file.
+        /// SQLite database file (must exist).
         #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
         db: PathBuf,
     },
@@ -102,6 +140,12 @@ pub fn run() -> i32 {
         Command::Start { port, daemon, config } => start(port, daemon, *config),
         Command::Stop { port, host, pid_file, timeout } => control::stop(port, &host, pid_file, timeout),
         Command::Status { port, host, pid_file } => control::status(port, &host, pid_file),
+        Command::Backup { path, db, force } => backup::run(&db, &path, force),
+        Command::User { command: UserCommand::List { db } } => accounts::list(&db),
+        Command::User { command: UserCommand::Add { name, db, bcrypt_cost } } => accounts::add(&db, &name, bcrypt_cost),
+        Command::User { command: UserCommand::Passwd { name, db, bcrypt_cost } } => {
+            accounts::passwd(&db, &name, bcrypt_cost)
+        }
         Command::User { command: UserCommand::Role { name, role, db } } => user::set_role(&db, &name, role),
         Command::User { command: UserCommand::Revoke { name, db } } => user::revoke(&db, &name),
     }

@@ -1,20 +1,21 @@
 //! `imd user role NAME admin|user` and `imd user revoke NAME`: change the database directly
 //! (also while a daemon runs: it reads roles fresh when it needs them, and watches for
-//! revocations).
+//! revocations). `list`, `add` and `passwd` are in `accounts`.
 
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::Role;
 use crate::directory;
-use crate::store::{Store, StoreResult};
+use crate::store::StoreResult;
+use crate::store::offline::{Access, open_existing};
 
 pub fn set_role(db: &Path, name: &str, role: Role) -> i32 {
-    let conn = match Store::prepare(db) {
+    let conn = match open_existing(db, Access::Write) {
         Ok(conn) => conn,
-        Err(e) => {
-            eprintln!("imd: cannot open {}: {e}", db.display());
+        Err(why) => {
+            eprintln!("imd: cannot open {why}");
             return 1;
         }
     };
@@ -35,10 +36,10 @@ pub fn set_role(db: &Path, name: &str, role: Role) -> i32 {
 }
 
 pub fn revoke(db: &Path, name: &str) -> i32 {
-    let conn = match open_existing(db) {
+    let conn = match open_existing(db, Access::Write) {
         Ok(conn) => conn,
         Err(why) => {
-            eprintln!("imd: cannot open {}: {why}", db.display());
+            eprintln!("imd: cannot open {why}");
             return 1;
         }
     };
@@ -56,24 +57,6 @@ pub fn revoke(db: &Path, name: &str) -> i32 {
             1
         }
     }
-}
-
-/// Opens an imd database that exists, without creating or migrating anything.
-fn open_existing(db: &Path) -> Result<Connection, String> {
-    if !db.is_file() {
-        return Err("no such database file".into());
-    }
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(db, flags).map_err(|e| e.to_string())?;
-    // A daemon's writer may hold the lock for a batch.
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    let users: i64 = conn
-        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'users'", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    if users == 0 {
-        return Err("not an imd database (no users table)".into());
-    }
-    Ok(conn)
 }
 
 /// Bumps `name`'s token generation and counts the revocation for a running daemon, in one

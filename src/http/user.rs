@@ -13,7 +13,11 @@ use crate::usernames;
 /// rather than silently cut.
 const MAX_PASSWORD_BYTES: usize = 72;
 
-fn valid_password(password: &str) -> bool {
+/// What is wrong with a refused password, for the client (400) and `imd user add|passwd`.
+pub const PASSWORD_RULE: &str = "password must be 6 characters to 72 bytes (bcrypt's limit)";
+
+/// Whether `password` may be set (a new account or a new password).
+pub fn valid_password(password: &str) -> bool {
     password.chars().count() >= 6 && password.len() <= MAX_PASSWORD_BYTES
 }
 
@@ -22,9 +26,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
     let password = params.require("password")?.to_string();
     let username = usernames::normalise(username).ok_or_else(|| ApiError::bad_request(usernames::RULE))?;
     if !valid_password(&password) {
-        return Err(ApiError::bad_request(format!(
-            "password must be 6 characters to {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
-        )));
+        return Err(ApiError::bad_request(PASSWORD_RULE));
     }
     let key = usernames::key(&username);
     // Before hashing: a taken name must not cost a bcrypt run. The UNIQUE index still decides
@@ -93,6 +95,12 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
         return Err(ApiError::unauthorized("wrong username or password"));
     }
     let Some(user) = user else { return Err(ApiError::unauthorized("wrong username or password")) };
+    // An account `imd user add` made while the daemon ran: the daemon learns it now (nothing
+    // known as read: its unread hints start conservative).
+    if !app.directory.user_exists(user.uid) {
+        app.directory.unread.registered(user.uid, 0);
+        app.directory.add_user(user.uid, &user.username, user.token_gen);
+    }
     let (token, expires_in) = app.auth.issue(user.uid, &user.username, user.token_gen);
     Ok(json!({
         "access_token": token,

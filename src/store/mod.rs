@@ -2,9 +2,12 @@
 //! commands per transaction (group commit); reads run on a small pool of read-only
 //! connections on tokio's blocking threads. Nothing here blocks an async worker.
 
+pub mod accounts;
+pub mod backup;
 mod checkpoint;
 pub mod delivered;
 mod messages;
+pub mod offline;
 pub mod queries;
 mod schema;
 mod writer;

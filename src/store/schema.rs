@@ -14,6 +14,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/006_sync_floor.sql"),
 ];
 
+/// The schema version (`PRAGMA user_version`) this binary writes: every migration applied.
+pub const VERSION: usize = MIGRATIONS.len();
+
 /// The migration (1-based) that adds `users.name_key`, which only code can fill.
 const NAME_KEYS: usize = 4;
 

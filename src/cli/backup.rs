@@ -1,0 +1,79 @@
+//! `imd backup PATH`: an online copy of the database, written beside PATH under a temporary
+//! name and renamed once complete, so PATH is never a half-written copy.
+
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use crate::store::backup;
+use crate::store::offline::{Access, open_existing};
+
+pub fn run(db: &Path, path: &Path, force: bool) -> i32 {
+    match take(db, path, force) {
+        Ok(pages) => {
+            println!("backed up {} to {} ({pages} pages)", db.display(), path.display());
+            0
+        }
+        Err(why) => {
+            eprintln!("imd: backup failed: {why}");
+            1
+        }
+    }
+}
+
+fn take(db: &Path, path: &Path, force: bool) -> Result<u64, String> {
+    if path.exists() && !force {
+        return Err(format!("{} exists (--force replaces it)", path.display()));
+    }
+    let source = open_existing(db, Access::Read)?;
+    let temp = temp_name(path)?;
+    // Created here, not by SQLite: for the owner only whatever the umask, and never a file
+    // that was already there.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(|e| format!("cannot create {}: {e}", temp.display()))?;
+    let result = copy_into(&source, &temp).and_then(|pages| {
+        std::fs::rename(&temp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
+        Ok(pages)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Copies into `temp`, showing progress on a terminal; the pages copied.
+fn copy_into(source: &Connection, temp: &Path) -> Result<u64, String> {
+    let mut dest = Connection::open(temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+    let tty = std::io::stderr().is_terminal();
+    let mut pages = 0;
+    backup::copy(source, &mut dest, |copied, total| {
+        pages = total;
+        if tty {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\rbackup: {copied}/{total} pages");
+            let _ = err.flush();
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if tty {
+        eprintln!();
+    }
+    // Closed before the rename, so an error closing is not hidden behind a finished name.
+    dest.close().map_err(|(_, e)| format!("{}: {e}", temp.display()))?;
+    Ok(pages)
+}
+
+/// `.NAME.tmp-PID` beside `path`: the same file system, so the rename is atomic.
+fn temp_name(path: &Path) -> Result<PathBuf, String> {
+    let name = path.file_name().ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".tmp-{}", std::process::id()));
+    Ok(path.with_file_name(temp))
+}
