@@ -238,7 +238,12 @@ async fn throttled(
     handler: impl Future<Output = ApiResult>,
 ) -> ApiResult {
     if let Err(t) = app.throttle.begin(ip, name.as_deref()) {
-        tracing::warn!(ip = ?ip, username = ?name, retry_after = t.retry_after, "login refused: throttled");
+        tracing::warn!(
+            ip = ip.map(tracing::field::display),
+            username = name.as_deref(),
+            retry_after = t.retry_after,
+            "login refused: throttled"
+        );
         return Err(t.into());
     }
     let result = handler.await;

@@ -94,7 +94,7 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     if !app.auth.check_password(password, hash).await? || user.is_none() {
         // The name tried, never the password.
-        tracing::warn!(ip = ?ip, username = %name, "login failed: wrong username or password");
+        tracing::warn!(ip = ip.map(tracing::field::display), username = %name, "login failed: wrong username or password");
         return Err(ApiError::unauthorized("wrong username or password"));
     }
     let Some(user) = user else { return Err(ApiError::unauthorized("wrong username or password")) };
