@@ -117,11 +117,13 @@ async fn json_logs_carry_the_operators_events_and_no_secret() {
             break;
         }
     }
-    log.wait_for("frame refused: rate limit", |f| f["conn"] == conn && f["uid"] == alice).await;
+    log.wait_for("frames refused: rate limit", |f| f["conn"] == conn && f["uid"] == alice).await;
 
     // Close by the client: the reason says so.
     ws.stream.close(None).await.expect("close");
     let closed = log.wait_for("connection closed", |f| f["conn"] == conn).await;
+    let refusals = log.seen.iter().filter(|l| l.contains("frames refused: rate limit")).count();
+    assert_eq!(refusals, 1, "one line per limited stretch, not per frame:\n{}", log.seen.join("\n"));
     assert_eq!(closed["uid"], alice, "{closed}");
     assert_eq!(closed["ip"], "127.0.0.1", "{closed}");
     assert_eq!(closed["device"], "phone", "{closed}");

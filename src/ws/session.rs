@@ -70,6 +70,8 @@ struct Session<S> {
     /// A WebSocket ping over the limit was answered with 429 since the last frame allowed:
     /// further ones get no 429 until the limit lets a frame through.
     pings_limited: bool,
+    /// The current stretch over the rate limit is logged already: a flood makes one line.
+    rate_logged: bool,
     liveness: Liveness,
     /// Holds the `101` until the sync is written (see `cork`).
     cork: Option<Cork>,
@@ -92,8 +94,17 @@ where
     tracing::info!(conn = conn.id, uid = claims.uid, %ip, device = %conn.device, "connection opened");
     let rate = RateLimit::new(app.config.rate_limit, app.config.rate_burst);
     let liveness = Liveness::new(Duration::from_secs(app.config.ping_interval.max(1)), Instant::now());
-    let mut session =
-        Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, pings_limited: false, liveness, cork };
+    let mut session = Session {
+        app: app.clone(),
+        conn: conn.clone(),
+        claims,
+        ws,
+        rate,
+        pings_limited: false,
+        rate_logged: false,
+        liveness,
+        cork,
+    };
     let end = session.serve().await;
     let (reason, code) = end.reason();
     session.finish(end).await;
@@ -294,6 +305,10 @@ where
         let allowed = self.rate.allow(Instant::now());
         if allowed {
             self.pings_limited = false;
+            self.rate_logged = false;
+        } else if !self.rate_logged {
+            self.rate_logged = true;
+            tracing::warn!(conn = self.conn.id, uid = self.claims.uid, "frames refused: rate limit");
         }
         allowed
     }
@@ -347,8 +362,6 @@ where
             return Err(end);
         }
         if !self.allow_frame() {
-            // Only refused frames are logged, never their text.
-            tracing::warn!(conn = self.conn.id, uid = self.claims.uid, "frame refused: rate limit");
             return self.refuse(actions::refusal(text, 429, RATE_LIMITED), 429).await;
         }
         let ctx = actions::Ctx { app: &self.app, conn: &self.conn, uid: self.claims.uid };
