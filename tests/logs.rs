@@ -139,6 +139,16 @@ async fn json_logs_carry_the_operators_events_and_no_secret() {
     assert_eq!(refused, Some(401));
     log.wait_for("websocket refused", |f| f["ip"] == "127.0.0.1").await;
 
+    // A logout closes the user's socket: its reason and close code are in the log.
+    let (mut ws, _) = server.connect(&token).await;
+    let opened = log.wait_for("connection opened", |f| f["uid"] == alice && f["device"] == "web").await;
+    let (status, body) = server.post_json("/user/logout", serde_json::json!({}), Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ws.recv_close().await, Some(4001));
+    let closed = log.wait_for("connection closed", |f| f["conn"] == opened["conn"]).await;
+    assert_eq!(closed["reason"], "logged out", "{closed}");
+    assert_eq!(closed["code"], 4001, "{closed}");
+
     for secret in [token.as_str(), "secret-pw", WRONG_PASSWORD, BAD_TOKEN, MESSAGE_TEXT] {
         for line in &log.seen {
             assert!(!line.contains(secret), "a secret ({secret}) in the log: {line}");
