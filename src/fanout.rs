@@ -122,8 +122,13 @@ impl Fanout {
     /// Tells the origin that its message could not be stored: 503 when the storage failed
     /// (the same message may be sent again later), 500 when the message itself was refused.
     fn refuse(&self, origin: Origin, msg_id: Option<&str>, error: StoreError) {
-        tracing::warn!("message not stored: {error}");
         let (code, text) = error.client_reply();
+        match &origin {
+            Origin::Connection(conn) => {
+                tracing::warn!(conn = conn.id, uid = conn.uid, code, "message not stored: {error}")
+            }
+            Origin::Http(_) => tracing::warn!(code, "message not stored (HTTP): {error}"),
+        }
         self.metrics.error(code);
         match origin {
             Origin::Connection(conn) => {

@@ -69,7 +69,7 @@ pub fn start_detached(port: u16, mut config: Config, listener: std::net::TcpList
         }
         Outcome::Child(Ok(_)) => {
             drop(ready_rx);
-            super::init_logging();
+            super::init_logging(config.log_format);
             config.pid_file = Some(pid_file.clone());
             let mut ready_tx = Some(ready_tx);
             let result = server::run(config, listener, |_| {

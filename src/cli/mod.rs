@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::server;
 
 #[derive(Parser)]
@@ -170,7 +170,7 @@ fn start(port: u16, daemon: bool, mut config: Config) -> i32 {
     if daemon {
         return control::start_detached(port, config, listener);
     }
-    init_logging();
+    init_logging(config.log_format);
     if let Some(pid_file) = &config.pid_file
         && let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id()))
     {
@@ -209,8 +209,13 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Logs to stderr (the log file, once detached); `IMD_LOG` sets the filter (default info).
-fn init_logging() {
+/// Logs to stderr (the log file, once detached); `IMD_LOG` sets the filter (default info),
+/// `--log-format` the shape of a line.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMD_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

@@ -62,6 +62,7 @@ pub async fn serve_connection(
     let permit = match admitted {
         Ok(permit) => Arc::new(permit),
         Err(refusal) => {
+            tracing::warn!(ip = %addr.ip(), code = refusal.code(), "connection refused: {}", refusal.message());
             builder.keep_alive(false);
             let service = service_fn(move |_req| async move {
                 Ok::<_, Infallible>(envelope(refusal.code(), refusal.message(), serde_json::Value::Null))
@@ -145,7 +146,7 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Pee
     }
     let path = req.uri().path();
     if path == "/" {
-        return crate::ws::upgrade(app, req, socket, peer.permit);
+        return crate::ws::upgrade(app, req, socket, peer.addr.ip(), peer.permit);
     }
     let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return reply(Err(ApiError::not_found(format!("no such endpoint: {path}"))));
@@ -236,7 +237,15 @@ async fn throttled(
     name: Option<String>,
     handler: impl Future<Output = ApiResult>,
 ) -> ApiResult {
-    app.throttle.begin(ip, name.as_deref())?;
+    if let Err(t) = app.throttle.begin(ip, name.as_deref()) {
+        tracing::warn!(
+            ip = ip.map(tracing::field::display),
+            username = name.as_deref(),
+            retry_after = t.retry_after,
+            "login refused: throttled"
+        );
+        return Err(t.into());
+    }
     let result = handler.await;
     let outcome = match &result {
         Ok(_) => Outcome::Succeeded,

@@ -74,6 +74,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
 pub async fn login(app: &App, params: Params) -> ApiResult {
     let username = params.require("username")?.to_string();
     let password = params.require("password")?.to_string();
+    let (ip, name) = (params.peer, username.clone());
     // Any spelling of the name works (case, NFC, look-alikes): the exact name first, for an old
     // account whose key an older look-alike holds, then the key.
     let user = app
@@ -91,7 +92,9 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
         .await?;
     // No length check here: accounts made before the 72-byte limit log in as they always did.
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !app.auth.check_password(password, hash).await? {
+    if !app.auth.check_password(password, hash).await? || user.is_none() {
+        // The name tried, never the password.
+        tracing::warn!(ip = ip.map(tracing::field::display), username = %name, "login failed: wrong username or password");
         return Err(ApiError::unauthorized("wrong username or password"));
     }
     let Some(user) = user else { return Err(ApiError::unauthorized("wrong username or password")) };

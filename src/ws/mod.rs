@@ -8,6 +8,7 @@ pub mod positions;
 mod rate;
 mod session;
 
+use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
@@ -26,10 +27,17 @@ use crate::http::{ApiError, Body, envelope};
 /// token, 429 when the user has `--max-connections-per-user` sessions already, else 101 and a
 /// session task on the upgraded connection, which keeps the connection's `permit` (its place
 /// under the caps).
-pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, socket: RawFd, permit: Arc<ConnPermit>) -> Response<Body> {
+pub fn upgrade(
+    app: Arc<App>,
+    mut req: Request<Incoming>,
+    socket: RawFd,
+    ip: IpAddr,
+    permit: Arc<ConnPermit>,
+) -> Response<Body> {
     let headers = req.headers();
     // A page of another site must not ride a user's token (cross-site WebSocket hijacking).
     if crate::http::origin::check(&app.config.allowed_origins, headers) == crate::http::origin::Verdict::Refused {
+        tracing::warn!(%ip, origin = ?headers.get(header::ORIGIN), "websocket refused: Origin not allowed");
         return refusal(ApiError::forbidden("this Origin may not open a WebSocket here (see --allowed-origins)"));
     }
     let wants_upgrade =
@@ -44,12 +52,16 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, socket: RawFd, permit:
         req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
     let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let Some(token) = param("access_token").filter(|t| !t.is_empty()) else {
+        tracing::warn!(%ip, "websocket refused: no access token");
         return refusal(ApiError::unauthorized("an access_token is required"));
     };
     let Some(claims) = app.authenticate(token) else {
+        // Never the token itself: it may be a valid one of someone else's, mistyped.
+        tracing::warn!(%ip, "websocket refused: invalid, expired or revoked token");
         return refusal(ApiError::unauthorized("the access token is invalid, expired or revoked"));
     };
     let Some(slot) = app.registry.reserve_session(claims.uid, app.config.max_connections_per_user) else {
+        tracing::warn!(%ip, uid = claims.uid, limit = app.config.max_connections_per_user, "websocket refused: per-user connection cap");
         return refusal(ApiError::new(
             429,
             format!("you have {} connections open already; close one first", app.config.max_connections_per_user),
@@ -64,7 +76,7 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, socket: RawFd, permit:
         // Held for the session's life: both are given back when it ends.
         let _places = (slot, permit);
         match on_upgrade.await {
-            Ok(upgraded) => session::run(app, TokioIo::new(upgraded), claims, device, cork).await,
+            Ok(upgraded) => session::run(app, TokioIo::new(upgraded), claims, device, ip, cork).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });

@@ -2,6 +2,7 @@
 //! client frames, writes queued frames (all that are queued, one flush), pings idle peers,
 //! and closes with the contract's codes.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,19 @@ enum End {
     Gone,
     /// Close with this code after writing what is queued.
     Close(CloseCode, &'static str),
+    /// Dropped without a close handshake, for this reason (a peer that stopped answering).
+    Dropped(&'static str),
+}
+
+impl End {
+    /// Why the connection ended, for the log line of its close.
+    fn reason(&self) -> (&'static str, Option<u16>) {
+        match self {
+            End::Gone => ("peer closed", None),
+            End::Close(code, reason) => (reason, Some(u16::from(*code))),
+            End::Dropped(reason) => (reason, None),
+        }
+    }
 }
 
 struct Session<S> {
@@ -56,12 +70,14 @@ struct Session<S> {
     /// A WebSocket ping over the limit was answered with 429 since the last frame allowed:
     /// further ones get no 429 until the limit lets a frame through.
     pings_limited: bool,
+    /// The current stretch over the rate limit is logged already: a flood makes one line.
+    rate_logged: bool,
     liveness: Liveness,
     /// Holds the `101` until the sync is written (see `cork`).
     cork: Option<Cork>,
 }
 
-pub async fn run<S>(app: Arc<App>, io: S, claims: Claims, device: String, cork: Option<Cork>)
+pub async fn run<S>(app: Arc<App>, io: S, claims: Claims, device: String, ip: IpAddr, cork: Option<Cork>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -75,12 +91,24 @@ where
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let conn = app.registry.add(claims.uid, &device);
     app.metrics.connections_total.inc();
+    tracing::info!(conn = conn.id, uid = claims.uid, %ip, device = %conn.device, "connection opened");
     let rate = RateLimit::new(app.config.rate_limit, app.config.rate_burst);
     let liveness = Liveness::new(Duration::from_secs(app.config.ping_interval.max(1)), Instant::now());
-    let mut session =
-        Session { app: app.clone(), conn: conn.clone(), claims, ws, rate, pings_limited: false, liveness, cork };
+    let mut session = Session {
+        app: app.clone(),
+        conn: conn.clone(),
+        claims,
+        ws,
+        rate,
+        pings_limited: false,
+        rate_logged: false,
+        liveness,
+        cork,
+    };
     let end = session.serve().await;
+    let (reason, code) = end.reason();
     session.finish(end).await;
+    tracing::info!(conn = conn.id, uid = conn.uid, %ip, device = %conn.device, reason, code, "connection closed");
     // Before leaving the registry, so that a reconnect that no longer finds this connection
     // finds its positions saved.
     positions::save(&app, &conn).await;
@@ -143,10 +171,7 @@ where
                             return End::Gone;
                         }
                     }
-                    Tick::Dead => {
-                        tracing::debug!(uid = self.conn.uid, "dropping a connection that stopped answering pings");
-                        return End::Gone;
-                    }
+                    Tick::Dead => return End::Dropped("ping timeout"),
                 },
             }
         }
@@ -280,6 +305,10 @@ where
         let allowed = self.rate.allow(Instant::now());
         if allowed {
             self.pings_limited = false;
+            self.rate_logged = false;
+        } else if !self.rate_logged {
+            self.rate_logged = true;
+            tracing::warn!(conn = self.conn.id, uid = self.claims.uid, "frames refused: rate limit");
         }
         allowed
     }
