@@ -84,3 +84,44 @@ async fn start_refuses_a_bad_file_with_its_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 2: unknown key `max_fram_bytes`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn imd_config_names_the_file_and_environment_variables_beat_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("imd.toml");
+    std::fs::write(&path, "max_frame_bytes = 1024\ntoken_ttl = 3600\n").expect("write config");
+    let db = dir.path().join("imd.db");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db"])
+        .arg(&db)
+        .env("IMD_CONFIG", &path)
+        .env("IMD_TOKEN_TTL", "77")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn imd");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                return rest.trim().parse().expect("listen address");
+            }
+        }
+        panic!("imd exited before listening");
+    })
+    .await
+    .expect("imd did not start listening in time");
+    let server = Server { child, addr, db, dir: Some(dir), extra_args: Vec::new() };
+
+    let (_, ta) = server.register("alice").await;
+    let (b, _) = server.register("bob").await;
+    let (status, body) = login(&server, "alice", "secret-pw").await;
+    let data = ok(status, &body, "login");
+    let expires_in = data["expires_in"].as_u64().unwrap_or_else(|| panic!("expires_in: {body}"));
+    assert!((60..=77).contains(&expires_in), "IMD_TOKEN_TTL=77 beats the file's 3600: {body}");
+    let (mut wa, _) = server.connect(&ta).await;
+    wa.send(text_frame(b, "too-big", &"b".repeat(2000))).await;
+    assert_eq!(wa.recv_close().await, Some(1009), "IMD_CONFIG's max_frame_bytes = 1024 applies");
+}
