@@ -1,7 +1,8 @@
-//! The `imd` command line: start, stop, status, backup, user.
+//! The `imd` command line: start, stop, status, backup, user, config.
 
 mod accounts;
 mod backup;
+mod config_file;
 mod control;
 mod locate;
 mod user;
@@ -9,7 +10,7 @@ mod user;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, LogFormat};
 use crate::server;
@@ -30,6 +31,10 @@ enum Command {
         /// Detach: write the pid and log files, return once listening.
         #[arg(short = 'd', long = "daemon")]
         daemon: bool,
+        /// TOML file of options (keys as the long options with `_`: `max_frame_bytes = 65536`);
+        /// the command line and `IMD_*` variables override it. `imd config init` writes one.
+        #[arg(long = "config", env = "IMD_CONFIG", value_name = "FILE")]
+        config_file: Option<PathBuf>,
         #[command(flatten)]
         config: Box<Config>,
     },
@@ -66,11 +71,24 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The TOML config file of `start --config`.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Account tools that work on the database directly.
     User {
         #[command(subcommand)]
         command: UserCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a commented file with every option at its default.
+    Init,
+    /// Check FILE; print "ok" (exit 0) or each problem with its line and key (exit 1).
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -136,8 +154,14 @@ impl Role {
 /// Runs the command line; returns the exit code.
 pub fn run() -> i32 {
     private_files();
-    match Cli::parse().command {
-        Command::Start { port, daemon, config } => start(port, daemon, *config),
+    let cli = match parse_with_config_file() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::Start { port, daemon, config, .. } => start(port, daemon, *config),
+        Command::Config { command: ConfigCommand::Init } => config_file::init(),
+        Command::Config { command: ConfigCommand::Check { file } } => config_file::check(&file),
         Command::Stop { port, host, pid_file, timeout } => control::stop(port, &host, pid_file, timeout),
         Command::Status { port, host, pid_file } => control::status(port, &host, pid_file),
         Command::Backup { path, db, force } => backup::run(&db, &path, force),
@@ -149,6 +173,59 @@ pub fn run() -> i32 {
         Command::User { command: UserCommand::Role { name, role, db } } => user::set_role(&db, &name, role),
         Command::User { command: UserCommand::Revoke { name, db } } => user::revoke(&db, &name),
     }
+}
+
+/// Parses the command line; under `start --config FILE`, the file's values fill every option
+/// that neither the command line nor an `IMD_*` variable set (they are appended as flags and
+/// the line parsed again, so clap checks them as it checks flags).
+fn parse_with_config_file() -> Result<Cli, i32> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    let Some(("start", start)) = matches.subcommand() else {
+        return from_matches(&matches);
+    };
+    let Some(path) = start.get_one::<PathBuf>("config_file") else {
+        return from_matches(&matches);
+    };
+    let file = match config_file::load(path) {
+        Ok(file) => file,
+        Err(errors) => {
+            for error in errors {
+                eprintln!("imd: {}: {error}", path.display());
+            }
+            return Err(1);
+        }
+    };
+    let command = Cli::command();
+    let start_command = command.find_subcommand("start");
+    let mut argv = argv;
+    for (id, flags) in file {
+        let set = |id: &str| {
+            matches!(
+                start.value_source(id),
+                Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+            )
+        };
+        // A set option, or one that conflicts with a set one (`jwt_secret_file` on the
+        // command line against `jwt_secret` in the file), keeps the command line's choice.
+        let overridden = set(&id)
+            || start_command.is_some_and(|c| {
+                c.get_arguments()
+                    .find(|a| a.get_id() == id.as_str())
+                    .is_some_and(|a| c.get_arg_conflicts_with(a).iter().any(|other| set(other.get_id().as_str())))
+            });
+        if !overridden {
+            argv.extend(flags.into_iter().map(Into::into));
+        }
+    }
+    from_matches(&Cli::command().get_matches_from(&argv))
+}
+
+fn from_matches(matches: &clap::ArgMatches) -> Result<Cli, i32> {
+    Cli::from_arg_matches(matches).map_err(|e| {
+        let _ = e.print();
+        2
+    })
 }
 
 fn start(port: u16, daemon: bool, mut config: Config) -> i32 {
