@@ -1,5 +1,5 @@
 //! Load generator for `imd`: drives a running server through its public contract only
-//! (HTTP + WebSocket JSON frames, `shared/PROTOCOL.md`) and prints ONE JSON line on stdout
+//! (HTTP + WebSocket JSON frames, `docs/PROTOCOL.md`) and prints ONE JSON line on stdout
 //! with the figures of the run and the settings that produced them. Progress goes to stderr.
 //! It exits 0 only when nothing was lost or missing and no error happened.
 //!

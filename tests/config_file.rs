@@ -101,18 +101,7 @@ async fn imd_config_names_the_file_and_environment_variables_beat_it() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn imd");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                return rest.trim().parse().expect("listen address");
-            }
-        }
-        panic!("imd exited before listening");
-    })
-    .await
-    .expect("imd did not start listening in time");
+    let addr = common::listening_address(&mut child).await;
     let server = Server { child, addr, db, dir: Some(dir), extra_args: Vec::new() };
 
     let (_, ta) = server.register("alice").await;

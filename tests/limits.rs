@@ -11,7 +11,7 @@ use common::{Server, WAIT, Ws};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, Retry-After, JSON body).
@@ -235,18 +235,7 @@ async fn start_custom(args: &[&str], low_nofile: bool) -> Server {
         }
     }
     let mut child = cmd.spawn().expect("spawn imd");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("stdout") {
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                return rest.trim().parse::<SocketAddr>().expect("listen address");
-            }
-        }
-        panic!("imd exited before listening");
-    })
-    .await
-    .expect("imd did not start in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = common::listening_address(&mut child).await;
     Server { child, addr, db, dir: Some(dir), extra_args: args.iter().map(|s| s.to_string()).collect() }
 }
 

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::process::Stdio;
 
 use common::{BIN, WAIT};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixDatagram;
 use tokio::process::{Child, Command};
 
@@ -35,20 +34,7 @@ async fn start_with_notify_socket(dir: &Path, notify: &Path) -> (Child, SocketAd
         .kill_on_drop(true)
         .spawn()
         .expect("spawn imd");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut out = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = out.next_line().await.expect("stdout") {
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                return rest.trim().parse::<SocketAddr>().expect("address");
-            }
-        }
-        panic!("imd exited before listening");
-    })
-    .await
-    .expect("listening line");
-    // Keep draining stdout so the daemon never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    let addr = common::listening_address(&mut child).await;
     (child, addr)
 }
 

@@ -12,7 +12,6 @@ use common::{BIN, WAIT, Ws, text_frame};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// A foreground daemon started with `IMD_FAULT` set; killed if the test ends first.
@@ -34,19 +33,7 @@ async fn start_with_fault(fault: &str) -> Faulty {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn imd");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                return rest.trim().parse::<SocketAddr>().expect("listen address");
-            }
-        }
-        panic!("imd with IMD_FAULT={fault} exited before listening");
-    })
-    .await
-    .expect("imd did not start listening in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let addr = common::listening_address(&mut child).await;
     Faulty { child, addr, _dir: dir }
 }
 

@@ -114,7 +114,6 @@ async fn passwords_over_72_bytes_are_refused() {
 
 /// A server whose bcrypt cost is 13 (the harness always passes 4).
 async fn slow_hash_server() -> SlowServer {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = tokio::process::Command::new(BIN)
         .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "13", "--db"])
@@ -124,17 +123,7 @@ async fn slow_hash_server() -> SlowServer {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn imd");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(WAIT, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                return addr.trim().parse().expect("listen address");
-            }
-        }
-        panic!("imd exited before listening");
-    })
-    .await
-    .expect("imd did not start listening in time");
+    let addr = common::listening_address(&mut child).await;
     SlowServer { _child: child, _dir: dir, addr }
 }
 

@@ -60,20 +60,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn imd");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(rest) = line.strip_prefix("listening on ") {
-                    return rest.trim().parse::<SocketAddr>().expect("listen address");
-                }
-            }
-            panic!("imd exited before listening");
-        })
-        .await
-        .expect("imd did not start listening in time");
-        // Keep draining stdout so the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = listening_address(&mut child).await;
         Server {
             child,
             addr,
@@ -165,6 +152,25 @@ impl Server {
             synced.push(frame);
         }
     }
+}
+
+/// Waits for the `listening on ADDR` line on a spawned imd's piped stdout and returns ADDR;
+/// then keeps draining stdout, so the daemon never blocks on a full pipe.
+pub async fn listening_address(child: &mut Child) -> SocketAddr {
+    let stdout = child.stdout.take().expect("imd's stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                return rest.trim().parse::<SocketAddr>().expect("listen address");
+            }
+        }
+        panic!("imd exited before listening");
+    })
+    .await
+    .expect("imd did not start listening in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    addr
 }
 
 /// One HTTP/1.1 request over a fresh connection; returns (status, JSON body).
