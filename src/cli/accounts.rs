@@ -27,12 +27,8 @@ pub fn list(db: &Path) -> i32 {
 
 pub fn add(db: &Path, name: &str, cost: u32) -> i32 {
     let Some(name) = usernames::normalise(name) else { return fail(usernames::RULE) };
-    let conn = match open_existing(db, Access::Write) {
-        Ok(conn) => conn,
-        Err(why) => return fail(&format!("cannot open {why}")),
-    };
-    let hash = match read_password().and_then(|password| hash(&password, cost)) {
-        Ok(hash) => hash,
+    let (conn, hash) = match open_with_password(db, cost) {
+        Ok(opened) => opened,
         Err(why) => return fail(&why),
     };
     match accounts::add(&conn, &name, &hash) {
@@ -46,12 +42,8 @@ pub fn add(db: &Path, name: &str, cost: u32) -> i32 {
 }
 
 pub fn passwd(db: &Path, name: &str, cost: u32) -> i32 {
-    let conn = match open_existing(db, Access::Write) {
-        Ok(conn) => conn,
-        Err(why) => return fail(&format!("cannot open {why}")),
-    };
-    let hash = match read_password().and_then(|password| hash(&password, cost)) {
-        Ok(hash) => hash,
+    let (conn, hash) = match open_with_password(db, cost) {
+        Ok(opened) => opened,
         Err(why) => return fail(&why),
     };
     match accounts::set_password(&conn, name, &hash) {
@@ -62,6 +54,13 @@ pub fn passwd(db: &Path, name: &str, cost: u32) -> i32 {
         Ok(None) => fail(&format!("no user named {name} in {}", db.display())),
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// The database, open for writing, and the bcrypt hash of the password read from stdin.
+fn open_with_password(db: &Path, cost: u32) -> Result<(rusqlite::Connection, String), String> {
+    let conn = open_existing(db, Access::Write).map_err(|why| format!("cannot open {why}"))?;
+    let hash = read_password().and_then(|password| hash(&password, cost))?;
+    Ok((conn, hash))
 }
 
 fn fail(why: &str) -> i32 {
