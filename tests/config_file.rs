@@ -91,16 +91,7 @@ async fn imd_config_names_the_file_and_environment_variables_beat_it() {
     let path = dir.path().join("imd.toml");
     std::fs::write(&path, "max_frame_bytes = 1024\ntoken_ttl = 3600\n").expect("write config");
     let db = dir.path().join("imd.db");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db"])
-        .arg(&db)
-        .env("IMD_CONFIG", &path)
-        .env("IMD_TOKEN_TTL", "77")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn imd");
+    let mut child = imd_start(&db).env("IMD_CONFIG", &path).env("IMD_TOKEN_TTL", "77").spawn().expect("spawn imd");
     let addr = common::listening_address(&mut child).await;
     let server = Server { child, addr, db, dir: Some(dir), extra_args: Vec::new() };
 

@@ -5,11 +5,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 
-use common::{BIN, WAIT};
+use common::WAIT;
 use tokio::net::UnixDatagram;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// Waits for the next datagram on `socket` and returns it as text.
 async fn next_datagram(socket: &UnixDatagram, what: &str) -> String {
@@ -24,16 +23,7 @@ async fn next_datagram(socket: &UnixDatagram, what: &str) -> String {
 /// Starts imd in the foreground with `NOTIFY_SOCKET` set to `notify`; returns it and the
 /// address from its `listening on` line.
 async fn start_with_notify_socket(dir: &Path, notify: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db"])
-        .arg(dir.join("imd.db"))
-        .env("NOTIFY_SOCKET", notify)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn imd");
+    let mut child = common::imd_start(&dir.join("imd.db")).env("NOTIFY_SOCKET", notify).spawn().expect("spawn imd");
     let addr = common::listening_address(&mut child).await;
     (child, addr)
 }

@@ -23,16 +23,7 @@ struct Faulty {
 
 async fn start_with_fault(fault: &str) -> Faulty {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(BIN)
-        .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db"])
-        .arg(dir.path().join("imd.db"))
-        .env("IMD_FAULT", fault)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn imd");
+    let mut child = common::imd_start(&dir.path().join("imd.db")).env("IMD_FAULT", fault).spawn().expect("spawn imd");
     let addr = common::listening_address(&mut child).await;
     Faulty { child, addr, _dir: dir }
 }

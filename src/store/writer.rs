@@ -881,26 +881,14 @@ mod tests {
         let mut want: Vec<String> = acked.iter().map(|s| s.to_string()).collect();
         want.sort();
         assert_eq!(stored, want, "the stored messages are exactly the acked ones");
-        let rows: Vec<(String, i64)> = conn
-            .prepare("SELECT chat_id, seq FROM messages ORDER BY chat_id, seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let rows = chat_seqs(conn, "SELECT chat_id, seq FROM messages ORDER BY chat_id, seq");
         let mut newest: HashMap<String, i64> = HashMap::new();
         for (chat_id, seq) in rows {
             let last = newest.entry(chat_id.clone()).or_insert(0);
             assert_eq!(seq, *last + 1, "seqs of {chat_id} have a gap");
             *last = seq;
         }
-        let conversations: Vec<(String, i64)> = conn
-            .prepare("SELECT chat_id, last_seq FROM conversations")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let conversations = chat_seqs(conn, "SELECT chat_id, last_seq FROM conversations");
         let conversations: HashMap<String, i64> = conversations.into_iter().collect();
         for (chat_id, seq) in &newest {
             assert_eq!(conversations.get(chat_id), Some(seq), "conversations.last_seq of {chat_id}");
@@ -910,6 +898,12 @@ mod tests {
         }
         let max_id: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM messages", [], |r| r.get(0)).unwrap();
         assert_eq!(writer.next_id, max_id + 1, "next_id");
+    }
+
+    /// The (chat_id, seq) rows a query returns.
+    fn chat_seqs(conn: &Connection, sql: &str) -> Vec<(String, i64)> {
+        let mut statement = conn.prepare(sql).unwrap();
+        statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
     /// A trigger `fail` that runs `raise` (`RAISE(ABORT, …)`, `RAISE(ROLLBACK, …)`, …) at

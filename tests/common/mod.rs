@@ -50,16 +50,7 @@ impl Server {
 
     /// Starts a server on an existing database path (for restart tests).
     pub async fn start_on_db(db: &Path, extra: &[&str]) -> Server {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4"])
-            .arg("--db")
-            .arg(db)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn imd");
+        let mut child = imd_start(db).args(extra).spawn().expect("spawn imd");
         let addr = listening_address(&mut child).await;
         Server {
             child,
@@ -152,6 +143,19 @@ impl Server {
             synced.push(frame);
         }
     }
+}
+
+/// `imd start` on a free loopback port with the database `db` and a fast bcrypt, its stdout
+/// piped (for [`listening_address`]), killed when dropped; callers add options and variables.
+pub fn imd_start(db: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db"])
+        .arg(db)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
 }
 
 /// Waits for the `listening on ADDR` line on a spawned imd's piped stdout and returns ADDR;
