@@ -24,14 +24,19 @@ pub fn route(
     chat_id: Option<&str>,
     to_uid: Option<u64>,
 ) -> Result<Routed, Refusal> {
-    let named = match chat_id.and_then(chat_id::parse) {
+    let from_chat_id = match chat_id.and_then(chat_id::parse) {
         Some(ChatId::Service { shop_id, customer_uid }) => Some((shop_id, customer_uid)),
-        _ => shop_id.zip(to_uid),
+        _ => None,
     };
-    if let Some((shop, customer)) = named
-        && customer != sender
-        && app.directory.is_agent(shop, sender)
-    {
+    let named = from_chat_id.or(shop_id.zip(to_uid));
+    // An agent's reply goes by chat_id, else by shop_id and to_uid: an old client may still hold
+    // a chat_id in the old service's order (`3_<customer>_<shop>`), which must not turn the
+    // agent's reply into a customer message while its shop_id and to_uid name the customer.
+    let replies_to = [from_chat_id, shop_id.zip(to_uid)]
+        .into_iter()
+        .flatten()
+        .find(|&(shop, customer)| customer != sender && app.directory.is_agent(shop, sender));
+    if let Some((shop, customer)) = replies_to {
         return agent_reply(app, shop, customer, sender);
     }
     // Otherwise the sender is the customer: the shop comes from shop_id, or from the sender's

@@ -162,6 +162,36 @@ async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
     c.expect_nothing_pending().await;
 }
 
+/// The old service ordered a service chat_id `3_<customer>_<shop>` (imd: `3_<shop>_<customer>`).
+/// An agent's client that still holds one, and names the customer with `shop_id` and `to_uid`
+/// as the old README does, must reach that customer, not become a message of its own to the shop.
+#[tokio::test]
+async fn service_review_chat_with_an_old_order_chat_id_goes_by_shop_id_and_to_uid() {
+    let server = Server::start().await;
+    let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shop", ["agent1"]).await;
+    let (cust, cust_t) = server.register("customer").await;
+    let (mut g, _) = server.connect(&g1_t).await;
+    let (mut c, _) = server.connect(&cust_t).await;
+    let chat_id = service_chat_id(shop, cust);
+    let old_order = format!("3_{cust}_{shop}");
+    assert_ne!(old_order, chat_id, "the test needs a shop id and a uid that differ");
+
+    let ack = reply(
+        &mut g,
+        json!({"action": "service_review_chat", "chat_type": 3, "msg_type": "text", "chat_id": old_order,
+               "shop_id": shop, "to_uid": cust, "msg": "ok,i get you message."}),
+    )
+    .await;
+    assert_eq!(ack["action"], "ack", "{ack}");
+    assert_eq!(ack["code"], 200, "{ack}");
+    assert_eq!(ack["chat_id"], json!(chat_id), "the reply went to another conversation: {ack}");
+    assert_eq!(ack["agent_uid"], json!(g1), "{ack}");
+    let f = c.recv_action("service_chat").await;
+    assert_service_message(&f, &chat_id, shop, g1, &ack, g1, "agent1", "ok,i get you message.");
+    c.expect_nothing_pending().await;
+    g.expect_nothing_pending().await;
+}
+
 /// The old README sends `"msg_id":""` in every frame: an empty msg_id names no message, so it
 /// must not make the next message a duplicate (which would silently drop every message an old
 /// client sends after its first).
