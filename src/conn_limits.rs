@@ -21,6 +21,14 @@ impl Refusal {
         }
     }
 
+    /// Its reason in `imd_connections_refused_total`.
+    pub fn metric(self) -> crate::metrics::RefusedReason {
+        match self {
+            Refusal::Total => crate::metrics::RefusedReason::Total,
+            Refusal::PerIp => crate::metrics::RefusedReason::PerIp,
+        }
+    }
+
     pub fn message(self) -> &'static str {
         match self {
             Refusal::Total => "too many connections to this server; retry later",

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use rusqlite::{Connection, OptionalExtension};
 
+use crate::progress::Progress;
 use crate::store::StoreResult;
 use crate::unread::UnreadHints;
 
@@ -57,13 +58,20 @@ pub struct Directory {
 impl Directory {
     pub fn load(conn: &Connection) -> StoreResult<Directory> {
         let mut directory = Directory::default();
+        // Start-up's longest step on a large database: shown on a terminal.
+        let mut progress = Progress::new("start-up: loading users", "users");
+        let total = if progress.shown() { count(conn, "users")? } else { 0 };
         let mut users = conn.prepare("SELECT uid, username, token_gen FROM users")?;
         let mut max_uid = 0;
+        let mut loaded = 0;
         for row in users.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?, r.get::<_, u64>(2)?)))? {
             let (uid, name, token_gen) = row?;
             directory.add_user(uid, &name, token_gen);
             max_uid = max_uid.max(uid);
+            loaded += 1;
+            progress.update(loaded, total);
         }
+        progress.finish();
         directory.unread = UnreadHints::new(max_uid);
         // Each set is built whole, then shared once: adding members one by one (`add_member`
         // copies the set each time) made start-up quadratic in a room's size.
@@ -79,14 +87,20 @@ impl Directory {
             }
             room_members.insert(chat_id, HashSet::new());
         }
+        let mut progress = Progress::new("start-up: loading room members", "members");
+        let total = if progress.shown() { count(conn, "room_members")? } else { 0 };
+        let mut loaded = 0;
         let mut members = conn.prepare("SELECT chat_id, uid FROM room_members")?;
         for row in members.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
             let (chat_id, uid) = row?;
+            loaded += 1;
+            progress.update(loaded, total);
             // Members of a room that no longer exists are ignored.
             if let Some(set) = room_members.get_mut(&chat_id) {
                 set.insert(uid);
             }
         }
+        progress.finish();
         for (chat_id, set) in room_members {
             directory.rooms.insert(Arc::from(chat_id), Arc::new(set));
         }
@@ -304,6 +318,11 @@ pub fn note_revocation(conn: &Connection) -> StoreResult<()> {
 /// The count of `note_revocation`, None before the first.
 pub fn revocations(conn: &Connection) -> StoreResult<Option<String>> {
     Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [REVOCATIONS_KEY], |r| r.get(0)).optional()?)
+}
+
+/// Rows of `table` (a name of ours, never a client's), for a progress total.
+fn count(conn: &Connection, table: &str) -> StoreResult<u64> {
+    Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?)
 }
 
 #[cfg(test)]

@@ -46,7 +46,15 @@ impl Fanout {
             while let Some(batch) = rx.recv().await {
                 // IMD_FAULT=fanout-panic (tests only): die on the first batch.
                 watch.fault_point();
+                // The batch's commit time, taken before its deliveries are consumed.
+                let committed_at = batch.iter().find_map(|delivery| match delivery {
+                    Delivery::Committed(committed) => Some(committed.committed_at),
+                    Delivery::Refused { .. } => None,
+                });
                 batch.into_iter().for_each(|delivery| self.apply(delivery));
+                if let Some(at) = committed_at {
+                    self.metrics.fanout_lag_seconds.observe(at.elapsed().as_secs_f64());
+                }
             }
             // The writer dropped its end: it stopped, or died and its own watch says so.
             watch.input_closed();
@@ -62,7 +70,7 @@ impl Fanout {
     }
 
     fn deliver(&self, committed: Committed) {
-        let Committed { message, duplicate, origin } = committed;
+        let Committed { message, duplicate, origin, .. } = committed;
         let origin_conn = match &origin {
             Origin::Connection(conn) => Some(conn.id),
             Origin::Http(_) => None,

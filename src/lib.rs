@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod progress;
 pub mod registry;
 pub mod revocations;
 pub mod rooms;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Server, WAIT, Ws};
+use common::{Server, WAIT, Ws, hold_connections, keep_alive_health};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{Value, json};
@@ -55,22 +55,6 @@ async fn wait_for_eof(stream: &mut TcpStream, within: Duration) -> Option<Durati
             Ok(Ok(_)) => continue,
         }
     }
-}
-
-/// Sends one keep-alive `GET /health` on `stream` and reads the response head; returns its status.
-async fn keep_alive_health(stream: &mut TcpStream) -> u16 {
-    stream.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("write");
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n =
-            tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("response in time").expect("read");
-        assert!(n > 0, "closed before a response");
-        head.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&head);
-    text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line")
 }
 
 #[tokio::test]
@@ -125,18 +109,6 @@ async fn the_body_limit_is_an_option() {
     let small = json!({"username": "someone", "password": "x".repeat(500)});
     let (status, _, body) = request(server.addr, "POST", "/user/login", Some(small)).await;
     assert_eq!(status, 401, "a body under the limit is read: {body}");
-}
-
-/// Opens `n` keep-alive connections that have each been answered once, so the server has
-/// accepted and counted them.
-async fn hold_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    let mut held = Vec::new();
-    for _ in 0..n {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        assert_eq!(keep_alive_health(&mut stream).await, 200);
-        held.push(stream);
-    }
-    held
 }
 
 /// Retries `GET /health` on new connections until it answers 200 (a closed connection is

@@ -155,3 +155,72 @@ async fn json_logs_carry_the_operators_events_and_no_secret() {
         }
     }
 }
+
+/// Refusals of a limit (login throttle, Origin) and a message the store failed to write each
+/// make a line with the client's address or session, and no secret or message text.
+#[tokio::test]
+async fn limit_refusals_and_storage_errors_are_logged() {
+    let (server, mut log) = start(&["--login-failures-per-user", "1", "--login-failures-per-ip", "1000"]).await;
+    let (alice, token) = server.register("alice").await;
+    let (bob, _) = server.register("bob").await;
+
+    // Login throttle: the first failure is a 401, the next attempt a 429.
+    assert_eq!(common::login(&server, "alice", WRONG_PASSWORD).await.0, 401);
+    assert_eq!(common::login(&server, "alice", WRONG_PASSWORD).await.0, 429);
+    let throttled = log.wait_for("login refused: throttled", |f| f["username"] == "alice").await;
+    assert_eq!(throttled["ip"], "127.0.0.1", "{throttled}");
+    assert!(throttled["retry_after"].as_u64().is_some_and(|s| s >= 1), "{throttled}");
+
+    // An Origin not allowed: 403 before the upgrade.
+    assert_eq!(common::upgrade_with_origin(&server, &token, Some("https://evil.example")).await, Err(403));
+    let origin = log.wait_for("websocket refused: Origin not allowed", |f| f["ip"] == "127.0.0.1").await;
+    assert!(origin["origin"].as_str().is_some_and(|o| o.contains("evil.example")), "{origin}");
+
+    // The store fails to write a message (as in tests/storage_faults.rs): its session and code.
+    let conn = rusqlite::Connection::open(&server.db).expect("open the daemon's database");
+    conn.execute_batch(
+        "CREATE TRIGGER fail_insert BEFORE INSERT ON messages BEGIN SELECT RAISE(ABORT, 'injected'); END",
+    )
+    .expect("trigger");
+    let (mut ws, _) = server.connect(&token).await;
+    let opened = log.wait_for("connection opened", |f| f["uid"] == alice).await;
+    let refused = ws.request(common::text_frame(bob, "s1", MESSAGE_TEXT)).await;
+    assert_eq!(refused["code"], 500, "{refused}");
+    let failed = log.wait_for("message not stored", |f| f["conn"] == opened["conn"]).await;
+    assert_eq!(failed["uid"], alice, "{failed}");
+    assert_eq!(failed["code"], 500, "{failed}");
+    assert!(failed["message"].as_str().is_some_and(|m| m.contains("injected")), "{failed}");
+
+    for secret in [token.as_str(), "secret-pw", WRONG_PASSWORD, MESSAGE_TEXT] {
+        for line in &log.seen {
+            assert!(!line.contains(secret), "a secret ({secret}) in the log: {line}");
+        }
+    }
+}
+
+/// A connection over `--max-connections-per-ip` (429) and one over `--max-connections` (503)
+/// are each logged with the client's address and the code.
+#[tokio::test]
+async fn connection_cap_refusals_are_logged_with_the_address() {
+    let (server, mut log) = start(&["--max-connections", "3", "--max-connections-per-ip", "2"]).await;
+    let _held = common::hold_connections(server.addr, 2).await;
+    let (status, _) = common::http(server.addr, "GET", "/health", None, None).await;
+    assert_eq!(status, 429);
+    let per_ip = log.wait_for("connection refused", |f| f["code"] == 429).await;
+    assert_eq!(per_ip["ip"], "127.0.0.1", "{per_ip}");
+
+    // A second loopback address has room under its own cap, but not under the total.
+    let mut other = from_address(server.addr, [127, 0, 0, 2]).await;
+    assert_eq!(common::keep_alive_health(&mut other).await, 200);
+    let mut over = from_address(server.addr, [127, 0, 0, 2]).await;
+    assert_eq!(common::keep_alive_health(&mut over).await, 503);
+    let total = log.wait_for("connection refused", |f| f["code"] == 503).await;
+    assert_eq!(total["ip"], "127.0.0.2", "{total}");
+}
+
+/// A connection to `addr` from the loopback address `source`.
+async fn from_address(addr: SocketAddr, source: [u8; 4]) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::from((source, 0))).expect("bind a loopback source address");
+    socket.connect(addr).await.expect("connect")
+}

@@ -9,23 +9,6 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-/// Upgrades to a WebSocket sending `origin` (if any); Ok(101) or Err(the refusal's status).
-async fn upgrade_with_origin(server: &Server, token: &str, origin: Option<&str>) -> Result<u16, u16> {
-    let mut request =
-        format!("ws://{}/?access_token={token}", server.addr).into_client_request().expect("client request");
-    if let Some(origin) = origin {
-        request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("origin header"));
-    }
-    let connect = tokio_tungstenite::connect_async(request);
-    match tokio::time::timeout(WAIT, connect).await.expect("upgrade timed out") {
-        Ok((_, response)) => Ok(response.status().as_u16()),
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
-        Err(e) => panic!("websocket connect: {e}"),
-    }
-}
 
 /// One request with the given headers; returns the status and the response headers.
 async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, hyper::HeaderMap) {

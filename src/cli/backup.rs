@@ -1,12 +1,12 @@
 //! `imd backup PATH`: an online copy of the database, written beside PATH under a temporary
 //! name and renamed once complete, so PATH is never a half-written copy.
 
-use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
+use crate::progress::Progress;
 use crate::store::backup;
 use crate::store::offline::{Access, open_existing};
 
@@ -50,20 +50,14 @@ fn take(db: &Path, path: &Path, force: bool) -> Result<u64, String> {
 /// Copies into `temp`, showing progress on a terminal; the pages copied.
 fn copy_into(source: &Connection, temp: &Path) -> Result<u64, String> {
     let mut dest = Connection::open(temp).map_err(|e| format!("{}: {e}", temp.display()))?;
-    let tty = std::io::stderr().is_terminal();
+    let mut progress = Progress::new("backup", "pages");
     let mut pages = 0;
     backup::copy(source, &mut dest, |copied, total| {
         pages = total;
-        if tty {
-            let mut err = std::io::stderr();
-            let _ = write!(err, "\rbackup: {copied}/{total} pages");
-            let _ = err.flush();
-        }
+        progress.update(copied, total);
     })
     .map_err(|e| e.to_string())?;
-    if tty {
-        eprintln!();
-    }
+    progress.finish();
     // Closed before the rename, so an error closing is not hidden behind a finished name.
     dest.close().map_err(|(_, e)| format!("{}: {e}", temp.display()))?;
     Ok(pages)

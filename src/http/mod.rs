@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -62,6 +62,7 @@ pub async fn serve_connection(
     let permit = match admitted {
         Ok(permit) => Arc::new(permit),
         Err(refusal) => {
+            app.metrics.refused(refusal.metric());
             tracing::warn!(ip = %addr.ip(), code = refusal.code(), "connection refused: {}", refusal.message());
             builder.keep_alive(false);
             let service = service_fn(move |_req| async move {
@@ -128,15 +129,22 @@ impl From<Busy> for ApiError {
 }
 
 /// Answers CORS preflight (`OPTIONS`, any path) and marks other answers for allowed origins.
+/// Counts every answer in `imd_http_requests_total` and `imd_http_request_duration_seconds`.
 async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer) -> Response<Body> {
+    let started = Instant::now();
+    let route = app.metrics.route_index(req.uri().path());
+    let metrics = app.metrics.clone();
     let verdict = origin::check(&app.config.allowed_origins, req.headers());
-    if req.method() == Method::OPTIONS {
-        return origin::preflight(&verdict);
-    }
-    let mut response = respond(app, req, socket, peer).await;
-    if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        origin::add_cors_headers(&mut response, &verdict);
-    }
+    let response = if req.method() == Method::OPTIONS {
+        origin::preflight(&verdict)
+    } else {
+        let mut response = respond(app, req, socket, peer).await;
+        if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            origin::add_cors_headers(&mut response, &verdict);
+        }
+        response
+    };
+    metrics.http_request(route, response.status().as_str(), started.elapsed());
     response
 }
 
@@ -156,7 +164,10 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Pee
     }
     let path = path.to_string();
     match path.as_str() {
-        "/metrics" => with_body(200, "text/plain; version=0.0.4", app.metrics.render()),
+        "/metrics" => {
+            app.metrics.writer_queue_depth.set(i64::try_from(app.store.queue_depth()).unwrap_or(i64::MAX));
+            with_body(200, "text/plain; version=0.0.4", app.metrics.render())
+        }
         "/health" => match app.store.degraded() {
             Some(error) => storage_degraded(health(&app), &error),
             None => reply(Ok(health(&app))),
@@ -170,6 +181,11 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Pee
             reply(route(&app, &path, params).await)
         }
     }
+}
+
+/// The paths of `ROUTES`: the `route` labels of the HTTP metrics.
+pub fn route_paths() -> impl Iterator<Item = &'static str> {
+    ROUTES.iter().map(|(path, _)| *path)
 }
 
 /// Every endpoint and the method it takes.

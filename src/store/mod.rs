@@ -217,6 +217,11 @@ impl Store {
         self.health.degraded()
     }
 
+    /// Commands waiting for the writer thread (for `imd_writer_queue_depth`).
+    pub fn queue_depth(&self) -> usize {
+        self.commands.max_capacity() - self.commands.capacity()
+    }
+
     /// Queues a message; the writer commits it, then delivers it and answers its origin.
     pub async fn submit(&self, message: NewMessage) -> StoreResult<()> {
         self.commands.send(Command::Message(Box::new(message))).await.map_err(|_| StoreError::Closed)

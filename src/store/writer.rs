@@ -44,6 +44,8 @@ pub struct Committed {
     pub message: StoredMessage,
     pub duplicate: bool,
     pub origin: Origin,
+    /// When its batch committed (for `imd_fanout_lag_seconds`).
+    pub committed_at: Instant,
 }
 
 pub(super) struct Writer {
@@ -228,7 +230,8 @@ impl Writer {
             None => {}
         }
         self.metrics.store_batch_size.observe(size as f64);
-        self.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+        let committed_at = Instant::now();
+        self.metrics.store_commit_seconds.observe(committed_at.duration_since(started).as_secs_f64());
 
         let mut deliveries = Vec::with_capacity(steps.len());
         for step in steps {
@@ -238,7 +241,12 @@ impl Writer {
                         self.metrics.messages_stored.inc();
                     }
                     let NewMessage { origin, .. } = *message;
-                    deliveries.push(Delivery::Committed(Committed { message: stored, duplicate, origin }));
+                    deliveries.push(Delivery::Committed(Committed {
+                        message: stored,
+                        duplicate,
+                        origin,
+                        committed_at,
+                    }));
                 }
                 Step::Refused(message, error) => {
                     let NewMessage { origin, msg_id, .. } = *message;

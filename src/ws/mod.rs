@@ -22,6 +22,7 @@ use self::cork::Cork;
 use crate::app::App;
 use crate::conn_limits::ConnPermit;
 use crate::http::{ApiError, Body, envelope};
+use crate::metrics::RefusedReason;
 
 /// Answers `GET /?access_token=…`: 403 before the upgrade for a refused Origin, 401 for a bad
 /// token, 429 when the user has `--max-connections-per-user` sessions already, else 101 and a
@@ -38,6 +39,7 @@ pub fn upgrade(
     // A page of another site must not ride a user's token (cross-site WebSocket hijacking).
     if crate::http::origin::check(&app.config.allowed_origins, headers) == crate::http::origin::Verdict::Refused {
         tracing::warn!(%ip, origin = ?headers.get(header::ORIGIN), "websocket refused: Origin not allowed");
+        app.metrics.refused(RefusedReason::Origin);
         return refusal(ApiError::forbidden("this Origin may not open a WebSocket here (see --allowed-origins)"));
     }
     let wants_upgrade =
@@ -53,15 +55,18 @@ pub fn upgrade(
     let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let Some(token) = param("access_token").filter(|t| !t.is_empty()) else {
         tracing::warn!(%ip, "websocket refused: no access token");
+        app.metrics.refused(RefusedReason::Auth);
         return refusal(ApiError::unauthorized("an access_token is required"));
     };
     let Some(claims) = app.authenticate(token) else {
         // Never the token itself: it may be a valid one of someone else's, mistyped.
         tracing::warn!(%ip, "websocket refused: invalid, expired or revoked token");
+        app.metrics.refused(RefusedReason::Auth);
         return refusal(ApiError::unauthorized("the access token is invalid, expired or revoked"));
     };
     let Some(slot) = app.registry.reserve_session(claims.uid, app.config.max_connections_per_user) else {
         tracing::warn!(%ip, uid = claims.uid, limit = app.config.max_connections_per_user, "websocket refused: per-user connection cap");
+        app.metrics.refused(RefusedReason::PerUser);
         return refusal(ApiError::new(
             429,
             format!("you have {} connections open already; close one first", app.config.max_connections_per_user),

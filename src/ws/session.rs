@@ -23,6 +23,7 @@ use crate::actions::{self, Step};
 use crate::app::App;
 use crate::auth::Claims;
 use crate::frames;
+use crate::metrics::CloseReason;
 use crate::registry::{Connection, TOKEN_CLOSE};
 use crate::store::queries;
 use crate::unread::SyncNeed;
@@ -44,8 +45,8 @@ const RATE_LIMITED: &str = "rate limited: slow down";
 enum End {
     /// The peer went away or the socket failed: nothing more to write.
     Gone,
-    /// Close with this code after writing what is queued.
-    Close(CloseCode, &'static str),
+    /// Close with this code after writing what is queued; the reason counted in the metrics.
+    Close(CloseCode, &'static str, CloseReason),
     /// Dropped without a close handshake, for this reason (a peer that stopped answering).
     Dropped(&'static str),
 }
@@ -55,10 +56,24 @@ impl End {
     fn reason(&self) -> (&'static str, Option<u16>) {
         match self {
             End::Gone => ("peer closed", None),
-            End::Close(code, reason) => (reason, Some(u16::from(*code))),
+            End::Close(code, reason, _) => (reason, Some(u16::from(*code))),
             End::Dropped(reason) => (reason, None),
         }
     }
+
+    /// Why it ended, for `imd_connections_closed_total`.
+    fn metric(&self) -> CloseReason {
+        match self {
+            End::Gone => CloseReason::Normal,
+            End::Close(_, _, why) => *why,
+            End::Dropped(_) => CloseReason::PingTimeout,
+        }
+    }
+}
+
+/// The close of a client that does not read fast enough: its outbound queue overflowed.
+fn too_slow() -> End {
+    End::Close(CloseCode::Policy, "too slow: outbound queue full", CloseReason::SlowConsumer)
 }
 
 struct Session<S> {
@@ -90,7 +105,7 @@ where
         .max_frame_size(Some(max));
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let conn = app.registry.add(claims.uid, &device);
-    app.metrics.connections_total.inc();
+    app.metrics.opened();
     tracing::info!(conn = conn.id, uid = claims.uid, %ip, device = %conn.device, "connection opened");
     let rate = RateLimit::new(app.config.rate_limit, app.config.rate_burst);
     let liveness = Liveness::new(Duration::from_secs(app.config.ping_interval.max(1)), Instant::now());
@@ -107,6 +122,7 @@ where
     };
     let end = session.serve().await;
     let (reason, code) = end.reason();
+    app.metrics.closed(end.metric());
     session.finish(end).await;
     tracing::info!(conn = conn.id, uid = conn.uid, %ip, device = %conn.device, reason, code, "connection closed");
     // Before leaving the registry, so that a reconnect that no longer finds this connection
@@ -145,10 +161,10 @@ where
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => return End::Close(CloseCode::Away, "server shutting down"),
+                _ = &mut shutdown => return End::Close(CloseCode::Away, "server shutting down", CloseReason::Shutdown),
                 _ = &mut kicked => {
                     let (code, reason) = self.conn.closing().unwrap_or((TOKEN_CLOSE, "token revoked"));
-                    return End::Close(CloseCode::from(code), reason);
+                    return End::Close(CloseCode::from(code), reason, CloseReason::Revoked);
                 }
                 _ = &mut expiry => match self.token_end() {
                     Some(end) => return end,
@@ -207,6 +223,7 @@ where
             Some(batch) => (&batch.messages[..], &batch.cut[..], batch.more),
             None => (&[][..], &[][..], false),
         };
+        self.app.metrics.sync_messages.observe(missed.len() as f64);
         for message in missed {
             let name = self.app.directory.username(message.from_uid);
             self.feed(frames::message(message, name.as_deref().unwrap_or("system"))).await?;
@@ -239,7 +256,7 @@ where
         if let Some(cork) = self.cork.take() {
             cork.release();
         }
-        End::Close(CloseCode::Error, "sync failed")
+        End::Close(CloseCode::Error, "sync failed", CloseReason::Error)
     }
 
     async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), End> {
@@ -251,7 +268,7 @@ where
     async fn write_queued(&mut self, outgoing: &mut Vec<Queued>) -> Result<(), End> {
         match self.conn.outbox.drain_into(outgoing) {
             OutboxState::Open => {}
-            OutboxState::Overflowed => return Err(End::Close(CloseCode::Policy, "too slow: outbound queue full")),
+            OutboxState::Overflowed => return Err(too_slow()),
             OutboxState::Closed => return Err(End::Gone),
         }
         self.conn.positions.drop_written(outgoing);
@@ -268,7 +285,7 @@ where
         };
         let result = tokio::select! {
             written = write => written.map_err(|_| End::Gone),
-            _ = self.conn.outbox.overflowed() => Err(End::Close(CloseCode::Policy, "too slow: outbound queue full")),
+            _ = self.conn.outbox.overflowed() => Err(too_slow()),
         };
         if result.is_ok() {
             self.delivered(outgoing);
@@ -296,8 +313,12 @@ where
         if self.app.token_still_valid(&self.claims) {
             return None;
         }
-        let reason = if self.claims.exp <= crate::auth::now_secs() { "token expired" } else { "token revoked" };
-        Some(End::Close(CloseCode::from(TOKEN_CLOSE), reason))
+        let (reason, why) = if self.claims.exp <= crate::auth::now_secs() {
+            ("token expired", CloseReason::Expired)
+        } else {
+            ("token revoked", CloseReason::Revoked)
+        };
+        Some(End::Close(CloseCode::from(TOKEN_CLOSE), reason, why))
     }
 
     /// Takes a token of the rate limit for any frame the client sends.
@@ -320,7 +341,7 @@ where
             Some(Err(WsError::Capacity(_))) => {
                 let limit = self.app.config.max_frame_bytes;
                 self.refuse(frames::error(413, &format!("frame larger than {limit} bytes"), None), 413).await?;
-                return Err(End::Close(CloseCode::Size, "frame too large"));
+                return Err(End::Close(CloseCode::Size, "frame too large", CloseReason::Limit));
             }
             Some(Err(_)) => return Err(End::Gone),
         };
@@ -414,7 +435,7 @@ where
     /// A revoked or expired session is sent no more messages (its replies, such as the 401,
     /// still go): they stay unreceived, and the next login syncs them.
     async fn finish(&mut self, end: End) {
-        let End::Close(code, reason) = end else { return };
+        let End::Close(code, reason, _) = end else { return };
         let mut outgoing = Vec::new();
         self.conn.outbox.drain_into(&mut outgoing);
         if u16::from(code) == TOKEN_CLOSE {

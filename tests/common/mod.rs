@@ -605,3 +605,107 @@ impl FrameList for Value {
 pub fn seqs<L: FrameList + ?Sized>(list: &L) -> Vec<u64> {
     list.frames().iter().map(|m| m["seq"].as_u64().unwrap_or_else(|| panic!("seq: {m}"))).collect()
 }
+
+/// Text of each frame [`overrun`] sends.
+const OVERRUN_TEXT_BYTES: usize = 4000;
+
+/// Enough ~4 KB frames to overrun what the kernel can buffer for a [`slow_reader`]: twice the
+/// largest send buffer TCP may grow to (its receive buffer is pinned small), at least 8 MB.
+pub fn messages_to_overrun() -> usize {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2).and_then(|max| max.parse::<usize>().ok()))
+        .unwrap_or(4 << 20);
+    (2 * wmem_max).max(8 << 20) / OVERRUN_TEXT_BYTES
+}
+
+/// A WebSocket whose socket has a small receive buffer, so that the server's writes to it back
+/// up quickly while the test reads nothing (the `connected` frame is left unread too).
+pub async fn slow_reader(addr: SocketAddr, token: &str) -> Ws {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    let stream = socket.connect(addr).await.expect("connect");
+    let url = format!("ws://{addr}/?access_token={token}");
+    let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("upgrade");
+    Ws { stream }
+}
+
+/// Sends [`messages_to_overrun`] ~4 KB messages to `to_uid`, up to 64 in flight, reading the
+/// acks as they come (a reader that keeps up); returns their seqs. Run with `--rate-limit 0`.
+pub async fn overrun(sender: &mut Ws, to_uid: u64) -> Vec<i64> {
+    let messages = messages_to_overrun();
+    let text = "x".repeat(OVERRUN_TEXT_BYTES);
+    let mut acked = Vec::new();
+    for i in 0..messages {
+        let frame = json!({"action": "single_chat", "msg_type": "text", "msg_id": format!("m{i}"),
+                           "to_uid": to_uid, "msg": text});
+        sender.send_raw(Message::text(frame.to_string())).await;
+        while i + 1 - acked.len() >= 64 || (i + 1 == messages && acked.len() < messages) {
+            let reply = sender.recv().await;
+            assert_eq!(reply["action"], "ack", "{reply}");
+            acked.push(reply["seq"].as_i64().expect("seq"));
+        }
+    }
+    acked
+}
+
+/// Polls `/metrics` until the series `series` (name and labels as rendered) reaches `want`;
+/// returns the whole text then.
+pub async fn wait_metric(server: &Server, series: &str, want: f64) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = server.metrics().await;
+        let got = metric_value(&text, series).unwrap_or(0.0);
+        if got >= want {
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{series} stayed at {got}, wanted {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Upgrades to a WebSocket sending `origin` (if any); Ok(101) or Err(the refusal's status).
+pub async fn upgrade_with_origin(server: &Server, token: &str, origin: Option<&str>) -> Result<u16, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request =
+        format!("ws://{}/?access_token={token}", server.addr).into_client_request().expect("client request");
+    if let Some(origin) = origin {
+        let value = tokio_tungstenite::tungstenite::http::HeaderValue::from_str(origin).expect("origin header");
+        request.headers_mut().insert("origin", value);
+    }
+    let connect = tokio_tungstenite::connect_async(request);
+    match tokio::time::timeout(WAIT, connect).await.expect("upgrade timed out") {
+        Ok((_, response)) => Ok(response.status().as_u16()),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("websocket connect: {e}"),
+    }
+}
+
+/// Sends one keep-alive `GET /health` on `stream` and reads the response head; returns its status.
+pub async fn keep_alive_health(stream: &mut TcpStream) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("write");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n =
+            tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.expect("response in time").expect("read");
+        assert!(n > 0, "closed before a response");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line")
+}
+
+/// Opens `n` keep-alive connections that have each been answered once, so the server has
+/// accepted and counted them.
+pub async fn hold_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        assert_eq!(keep_alive_health(&mut stream).await, 200);
+        held.push(stream);
+    }
+    held
+}
