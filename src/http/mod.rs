@@ -131,7 +131,7 @@ impl From<Busy> for ApiError {
 async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer) -> Response<Body> {
     let verdict = origin::check(&app.config.allowed_origins, req.headers());
     if req.method() == Method::OPTIONS {
-        return origin::preflight(&verdict);
+        return origin::preflight(&verdict, allowed_methods(req.uri().path()));
     }
     let mut response = respond(app, req, socket, peer).await;
     if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
@@ -152,7 +152,10 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Pee
         return reply(Err(ApiError::not_found(format!("no such endpoint: {path}"))));
     };
     if req.method() != *allowed {
-        return reply(Err(ApiError::new(405, format!("{path} takes {allowed}"))));
+        let mut response = reply(Err(ApiError::new(405, format!("{path} takes {allowed}"))));
+        // RFC 9110 requires it on a 405.
+        response.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allowed.as_str()));
+        return response;
     }
     let path = path.to_string();
     match path.as_str() {
@@ -197,6 +200,18 @@ const ROUTES: &[(&str, Method)] = &[
     ("/metrics", Method::GET),
     ("/openapi.json", Method::GET),
 ];
+
+/// `Allow` for `OPTIONS` on `path`: its method and OPTIONS (an unknown path: both methods).
+fn allowed_methods(path: &str) -> &'static str {
+    if path == "/" {
+        return "GET, OPTIONS";
+    }
+    match ROUTES.iter().find(|(p, _)| *p == path).map(|(_, method)| method) {
+        Some(&Method::GET) => "GET, OPTIONS",
+        Some(&Method::POST) => "POST, OPTIONS",
+        _ => "GET, POST, OPTIONS",
+    }
+}
 
 /// The OpenAPI document of every route above (and `/`), served at `/openapi.json`; the tests
 /// below keep the two in agreement.
