@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, Ws, assert_error, http, metric_value, ok, send_text, seqs, single_chat_id};
+use common::{Server, Ws, assert_error, http, http_with_headers, metric_value, ok, send_text, seqs, single_chat_id};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -55,6 +55,25 @@ async fn unknown_path_is_404_and_wrong_method_is_405() {
     assert_error(status, &body, 405, "POST /message/history");
     let (status, body) = http(server.addr, "DELETE", "/health", None, None).await;
     assert_error(status, &body, 405, "DELETE /health");
+}
+
+/// RFC 9110: a 405 must say in `Allow` which method the path takes (schemathesis's finding).
+#[tokio::test]
+async fn allow_names_the_method_of_the_path() {
+    let server = Server::start().await;
+    for (method, path, allowed) in
+        [("TRACE", "/health", "GET"), ("GET", "/user/login", "POST"), ("DELETE", "/user/me", "GET")]
+    {
+        let (status, headers, body) = http_with_headers(server.addr, method, path, None, None).await;
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert_eq!(headers.get("allow").and_then(|v| v.to_str().ok()), Some(allowed), "{method} {path}: {headers:?}");
+    }
+    // The CORS preflight's `Allow` names the path's own method too (schemathesis's finding).
+    for (path, allowed) in [("/user/me", "GET, OPTIONS"), ("/user/login", "POST, OPTIONS"), ("/", "GET, OPTIONS")] {
+        let (status, headers, body) = http_with_headers(server.addr, "OPTIONS", path, None, None).await;
+        assert_eq!(status, 204, "OPTIONS {path}: {body}");
+        assert_eq!(headers.get("allow").and_then(|v| v.to_str().ok()), Some(allowed), "OPTIONS {path}: {headers:?}");
+    }
 }
 
 #[tokio::test]

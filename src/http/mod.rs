@@ -136,7 +136,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer
     let metrics = app.metrics.clone();
     let verdict = origin::check(&app.config.allowed_origins, req.headers());
     let response = if req.method() == Method::OPTIONS {
-        origin::preflight(&verdict)
+        origin::preflight(&verdict, allowed_methods(req.uri().path()))
     } else {
         let mut response = respond(app, req, socket, peer).await;
         if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
@@ -160,7 +160,10 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Pee
         return reply(Err(ApiError::not_found(format!("no such endpoint: {path}"))));
     };
     if req.method() != *allowed {
-        return reply(Err(ApiError::new(405, format!("{path} takes {allowed}"))));
+        let mut response = reply(Err(ApiError::new(405, format!("{path} takes {allowed}"))));
+        // RFC 9110 requires it on a 405.
+        response.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static(allowed.as_str()));
+        return response;
     }
     let path = path.to_string();
     match path.as_str() {
@@ -168,6 +171,7 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Pee
             app.metrics.writer_queue_depth.set(i64::try_from(app.store.queue_depth()).unwrap_or(i64::MAX));
             with_body(200, "text/plain; version=0.0.4", app.metrics.render())
         }
+        "/openapi.json" => with_body(200, "application/json", OPENAPI.to_string()),
         "/health" => match app.store.degraded() {
             Some(error) => storage_degraded(health(&app), &error),
             None => reply(Ok(health(&app))),
@@ -210,7 +214,24 @@ const ROUTES: &[(&str, Method)] = &[
     ("/message/conversations", Method::GET),
     ("/health", Method::GET),
     ("/metrics", Method::GET),
+    ("/openapi.json", Method::GET),
 ];
+
+/// `Allow` for `OPTIONS` on `path`: its method and OPTIONS (an unknown path: both methods).
+fn allowed_methods(path: &str) -> &'static str {
+    if path == "/" {
+        return "GET, OPTIONS";
+    }
+    match ROUTES.iter().find(|(p, _)| *p == path).map(|(_, method)| method) {
+        Some(&Method::GET) => "GET, OPTIONS",
+        Some(&Method::POST) => "POST, OPTIONS",
+        _ => "GET, POST, OPTIONS",
+    }
+}
+
+/// The OpenAPI document of every route above (and `/`), served at `/openapi.json`; the tests
+/// below keep the two in agreement.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 async fn route(app: &App, path: &str, params: Params) -> ApiResult {
     match path {
@@ -301,4 +322,69 @@ fn storage_degraded(mut data: serde_json::Value, error: &str) -> Response<Body> 
     data["status"] = json!("degraded");
     data["storage"] = json!(error);
     envelope(503, error, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// `(path, METHOD)` of every operation in docs/openapi.json.
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut ops = BTreeSet::new();
+        for (path, item) in paths {
+            for method in item.as_object().expect("path item").keys() {
+                if method != "parameters" {
+                    ops.insert((path.clone(), method.to_ascii_uppercase()));
+                }
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn openapi_documents_every_route_and_nothing_else() {
+        let mut routes: BTreeSet<(String, String)> =
+            ROUTES.iter().map(|(path, method)| (path.to_string(), method.to_string())).collect();
+        // `/` is served before ROUTES: the WebSocket upgrade.
+        routes.insert(("/".to_string(), "GET".to_string()));
+        let documented = documented();
+        let undocumented: Vec<_> = routes.difference(&documented).collect();
+        let phantom: Vec<_> = documented.difference(&routes).collect();
+        assert!(undocumented.is_empty(), "routes missing from docs/openapi.json: {undocumented:?}");
+        assert!(phantom.is_empty(), "docs/openapi.json documents what the router does not serve: {phantom:?}");
+    }
+
+    #[test]
+    fn openapi_version_is_the_crate_version() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    /// Every `$ref` points at something the document defines.
+    #[test]
+    fn openapi_refs_resolve() {
+        fn walk(value: &serde_json::Value, doc: &serde_json::Value, bad: &mut Vec<String>) {
+            match value {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(target)) = map.get("$ref") {
+                        let pointer = target.strip_prefix('#').unwrap_or(target);
+                        if doc.pointer(pointer).is_none() {
+                            bad.push(target.clone());
+                        }
+                    }
+                    map.values().for_each(|v| walk(v, doc, bad));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, doc, bad)),
+                _ => {}
+            }
+        }
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        let mut bad = Vec::new();
+        walk(&doc, &doc, &mut bad);
+        assert!(bad.is_empty(), "unresolved $ref: {bad:?}");
+    }
 }

@@ -61,13 +61,13 @@ pub fn add_cors_headers(response: &mut Response<Body>, verdict: &Verdict) {
     }
 }
 
-/// The answer to `OPTIONS` (a CORS preflight) on any path: 204; the CORS headers only for an
-/// allowed origin, so that the browser blocks the others.
-pub fn preflight(verdict: &Verdict) -> Response<Body> {
+/// The answer to `OPTIONS` (a CORS preflight) on any path: 204 with `allow`, the path's own
+/// methods; the CORS headers only for an allowed origin, so that the browser blocks the others.
+pub fn preflight(verdict: &Verdict, allow: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
-    headers.insert(header::ALLOW, HeaderValue::from_static("GET, POST, OPTIONS"));
+    headers.insert(header::ALLOW, HeaderValue::from_static(allow));
     if let Verdict::Allowed(_) = verdict {
         headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
         headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));

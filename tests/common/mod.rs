@@ -219,6 +219,18 @@ pub async fn http_raw(
     body: Option<(&str, String)>,
     token: Option<&str>,
 ) -> (u16, String) {
+    let (status, _, text) = http_with_headers(addr, method, path, body, token).await;
+    (status, text)
+}
+
+/// One HTTP/1.1 request; returns (status, response headers, body text).
+pub async fn http_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<(&str, String)>,
+    token: Option<&str>,
+) -> (u16, hyper::HeaderMap, String) {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
@@ -237,8 +249,9 @@ pub async fn http_raw(
     let req = req.body(body).expect("request");
     let resp = tokio::time::timeout(WAIT, sender.send_request(req)).await.expect("HTTP timeout").expect("HTTP");
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
+    (status, headers, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// A WebSocket client that speaks JSON text frames.
