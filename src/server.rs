@@ -11,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
-use crate::auth::{self, Auth};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn_limits::ConnLimits;
 use crate::directory::Directory;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{Store, WriterSettings};
+use crate::store::{self, Store, WriterSettings};
 use crate::supervisor::Supervisor;
 use crate::throttle::Throttle;
 
@@ -90,10 +90,10 @@ async fn serve(
     let supervisor = Supervisor::from_env()?;
     let metrics = Arc::new(Metrics::new());
     let db = Store::prepare(&config.db)?;
-    let directory = Arc::new(Directory::load(&db)?);
+    let directory = Arc::new(Directory::load(store::snapshot::read_snapshot(&db)?));
     let secret = match &config.jwt_secret {
         Some(secret) if !secret.is_empty() => secret.clone(),
-        _ => auth::stored_secret(&db)?,
+        _ => store::stored_jwt_secret(&db)?,
     };
     let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?
         .with_bcrypt_pool(config.bcrypt_threads, config.bcrypt_queue);

@@ -5,10 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
-
 use crate::store::backup;
-use crate::store::offline::{Access, open_existing};
+use crate::store::offline::{Access, Database, open_existing};
 
 pub fn run(db: &Path, path: &Path, force: bool) -> i32 {
     match take(db, path, force) {
@@ -48,24 +46,21 @@ fn take(db: &Path, path: &Path, force: bool) -> Result<u64, String> {
 }
 
 /// Copies into `temp`, showing progress on a terminal; the pages copied.
-fn copy_into(source: &Connection, temp: &Path) -> Result<u64, String> {
-    let mut dest = Connection::open(temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+fn copy_into(source: &Database, temp: &Path) -> Result<u64, String> {
     let tty = std::io::stderr().is_terminal();
     let mut pages = 0;
-    backup::copy(source, &mut dest, |copied, total| {
+    // Closed before the rename, so an error closing is not hidden behind a finished name.
+    backup::copy_to_file(source, temp, |copied, total| {
         pages = total;
         if tty {
             let mut err = std::io::stderr();
             let _ = write!(err, "\rbackup: {copied}/{total} pages");
             let _ = err.flush();
         }
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     if tty {
         eprintln!();
     }
-    // Closed before the rename, so an error closing is not hidden behind a finished name.
-    dest.close().map_err(|(_, e)| format!("{}: {e}", temp.display()))?;
     Ok(pages)
 }
 

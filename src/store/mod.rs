@@ -8,8 +8,13 @@ mod checkpoint;
 pub mod delivered;
 mod messages;
 pub mod offline;
+mod participants;
 pub mod queries;
+mod rooms;
 mod schema;
+mod shops;
+pub mod snapshot;
+mod users;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use messages::{Accepted, Kind, NewMessage, Origin, ServiceRoute, StoredMessage};
 pub use queries::{ConversationRow, SyncBatch, UserRow};
+pub use rooms::Joined;
+pub use users::stored_jwt_secret;
 pub use writer::Committed;
 
 use crate::fanout::Fanout;
