@@ -5,11 +5,11 @@
 pub mod accounts;
 pub mod backup;
 mod checkpoint;
-pub mod delivered;
+mod delivered;
 mod messages;
 pub mod offline;
 mod participants;
-pub mod queries;
+mod queries;
 mod rooms;
 mod schema;
 mod shops;
@@ -231,7 +231,7 @@ impl Store {
 
     /// Runs `work` inside the writer's next batch transaction and returns its result once that
     /// transaction has committed. A failing `work` is rolled back alone.
-    pub async fn write<R, F>(&self, work: F) -> StoreResult<R>
+    async fn write<R, F>(&self, work: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
@@ -253,7 +253,7 @@ impl Store {
     }
 
     /// Runs a read on a pooled read-only connection, off the async workers.
-    pub async fn read<R, F>(&self, work: F) -> StoreResult<R>
+    async fn read<R, F>(&self, work: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
