@@ -2,12 +2,10 @@
 //! hashing (bcrypt, on a small pool of its own: `bcrypt_pool`) and the admin secret.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::bcrypt_pool::{BcryptPool, Busy};
-use crate::store::StoreResult;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -98,18 +96,6 @@ pub fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// The JWT secret kept in the database, generated on first use.
-pub fn stored_secret(conn: &Connection) -> StoreResult<String> {
-    let existing: Option<String> =
-        conn.query_row("SELECT value FROM meta WHERE key = 'jwt_secret'", [], |r| r.get(0)).optional()?;
-    if let Some(secret) = existing {
-        return Ok(secret);
-    }
-    let secret: String = rand::random::<[u8; 32]>().iter().map(|b| format!("{b:02x}")).collect();
-    conn.execute("INSERT INTO meta (key, value) VALUES ('jwt_secret', ?1)", [&secret])?;
-    Ok(secret)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,15 +134,6 @@ mod tests {
         assert_eq!(auth.check_password("right password".into(), Some(real.clone())).await, Ok(true));
         assert_eq!(auth.check_password("wrong password".into(), Some(real)).await, Ok(false));
         assert_eq!(auth.check_password("imd-no-such-user".into(), None).await, Ok(false), "no user never logs in");
-    }
-
-    #[test]
-    fn the_generated_secret_is_long_enough_and_kept() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").unwrap();
-        let secret = stored_secret(&conn).unwrap();
-        assert!(secret.len() >= crate::config::MIN_SECRET_BYTES, "{} bytes", secret.len());
-        assert_eq!(stored_secret(&conn).unwrap(), secret, "generated once");
     }
 
     #[test]

@@ -7,15 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use rusqlite::{Connection, OptionalExtension};
 
-use crate::progress::Progress;
-use crate::store::StoreResult;
+use crate::store::snapshot::Snapshot;
 use crate::unread::UnreadHints;
-
-/// The `meta` key that `imd user revoke` counts up, so that a running daemon notices
-/// revocations made by another process (see `revocations`).
-pub const REVOCATIONS_KEY: &str = "token_revocations";
 
 pub struct UserEntry {
     pub name: Arc<str>,
@@ -56,78 +50,50 @@ pub struct Directory {
 }
 
 impl Directory {
-    pub fn load(conn: &Connection) -> StoreResult<Directory> {
+    /// The directory of a snapshot the store read at start.
+    pub fn load(snapshot: Snapshot) -> Directory {
         let mut directory = Directory::default();
-        // Start-up's longest step on a large database: shown on a terminal.
-        let mut progress = Progress::new("start-up: loading users", "users");
-        let total = if progress.shown() { count(conn, "users")? } else { 0 };
-        let mut users = conn.prepare("SELECT uid, username, token_gen FROM users")?;
         let mut max_uid = 0;
-        let mut loaded = 0;
-        for row in users.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?, r.get::<_, u64>(2)?)))? {
-            let (uid, name, token_gen) = row?;
-            directory.add_user(uid, &name, token_gen);
-            max_uid = max_uid.max(uid);
-            loaded += 1;
-            progress.update(loaded, total);
+        for user in snapshot.users {
+            directory.add_user(user.uid, &user.username, user.token_gen);
+            max_uid = max_uid.max(user.uid);
         }
-        progress.finish();
         directory.unread = UnreadHints::new(max_uid);
         // Each set is built whole, then shared once: adding members one by one (`add_member`
         // copies the set each time) made start-up quadratic in a room's size.
         let mut room_members: HashMap<String, HashSet<u64>> = HashMap::new();
-        let mut rooms = conn.prepare("SELECT chat_id, private, history FROM rooms")?;
-        for row in
-            rooms.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, String>(2)?)))?
-        {
-            let (chat_id, private, history) = row?;
-            let policy = RoomPolicy { private, history_from_join: history == "joined" };
+        for room in snapshot.rooms {
+            let policy = RoomPolicy { private: room.private, history_from_join: room.history_from_join };
             if policy != RoomPolicy::default() {
-                directory.room_policies.insert(Arc::from(chat_id.as_str()), policy);
+                directory.room_policies.insert(Arc::from(room.chat_id.as_str()), policy);
             }
-            room_members.insert(chat_id, HashSet::new());
+            room_members.insert(room.chat_id, HashSet::new());
         }
-        let mut progress = Progress::new("start-up: loading room members", "members");
-        let total = if progress.shown() { count(conn, "room_members")? } else { 0 };
-        let mut loaded = 0;
-        let mut members = conn.prepare("SELECT chat_id, uid FROM room_members")?;
-        for row in members.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
-            let (chat_id, uid) = row?;
-            loaded += 1;
-            progress.update(loaded, total);
+        for (chat_id, uid) in snapshot.members {
             // Members of a room that no longer exists are ignored.
             if let Some(set) = room_members.get_mut(&chat_id) {
                 set.insert(uid);
             }
         }
-        progress.finish();
         for (chat_id, set) in room_members {
             directory.rooms.insert(Arc::from(chat_id), Arc::new(set));
         }
         let mut shop_agents: HashMap<u64, (u64, Vec<u64>, Vec<u64>)> = HashMap::new();
-        let mut shops = conn.prepare("SELECT shop_id, owner_uid FROM shops")?;
-        for row in shops.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?)))? {
-            let (shop_id, owner_uid) = row?;
+        for (shop_id, owner_uid) in snapshot.shops {
             shop_agents.insert(shop_id, (owner_uid, Vec::new(), Vec::new()));
         }
-        // (shop_id, uid) is the table's key: no duplicates to skip.
-        let mut agents = conn.prepare("SELECT shop_id, uid, accepted FROM shop_agents")?;
-        for row in agents.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, r.get::<_, bool>(2)?)))? {
-            let (shop_id, uid, accepted) = row?;
-            if let Some((_, list, invited)) = shop_agents.get_mut(&shop_id) {
-                if accepted { list.push(uid) } else { invited.push(uid) }
+        for agent in snapshot.agents {
+            if let Some((_, list, invited)) = shop_agents.get_mut(&agent.shop_id) {
+                if agent.accepted { list.push(agent.uid) } else { invited.push(agent.uid) }
             }
         }
         for (shop_id, (owner_uid, agents, invited)) in shop_agents {
             directory.shops.insert(shop_id, Shop { owner_uid, agents: Arc::new(agents), invited });
         }
-        let mut handlers =
-            conn.prepare("SELECT chat_id, handler_uid FROM conversations WHERE handler_uid IS NOT NULL")?;
-        for row in handlers.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
-            let (chat_id, agent) = row?;
+        for (chat_id, agent) in snapshot.handlers {
             directory.handlers.insert(Arc::from(chat_id), agent);
         }
-        Ok(directory)
+        directory
     }
 
     // Users.
@@ -155,19 +121,17 @@ impl Directory {
     }
 
     /// Takes every user's token generation from the database (where another process may have
-    /// moved it on); returns the uids whose generation moved. Blocking: a store read.
-    pub fn reload_token_gens(&self, conn: &Connection) -> StoreResult<Vec<u64>> {
+    /// moved it on: `(uid, generation)` rows); returns the uids whose generation moved.
+    pub fn reload_token_gens(&self, generations: &[(u64, u64)]) -> Vec<u64> {
         let mut moved = Vec::new();
-        let mut users = conn.prepare("SELECT uid, token_gen FROM users")?;
-        for row in users.query_map([], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?)))? {
-            let (uid, token_gen) = row?;
+        for &(uid, token_gen) in generations {
             if let Some(user) = self.users.get(&uid)
                 && user.token_gen.fetch_max(token_gen, Ordering::AcqRel) < token_gen
             {
                 moved.push(uid);
             }
         }
-        Ok(moved)
+        moved
     }
 
     // Rooms.
@@ -295,98 +259,20 @@ impl Directory {
     }
 }
 
-/// Moves `uid`'s token generation on, which revokes every token issued to them so far;
-/// returns the new generation, or None when there is no such user.
-pub fn bump_token_gen(conn: &Connection, uid: u64) -> StoreResult<Option<u64>> {
-    Ok(conn
-        .query_row("UPDATE users SET token_gen = token_gen + 1 WHERE uid = ?1 RETURNING token_gen", [uid], |r| {
-            r.get::<_, u64>(0)
-        })
-        .optional()?)
-}
-
-/// Counts a revocation made outside the daemon up (see `REVOCATIONS_KEY`).
-pub fn note_revocation(conn: &Connection) -> StoreResult<()> {
-    conn.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, '1')
-         ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-        [REVOCATIONS_KEY],
-    )?;
-    Ok(())
-}
-
-/// The count of `note_revocation`, None before the first.
-pub fn revocations(conn: &Connection) -> StoreResult<Option<String>> {
-    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [REVOCATIONS_KEY], |r| r.get(0)).optional()?)
-}
-
-/// Rows of `table` (a name of ours, never a client's), for a progress total.
-fn count(conn: &Connection, table: &str) -> StoreResult<u64> {
-    Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
-    use rusqlite::params;
-
     use super::*;
 
     #[test]
-    fn a_revocation_by_another_connection_shows_in_the_reload() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conn = crate::store::Store::prepare(&dir.path().join("imd.db")).expect("database");
-        for name in ["alice", "bob"] {
-            conn.execute("INSERT INTO users (username, password_hash, created_at) VALUES (?1, 'x', 0)", [name])
-                .expect("user");
-        }
-        let directory = Directory::load(&conn).expect("load");
-        assert_eq!(revocations(&conn).expect("count"), None);
-        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), Vec::<u64>::new(), "nothing moved");
-
-        assert_eq!(bump_token_gen(&conn, 2).expect("bump"), Some(1));
-        assert_eq!(bump_token_gen(&conn, 99).expect("bump"), None, "no such user");
-        note_revocation(&conn).expect("note");
-        note_revocation(&conn).expect("note");
-        assert_eq!(revocations(&conn).expect("count").as_deref(), Some("2"));
-
-        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), vec![2]);
+    fn a_revocation_by_another_process_shows_in_the_reload() {
+        let directory = Directory::default();
+        directory.add_user(1, "alice", 0);
+        directory.add_user(2, "bob", 0);
+        assert_eq!(directory.reload_token_gens(&[(1, 0), (2, 0)]), Vec::<u64>::new(), "nothing moved");
+        assert_eq!(directory.reload_token_gens(&[(1, 0), (2, 1), (99, 4)]), vec![2]);
         assert_eq!((directory.token_gen(1), directory.token_gen(2)), (Some(0), Some(1)));
-        assert_eq!(directory.reload_token_gens(&conn).expect("reload"), Vec::<u64>::new(), "seen once");
-    }
-
-    /// Members of one room, as a large deployment has them.
-    const MEMBERS: u64 = 200_000;
-
-    #[test]
-    fn loading_a_huge_room_is_linear() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut conn = crate::store::Store::prepare(&dir.path().join("imd.db")).expect("database");
-        let tx = conn.transaction().expect("transaction");
-        tx.execute("INSERT INTO rooms (chat_id, owner_uid, created_at) VALUES ('2_1_1', 1, 0)", []).expect("room");
-        tx.execute("INSERT INTO rooms (chat_id, owner_uid, created_at) VALUES ('2_1_2', 1, 0)", []).expect("room");
-        {
-            let mut member =
-                tx.prepare("INSERT INTO room_members (chat_id, uid, joined_at) VALUES (?1, ?2, 0)").expect("prepare");
-            for uid in 1..=MEMBERS {
-                member.execute(params!["2_1_1", uid]).expect("member");
-            }
-            member.execute(params!["2_1_2", 7]).expect("member");
-            // A member row of a room that is gone is ignored, as before.
-            member.execute(params!["2_9_9", 7]).expect("member");
-        }
-        tx.commit().expect("commit");
-
-        let started = Instant::now();
-        let directory = Directory::load(&conn).expect("load");
-        let took = started.elapsed();
-        // Measured on a 2-core VM: 0.08 s; adding the members one by one, the set copied each
-        // time, took 16 s.
-        assert!(took < Duration::from_secs(3), "loading {MEMBERS} members took {took:?}");
-        assert_eq!(directory.room_members("2_1_1").map(|m| m.len()), Some(MEMBERS as usize));
-        assert!(directory.is_member("2_1_1", MEMBERS) && directory.is_member("2_1_1", 1));
-        assert_eq!(directory.room_members("2_1_2").map(|m| m.len()), Some(1));
-        assert!(!directory.room_exists("2_9_9"));
+        assert_eq!(directory.reload_token_gens(&[(1, 0), (2, 1)]), Vec::<u64>::new(), "seen once");
+        assert_eq!(directory.reload_token_gens(&[(2, 0)]), Vec::<u64>::new(), "never moved back");
+        assert_eq!(directory.token_gen(2), Some(1));
     }
 }

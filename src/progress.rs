@@ -18,7 +18,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(label: &'static str, unit: &'static str) -> Progress {
-        Progress { tty: std::io::stderr().is_terminal(), label, unit, drawn: None, last: (0, 0) }
+        Progress { tty: on_terminal(), label, unit, drawn: None, last: (0, 0) }
     }
 
     /// Whether anything is shown (so callers can skip work, such as counting, for nobody).
@@ -46,6 +46,37 @@ impl Progress {
         if self.tty {
             self.draw();
             eprintln!();
+        }
+    }
+}
+
+/// Whether progress would be shown at all.
+pub fn on_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Several steps one after another, each on its own line.
+#[derive(Default)]
+pub struct Steps {
+    current: Option<Progress>,
+}
+
+impl Steps {
+    /// How far the step `label` is; a new label ends the previous step's line.
+    pub fn update(&mut self, label: &'static str, unit: &'static str, done: u64, total: u64) {
+        if self.current.as_ref().is_none_or(|step| step.label != label) {
+            self.finish();
+            self.current = Some(Progress::new(label, unit));
+        }
+        if let Some(step) = self.current.as_mut() {
+            step.update(done, total);
+        }
+    }
+
+    /// Ends the line of the last step.
+    pub fn finish(&mut self) {
+        if let Some(step) = self.current.take() {
+            step.finish();
         }
     }
 }

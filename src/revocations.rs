@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::App;
-use crate::directory;
 use crate::registry::TOKEN_CLOSE;
 
 /// How often the database's revocation count is read: one primary-key lookup.
@@ -27,7 +26,7 @@ async fn watch(app: Arc<App>) {
             _ = app.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let count = match app.store.read(directory::revocations).await {
+        let count = match app.store.revocation_count().await {
             Ok(count) => count,
             Err(e) => {
                 tracing::debug!("reading the revocation count: {e}");
@@ -38,10 +37,9 @@ async fn watch(app: Arc<App>) {
             continue;
         }
         // Only the whole table tells whose generation moved; this runs once per revocation.
-        let dir = app.directory.clone();
-        match app.store.read(move |conn| dir.reload_token_gens(conn)).await {
-            Ok(moved) => {
-                for uid in moved {
+        match app.store.token_generations().await {
+            Ok(generations) => {
+                for uid in app.directory.reload_token_gens(&generations) {
                     let closed = app.registry.close_user(uid, TOKEN_CLOSE, "token revoked");
                     tracing::info!(uid, closed, "tokens revoked on the database");
                 }

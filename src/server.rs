@@ -11,14 +11,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
-use crate::auth::{self, Auth};
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::conn_limits::ConnLimits;
 use crate::directory::Directory;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::progress::{self, Steps};
 use crate::registry::Registry;
-use crate::store::{Store, WriterSettings};
+use crate::store::{self, Store, WriterSettings};
 use crate::supervisor::Supervisor;
 use crate::throttle::Throttle;
 
@@ -90,10 +91,19 @@ async fn serve(
     let supervisor = Supervisor::from_env()?;
     let metrics = Arc::new(Metrics::new());
     let db = Store::prepare(&config.db)?;
-    let directory = Arc::new(Directory::load(&db)?);
+    // Start-up's longest step on a large database, shown on a terminal.
+    let mut steps = Steps::default();
+    let mut show = |table: &'static str, done: u64, total: u64| match table {
+        "users" => steps.update("start-up: loading users", "users", done, total),
+        _ => steps.update("start-up: loading room members", "members", done, total),
+    };
+    let watch: Option<store::snapshot::Watch<'_>> = if progress::on_terminal() { Some(&mut show) } else { None };
+    let snapshot = store::snapshot::read_snapshot(&db, watch)?;
+    steps.finish();
+    let directory = Arc::new(Directory::load(snapshot));
     let secret = match &config.jwt_secret {
         Some(secret) if !secret.is_empty() => secret.clone(),
-        _ => auth::stored_secret(&db)?,
+        _ => store::stored_jwt_secret(&db)?,
     };
     let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?
         .with_bcrypt_pool(config.bcrypt_threads, config.bcrypt_queue);

@@ -1,13 +1,10 @@
 //! Usernames in any script: which names are valid, their stored (NFC) form, and the key that
 //! makes names unique regardless of case and look-alike characters (UTS #39 skeleton).
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 use unicode_security::GeneralSecurityProfile;
 use unicode_security::confusable_detection::skeleton;
-
-use crate::store::{StoreError, StoreResult};
 
 /// Most characters a name may have.
 pub const MAX_CHARS: usize = 32;
@@ -55,36 +52,6 @@ fn is_cjk(c: char) -> bool {
 pub fn key(name: &str) -> String {
     let lower: String = name.nfc().flat_map(char::to_lowercase).collect();
     skeleton(&lower).collect()
-}
-
-/// The username that holds `key`, if any.
-pub fn holder(conn: &Connection, key: &str) -> StoreResult<Option<String>> {
-    Ok(conn
-        .prepare_cached("SELECT username FROM users WHERE name_key = ?1")?
-        .query_row([key], |r| r.get(0))
-        .optional()?)
-}
-
-/// Fills `name_key` for users created before it existed, oldest first. When two old names
-/// share a key, the older user holds it and the other keeps a NULL key: both accounts stay,
-/// and the second logs in by its exact name.
-pub fn fill_keys(conn: &Connection) -> StoreResult<()> {
-    let users: Vec<(u64, String)> = conn
-        .prepare("SELECT uid, username FROM users WHERE name_key IS NULL ORDER BY uid")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (uid, name) in users {
-        match conn.execute("UPDATE users SET name_key = ?1 WHERE uid = ?2", params![key(&name), uid]) {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
-                tracing::warn!(
-                    "username {name:?} (uid {uid}) collides with an older one; it logs in by exact name only"
-                );
-            }
-            Err(e) => return Err(StoreError::Sqlite(e)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! Actions that change stored state and reply once it is committed: join_group, leave_group,
 //! read.
 
-use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 
 use super::{ClientFrame, Ctx, Refusal, Step};
@@ -58,23 +57,7 @@ pub fn read(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
     let seq = i64::try_from(seq).map_err(|_| Refusal::new(400, "seq is too large"))?;
     let (app, conn, uid) = (ctx.app.clone(), ctx.conn.clone(), ctx.uid);
     Ok(Step::Later(Box::pin(async move {
-        let id = chat_id.clone();
-        let moved = app
-            .store
-            .write(move |db| {
-                Ok(db
-                    .query_row(
-                        "UPDATE participants SET read_seq = MAX(read_seq,
-                             MIN(?3, (SELECT last_seq FROM conversations WHERE chat_id = ?2))),
-                           floor_seq = MAX(floor_seq,
-                             MIN(?3, (SELECT last_seq FROM conversations WHERE chat_id = ?2)))
-                         WHERE uid = ?1 AND chat_id = ?2 RETURNING read_seq",
-                        params![uid, id, seq],
-                        |row| row.get::<_, i64>(0),
-                    )
-                    .optional()?)
-            })
-            .await;
+        let moved = app.store.mark_read(uid, chat_id.clone(), seq).await;
         match moved {
             Ok(Some(read_seq)) => {
                 let frame = frames::json(json!({"action": "read", "code": 200, "chat_id": chat_id, "seq": read_seq}));

@@ -5,7 +5,6 @@ use serde_json::json;
 
 use super::{ClientFrame, Ctx, Refusal, Step};
 use crate::frames;
-use crate::store::delivered;
 
 /// Moves the sending device's delivered position forward (never back, never past the newest
 /// message); the reply's `seq` is where this device's sync now resumes.
@@ -15,8 +14,7 @@ pub fn received(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal>
     let seq = i64::try_from(seq).map_err(|_| Refusal::new(400, "seq is too large"))?;
     let (app, uid, device) = (ctx.app.clone(), ctx.uid, ctx.conn.device.to_string());
     Ok(Step::Later(Box::pin(async move {
-        let id = chat_id.clone();
-        match app.store.write(move |db| delivered::receive(db, uid, &device, &id, seq)).await {
+        match app.store.receive(uid, device, chat_id.clone(), seq).await {
             Ok(Some(position)) => {
                 frames::json(json!({"action": "received", "code": 200, "chat_id": chat_id, "seq": position}))
             }

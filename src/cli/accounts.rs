@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use crate::store::accounts;
-use crate::store::offline::{Access, open_existing};
+use crate::store::offline::{Access, Database, open_existing};
 use crate::usernames;
 
 pub fn list(db: &Path) -> i32 {
@@ -57,7 +57,7 @@ pub fn passwd(db: &Path, name: &str, cost: u32) -> i32 {
 }
 
 /// The database, open for writing, and the bcrypt hash of the password read from stdin.
-fn open_with_password(db: &Path, cost: u32) -> Result<(rusqlite::Connection, String), String> {
+fn open_with_password(db: &Path, cost: u32) -> Result<(Database, String), String> {
     let conn = open_existing(db, Access::Write).map_err(|why| format!("cannot open {why}"))?;
     let hash = read_password().and_then(|password| hash(&password, cost))?;
     Ok((conn, hash))

@@ -4,11 +4,9 @@
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::Connection;
-
 use crate::progress::Progress;
 use crate::store::backup;
-use crate::store::offline::{Access, open_existing};
+use crate::store::offline::{Access, Database, open_existing};
 
 pub fn run(db: &Path, path: &Path, force: bool) -> i32 {
     match take(db, path, force) {
@@ -48,18 +46,15 @@ fn take(db: &Path, path: &Path, force: bool) -> Result<u64, String> {
 }
 
 /// Copies into `temp`, showing progress on a terminal; the pages copied.
-fn copy_into(source: &Connection, temp: &Path) -> Result<u64, String> {
-    let mut dest = Connection::open(temp).map_err(|e| format!("{}: {e}", temp.display()))?;
+fn copy_into(source: &Database, temp: &Path) -> Result<u64, String> {
     let mut progress = Progress::new("backup", "pages");
     let mut pages = 0;
-    backup::copy(source, &mut dest, |copied, total| {
+    // Closed before the rename, so an error closing is not hidden behind a finished name.
+    backup::copy_to_file(source, temp, |copied, total| {
         pages = total;
         progress.update(copied, total);
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     progress.finish();
-    // Closed before the rename, so an error closing is not hidden behind a finished name.
-    dest.close().map_err(|(_, e)| format!("{}: {e}", temp.display()))?;
     Ok(pages)
 }
 

@@ -7,7 +7,6 @@ use super::message::admin_uid;
 use super::params::Params;
 use super::user::revoke;
 use crate::app::App;
-use crate::store;
 
 /// `POST /admin/user/revoke` with `username` or `uid`: every token issued to that user so far
 /// stops working and their open sockets close with 4001 "token revoked", as a logout would.
@@ -33,11 +32,8 @@ async fn target(app: &App, params: &Params) -> Result<(u64, String), ApiError> {
         return Ok((uid, name.to_string()));
     };
     let lookup = name.to_string();
-    let user = app
-        .store
-        .read(move |conn| store::queries::user_by_name(conn, &lookup))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no user named {name}")))?;
+    let user =
+        app.store.user_by_name(lookup).await?.ok_or_else(|| ApiError::not_found(format!("no user named {name}")))?;
     if uid.is_some_and(|uid| uid != user.uid) {
         return Err(ApiError::bad_request(format!("`uid` is not the uid of {name}")));
     }

@@ -11,7 +11,7 @@ use super::params::Params;
 use crate::app::App;
 use crate::chat_id::{self, ChatId};
 use crate::frames;
-use crate::store::{self, Kind, NewMessage, Origin, StoredMessage};
+use crate::store::{Kind, NewMessage, Origin, StoredMessage};
 
 /// `POST /message/sendPublicMessage`: an admin's broadcast to everyone.
 pub async fn broadcast(app: &App, params: Params) -> ApiResult {
@@ -52,7 +52,7 @@ pub(super) async fn admin_uid(app: &App, params: &Params) -> Result<u64, ApiErro
         .ok_or_else(|| ApiError::unauthorized("the access token is invalid, expired or revoked"))?;
     let uid = claims.uid;
     // The role is read fresh: `imd user role` changes it in the database directly.
-    let user = app.store.read(move |conn| store::queries::user_by_uid(conn, uid)).await?;
+    let user = app.store.user_by_uid(uid).await?;
     match user {
         Some(user) if user.role == "admin" => Ok(uid),
         _ => Err(ApiError::forbidden("only admins may broadcast")),
@@ -102,13 +102,7 @@ pub async fn history(app: &App, params: Params) -> ApiResult {
     // In a room whose history is not shared, a member sees only what came after their join.
     let from_join = app.directory.room_policy(&chat_id).history_from_join;
     let uid = claims.uid;
-    let (page, has_more) = app
-        .store
-        .read(move |conn| {
-            let after = if from_join { store::queries::joined_seq(conn, &id, uid)?.unwrap_or(i64::MAX) } else { 0 };
-            store::queries::history(conn, &id, before, after, limit as i64)
-        })
-        .await?;
+    let (page, has_more) = app.store.history_page(id, uid, from_join, before, limit as i64).await?;
     let messages: Vec<Value> = page.iter().map(|m| message_json(app, m)).collect();
     Ok(json!({"chat_id": chat_id, "messages": messages, "has_more": has_more}))
 }
@@ -125,8 +119,7 @@ pub async fn conversations(app: &App, params: Params) -> ApiResult {
         return Err(ApiError::bad_request(format!("`limit` must be 1-{CONVERSATIONS_MAX}")));
     }
     let offset = usize::try_from(params.number("offset")?.unwrap_or(0)).unwrap_or(usize::MAX);
-    let (rows, has_more) =
-        app.store.read(move |conn| store::queries::conversations_of(conn, uid, offset, limit as usize)).await?;
+    let (rows, has_more) = app.store.conversations_of(uid, offset, limit as usize).await?;
     let list: Vec<Value> = rows
         .iter()
         .map(|row| {

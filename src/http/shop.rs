@@ -1,7 +1,6 @@
 //! Shops and their customer-service agents. An agent the owner adds is only invited until
 //! they accept; only accepted agents get customers.
 
-use rusqlite::params;
 use serde_json::json;
 
 use super::envelope::{ApiError, ApiResult};
@@ -16,16 +15,7 @@ pub async fn create(app: &App, params: Params) -> ApiResult {
         return Err(ApiError::bad_request("`name` must be 1-64 characters"));
     }
     let owner = claims.uid;
-    let shop_id = app
-        .store
-        .write(move |conn| {
-            conn.execute(
-                "INSERT INTO shops (name, owner_uid, created_at) VALUES (?1, ?2, ?3)",
-                params![name, owner, crate::now_ms()],
-            )?;
-            Ok(conn.last_insert_rowid() as u64)
-        })
-        .await?;
+    let shop_id = app.store.create_shop(name, owner).await?;
     app.directory.add_shop(shop_id, owner);
     Ok(json!({"shop_id": shop_id}))
 }
@@ -50,20 +40,7 @@ fn owned_shop_and_agent(app: &App, params: &Params) -> Result<(u64, u64), ApiErr
 pub async fn add_agent(app: &App, params: Params) -> ApiResult {
     let (shop_id, uid) = owned_shop_and_agent(app, &params)?;
     let owner = app.directory.shop_owner(shop_id) == Some(uid);
-    let accepted = app
-        .store
-        .write(move |conn| {
-            conn.execute(
-                "INSERT OR IGNORE INTO shop_agents (shop_id, uid, accepted) VALUES (?1, ?2, ?3)",
-                params![shop_id, uid, owner],
-            )?;
-            Ok(conn.query_row(
-                "SELECT accepted FROM shop_agents WHERE shop_id = ?1 AND uid = ?2",
-                params![shop_id, uid],
-                |row| row.get::<_, bool>(0),
-            )?)
-        })
-        .await?;
+    let accepted = app.store.add_agent(shop_id, uid, owner).await?;
     if accepted {
         app.directory.add_agent(shop_id, uid);
     } else {
@@ -84,17 +61,8 @@ pub async fn accept_agent(app: &App, params: Params) -> ApiResult {
     if !app.directory.is_invited_agent(shop_id, uid) {
         return Err(ApiError::not_found(format!("no invitation to be an agent of shop {shop_id}")));
     }
-    let changed = app
-        .store
-        .write(move |conn| {
-            Ok(conn.execute(
-                "UPDATE shop_agents SET accepted = 1 WHERE shop_id = ?1 AND uid = ?2",
-                params![shop_id, uid],
-            )?)
-        })
-        .await?;
     // The owner may have removed them meanwhile.
-    if changed == 0 {
+    if !app.store.accept_agent(shop_id, uid).await? {
         return Err(ApiError::not_found(format!("no invitation to be an agent of shop {shop_id}")));
     }
     app.directory.accept_agent(shop_id, uid);
@@ -104,23 +72,7 @@ pub async fn accept_agent(app: &App, params: Params) -> ApiResult {
 pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
     let (shop_id, uid) = owned_shop_and_agent(app, &params)?;
     app.directory.remove_agent(shop_id, uid);
-    app.store
-        .write(move |conn| {
-            conn.execute("DELETE FROM shop_agents WHERE shop_id = ?1 AND uid = ?2", params![shop_id, uid])?;
-            // The conversations they handled wait for the shop's other agents again, and sync
-            // stops offering the shop's conversations to them (unless they are its customer).
-            conn.execute(
-                "UPDATE conversations SET handler_uid = NULL WHERE shop_id = ?1 AND handler_uid = ?2",
-                params![shop_id, uid],
-            )?;
-            conn.execute(
-                "DELETE FROM participants WHERE uid = ?2 AND chat_id IN
-                    (SELECT chat_id FROM conversations WHERE shop_id = ?1 AND customer_uid IS NOT ?2)",
-                params![shop_id, uid],
-            )?;
-            Ok(())
-        })
-        .await?;
+    app.store.remove_agent(shop_id, uid).await?;
     app.directory.forget_handler(shop_id, uid);
     // Every agent of the shop may now have those conversations unread.
     app.directory.unread.note_everyone();

@@ -1,12 +1,11 @@
 //! Accounts: register, login, logout, me.
 
-use rusqlite::{ErrorCode, params};
 use serde_json::json;
 
 use super::envelope::{ApiError, ApiResult};
 use super::params::Params;
 use crate::app::App;
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 use crate::usernames;
 
 /// bcrypt uses the first 72 bytes of a password and ignores the rest: longer ones are refused
@@ -31,33 +30,17 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
     let key = usernames::key(&username);
     // Before hashing: a taken name must not cost a bcrypt run. The UNIQUE index still decides
     // a race between two registrations of one name.
-    let lookup = key.clone();
-    let taken = app.store.read(move |conn| Ok(usernames::holder(conn, &lookup)?.is_some())).await?;
+    let taken = app.store.name_taken(key.clone()).await?;
     if taken {
         return Err(ApiError::new(409, format!("username {username} is taken")));
     }
     let hash = app.auth.hash_password(password).await?.ok_or_else(|| ApiError::new(500, "cannot hash the password"))?;
     let name = username.clone();
     let shared_mark = app.directory.unread.shared_mark();
-    let created = app
-        .store
-        .write(move |conn| {
-            conn.execute(
-                "INSERT INTO users (username, name_key, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![name, key, hash, crate::now_ms()],
-            )?;
-            let uid = conn.last_insert_rowid() as u64;
-            // Broadcasts from before registration are not for this user.
-            conn.execute(
-                "INSERT INTO participants (uid, chat_id, read_seq, floor_seq) SELECT ?1, chat_id, last_seq, last_seq FROM conversations WHERE chat_id = ?2",
-                params![uid, crate::chat_id::SYSTEM],
-            )?;
-            Ok(uid)
-        })
-        .await;
+    let created = app.store.create_user(name, key, hash).await;
     let uid = match created {
-        Ok(uid) => uid,
-        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))) if e.code == ErrorCode::ConstraintViolation => {
+        Ok(Some(uid)) => uid,
+        Ok(None) => {
             return Err(ApiError::new(409, format!("username {username} is taken")));
         }
         Err(StoreError::Refused(text)) if text.contains("UNIQUE") => {
@@ -77,19 +60,7 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
     let (ip, name) = (params.peer, username.clone());
     // Any spelling of the name works (case, NFC, look-alikes): the exact name first, for an old
     // account whose key an older look-alike holds, then the key.
-    let user = app
-        .store
-        .read(move |conn| {
-            let name: String = unicode_normalization::UnicodeNormalization::nfc(username.as_str()).collect();
-            if let Some(user) = store::queries::user_by_name(conn, &name)? {
-                return Ok(Some(user));
-            }
-            match usernames::holder(conn, &usernames::key(&name))? {
-                Some(holder) => store::queries::user_by_name(conn, &holder),
-                None => Ok(None),
-            }
-        })
-        .await?;
+    let user = app.store.user_for_login(username).await?;
     // No length check here: accounts made before the 72-byte limit log in as they always did.
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     if !app.auth.check_password(password, hash).await? || user.is_none() {
@@ -123,7 +94,7 @@ pub async fn logout(app: &App, params: Params) -> ApiResult {
 /// Revokes every token issued to `uid` so far and closes their open sockets with 4001 and
 /// `reason`; false when there is no such user.
 pub(super) async fn revoke(app: &App, uid: u64, reason: &'static str) -> Result<bool, ApiError> {
-    let Some(token_gen) = app.store.write(move |conn| crate::directory::bump_token_gen(conn, uid)).await? else {
+    let Some(token_gen) = app.store.bump_token_generation(uid).await? else {
         return Ok(false);
     };
     // The generation first: a socket joining the registry meanwhile checks it (`ws::session`).
@@ -135,11 +106,7 @@ pub(super) async fn revoke(app: &App, uid: u64, reason: &'static str) -> Result<
 pub async fn me(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let uid = claims.uid;
-    let user = app
-        .store
-        .read(move |conn| store::queries::user_by_uid(conn, uid))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("no such user"))?;
+    let user = app.store.user_by_uid(uid).await?.ok_or_else(|| ApiError::unauthorized("no such user"))?;
     Ok(json!({"uid": user.uid, "username": user.username, "role": user.role}))
 }
 

@@ -25,6 +25,18 @@ pub fn copy(source: &Connection, dest: &mut Connection, mut progress: impl FnMut
     result
 }
 
+/// Copies the database `source` into the new, empty file `dest` and closes it (an error
+/// closing is reported, not hidden behind a finished copy).
+pub fn copy_to_file(
+    source: &super::offline::Database,
+    dest: &std::path::Path,
+    progress: impl FnMut(u64, u64),
+) -> Result<(), String> {
+    let mut conn = Connection::open(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    copy(&source.0, &mut conn, progress).map_err(|e| e.to_string())?;
+    conn.close().map_err(|(_, e)| format!("{}: {e}", dest.display()))
+}
+
 fn copy_snapshot(source: &Connection, dest: &mut Connection, progress: &mut impl FnMut(u64, u64)) -> StoreResult<()> {
     // The snapshot starts at the first read.
     source.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;

@@ -5,7 +5,24 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::StoreResult;
+use super::{Store, StoreResult};
+
+impl Store {
+    /// Saves a device's delivered positions (`advance`) in the writer's next batch.
+    pub async fn advance_delivered(
+        &self,
+        uid: u64,
+        device: String,
+        positions: Vec<(Arc<str>, i64)>,
+    ) -> StoreResult<()> {
+        self.write(move |conn| advance(conn, uid, &device, &positions)).await
+    }
+
+    /// A device's `received` (`receive`), in the writer's next batch.
+    pub async fn receive(&self, uid: u64, device: String, chat_id: String, seq: i64) -> StoreResult<Option<i64>> {
+        self.write(move |conn| receive(conn, uid, &device, &chat_id, seq)).await
+    }
+}
 
 /// Moves `device`'s positions forward (never back) to the given seqs.
 pub fn advance(conn: &Connection, uid: u64, device: &str, positions: &[(Arc<str>, i64)]) -> StoreResult<()> {

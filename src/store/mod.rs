@@ -5,11 +5,16 @@
 pub mod accounts;
 pub mod backup;
 mod checkpoint;
-pub mod delivered;
+mod delivered;
 mod messages;
 pub mod offline;
-pub mod queries;
+mod participants;
+mod queries;
+mod rooms;
 mod schema;
+mod shops;
+pub mod snapshot;
+mod users;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use messages::{Accepted, Kind, NewMessage, Origin, ServiceRoute, StoredMessage};
 pub use queries::{ConversationRow, SyncBatch, UserRow};
+pub use rooms::Joined;
+pub use users::stored_jwt_secret;
 pub use writer::Committed;
 
 use crate::fanout::Fanout;
@@ -229,7 +236,7 @@ impl Store {
 
     /// Runs `work` inside the writer's next batch transaction and returns its result once that
     /// transaction has committed. A failing `work` is rolled back alone.
-    pub async fn write<R, F>(&self, work: F) -> StoreResult<R>
+    async fn write<R, F>(&self, work: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
@@ -251,7 +258,7 @@ impl Store {
     }
 
     /// Runs a read on a pooled read-only connection, off the async workers.
-    pub async fn read<R, F>(&self, work: F) -> StoreResult<R>
+    async fn read<R, F>(&self, work: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,

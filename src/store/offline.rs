@@ -17,8 +17,11 @@ pub enum Access {
     Write,
 }
 
+/// An imd database a command opened (`open_existing`); `accounts` and `backup` work on it.
+pub struct Database(pub(super) Connection);
+
 /// Opens the imd database at `db`, which must exist; the error says why not, for the operator.
-pub fn open_existing(db: &Path, access: Access) -> Result<Connection, String> {
+pub fn open_existing(db: &Path, access: Access) -> Result<Database, String> {
     if !db.is_file() {
         return Err(format!("{}: no such database file (start the daemon once to create it)", db.display()));
     }
@@ -37,7 +40,7 @@ pub fn open_existing(db: &Path, access: Access) -> Result<Connection, String> {
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(|e| e.to_string())?;
         check_version(version).map_err(|why| format!("{}: {why}", db.display()))?;
     }
-    Ok(conn)
+    Ok(Database(conn))
 }
 
 /// Whether this binary may write a database of schema `version`.

@@ -6,7 +6,41 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
 
-use super::StoreResult;
+use super::{Store, StoreResult};
+
+impl Store {
+    /// What a connecting device has missed (`sync_for`).
+    pub async fn sync_for(&self, uid: u64, device: String) -> StoreResult<SyncBatch> {
+        self.read(move |conn| sync_for(conn, uid, &device)).await
+    }
+
+    /// One page of `chat_id` for `uid` (`history`); with `from_join`, only what came after
+    /// their join (nothing when they are not a member).
+    pub async fn history_page(
+        &self,
+        chat_id: String,
+        uid: u64,
+        from_join: bool,
+        before: Option<i64>,
+        limit: i64,
+    ) -> StoreResult<(Vec<StoredMessage>, bool)> {
+        self.read(move |conn| {
+            let after = if from_join { joined_seq(conn, &chat_id, uid)?.unwrap_or(i64::MAX) } else { 0 };
+            history(conn, &chat_id, before, after, limit)
+        })
+        .await
+    }
+
+    /// A page of `uid`'s conversations (`conversations_of`).
+    pub async fn conversations_of(
+        &self,
+        uid: u64,
+        offset: usize,
+        limit: usize,
+    ) -> StoreResult<(Vec<ConversationRow>, bool)> {
+        self.read(move |conn| conversations_of(conn, uid, offset, limit)).await
+    }
+}
 use super::messages::{Kind, StoredMessage};
 use crate::chat_id;
 

@@ -26,7 +26,7 @@ pub fn migrate(conn: &Connection) -> StoreResult<()> {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
         if index + 1 == NAME_KEYS {
-            crate::usernames::fill_keys(&tx)?;
+            super::users::fill_name_keys(&tx)?;
         }
         tx.pragma_update(None, "user_version", index + 1)?;
         tx.commit()?;

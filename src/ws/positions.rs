@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use super::outbox::Queued;
 use crate::app::App;
 use crate::registry::Connection;
-use crate::store::delivered;
 
 /// Least time between two saves of one connection's positions.
 const SAVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -110,7 +109,7 @@ pub async fn save(app: &App, conn: &Connection) {
     }
     let (uid, device) = (conn.uid, conn.device.to_string());
     let saving = positions.clone();
-    let saved = app.store.write(move |db| delivered::advance(db, uid, &device, &saving)).await;
+    let saved = app.store.advance_delivered(uid, device, saving).await;
     if let Err(e) = saved {
         tracing::warn!(uid, "delivered positions not saved: {e}");
         conn.positions.restore(positions);

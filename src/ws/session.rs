@@ -25,7 +25,6 @@ use crate::auth::Claims;
 use crate::frames;
 use crate::metrics::CloseReason;
 use crate::registry::{Connection, TOKEN_CLOSE};
-use crate::store::queries;
 use crate::unread::SyncNeed;
 
 /// Socket read buffer per connection (tungstenite allocates it up front; it grows for larger
@@ -208,7 +207,7 @@ where
             SyncNeed::Query(snapshot) => {
                 self.app.metrics.syncs_from_store.inc();
                 let device = self.conn.device.to_string();
-                match self.app.store.read(move |db| queries::sync_for(db, uid, &device)).await {
+                match self.app.store.sync_for(uid, device).await {
                     Ok(batch) => {
                         if batch.all_read {
                             self.app.directory.unread.synced(snapshot);
