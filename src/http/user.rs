@@ -77,19 +77,7 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
     let (ip, name) = (params.peer, username.clone());
     // Any spelling of the name works (case, NFC, look-alikes): the exact name first, for an old
     // account whose key an older look-alike holds, then the key.
-    let user = app
-        .store
-        .read(move |conn| {
-            let name: String = unicode_normalization::UnicodeNormalization::nfc(username.as_str()).collect();
-            if let Some(user) = store::queries::user_by_name(conn, &name)? {
-                return Ok(Some(user));
-            }
-            match usernames::holder(conn, &usernames::key(&name))? {
-                Some(holder) => store::queries::user_by_name(conn, &holder),
-                None => Ok(None),
-            }
-        })
-        .await?;
+    let user = app.store.read(move |conn| store::queries::user_by_spelling(conn, &username)).await?;
     // No length check here: accounts made before the 72-byte limit log in as they always did.
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     if !app.auth.check_password(password, hash).await? || user.is_none() {
@@ -141,6 +129,25 @@ pub async fn me(app: &App, params: Params) -> ApiResult {
         .await?
         .ok_or_else(|| ApiError::unauthorized("no such user"))?;
     Ok(json!({"uid": user.uid, "username": user.username, "role": user.role}))
+}
+
+/// `GET /user/lookup`: a user's uid and name, by `username` (any spelling login accepts) or
+/// by `uid`, so that a client can start a chat with a name or show a uid as one.
+pub async fn lookup(app: &App, params: Params) -> ApiResult {
+    params.user(app)?;
+    let user = match (params.get("username"), params.number("uid")?) {
+        (Some(name), _) if !name.is_empty() => {
+            let name = name.to_string();
+            app.store
+                .read(move |conn| store::queries::user_by_spelling(conn, &name))
+                .await?
+                .map(|u| (u.uid, u.username))
+        }
+        (_, Some(uid)) => app.directory.username(uid).map(|name| (uid, name.to_string())),
+        _ => return Err(ApiError::bad_request("give `username` or `uid`")),
+    };
+    let (uid, username) = user.ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(json!({"uid": uid, "username": username}))
 }
 
 #[cfg(test)]

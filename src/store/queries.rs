@@ -235,6 +235,19 @@ pub fn user_by_name(conn: &Connection, username: &str) -> StoreResult<Option<Use
         .optional()?)
 }
 
+/// The user a typed name means, as login reads it: the exact name (NFC) first, for an old
+/// account whose key an older look-alike holds, then whoever holds its key (case, look-alikes).
+pub fn user_by_spelling(conn: &Connection, typed: &str) -> StoreResult<Option<UserRow>> {
+    let name: String = unicode_normalization::UnicodeNormalization::nfc(typed).collect();
+    if let Some(user) = user_by_name(conn, &name)? {
+        return Ok(Some(user));
+    }
+    match crate::usernames::holder(conn, &crate::usernames::key(&name))? {
+        Some(holder) => user_by_name(conn, &holder),
+        None => Ok(None),
+    }
+}
+
 pub fn user_by_uid(conn: &Connection, uid: u64) -> StoreResult<Option<UserRow>> {
     Ok(conn
         .prepare_cached("SELECT uid, username, password_hash, role, token_gen FROM users WHERE uid = ?1")?
