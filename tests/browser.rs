@@ -98,5 +98,5 @@ async fn web_client_in_chromium() {
     };
     let status = tokio::time::timeout(SCRIPT_LIMIT, run).await.expect("the browser scenarios finish in time");
     assert!(status.success(), "browser scenarios failed ({status}); see the output above");
-    assert_eq!(passed.len(), 6, "every scenario reported ok: {passed:?}");
+    assert_eq!(passed.len(), 7, "every scenario reported ok: {passed:?}");
 }

@@ -206,9 +206,28 @@ async function main() {
   await shot(carol, 'customer-phone', PHONE);
   console.log('ok: a customer writes to a shop and its agent answers');
 
-  // The daemon restarts mid-conversation: both pages show it, reconnect and catch up.
+  // Rooms: alice creates one, bob joins it by its id, members show online; bob leaves.
+  await alice.getByLabel('New room name').fill('tea club');
+  await alice.getByRole('button', { name: 'Create room' }).click();
+  const room = (await alice.locator('#tool-result', { hasText: 'Room id' }).textContent()).match(/Room id: (\S+)/)[1];
+  await alice.locator('#chat-title', { hasText: 'tea club' }).waitFor();
   await bob.getByRole('button', { name: 'Back to conversations' }).click();
   await bob.getByRole('button', { name: 'All' }).click();
+  await bob.getByLabel('Room id to join').fill(room);
+  await bob.getByRole('button', { name: 'Join room' }).click();
+  await bob.locator('#chat-title', { hasText: room }).waitFor();
+  await say(bob, 'hello club');
+  await message(alice, 'hello club').waitFor();
+  await alice.getByRole('button', { name: 'Members' }).click();
+  await alice.locator('#members li.online', { hasText: 'bob' }).waitFor();
+  await alice.locator('#members li.online', { hasText: 'alice' }).waitFor();
+  await bob.getByRole('button', { name: 'Leave room' }).click();
+  await bob.locator('#tool-result', { hasText: `Left ${room}` }).waitFor();
+  check((await conv(bob, room).count()) === 0, 'a room left is off the list');
+  console.log('ok: rooms: create, join by id, members online, leave');
+
+  // The daemon restarts mid-conversation: both pages show it, reconnect and catch up.
+  await conv(alice, chat).getByRole('button').click();
   await conv(bob, chat).getByRole('button').click();
   await daemon('stop');
   await alice.locator('#conn[data-state="offline"]').waitFor();
