@@ -64,6 +64,10 @@ async fn root_serves_the_page_and_still_upgrades() {
     assert_eq!(pong["action"], "pong");
     // ...and an upgrade without a token is still refused before it, not served the page.
     assert_eq!(Ws::connect(server.addr, "/").await.err(), Some(401));
+    // A broken upgrade (no Sec-WebSocket-Key) is still 400 in the envelope, not the page.
+    let (status, _, body) = get(&server, "/", &[("connection", "upgrade"), ("upgrade", "websocket")]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("takes a WebSocket upgrade"), "{body}");
 }
 
 #[tokio::test]

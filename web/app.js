@@ -15,7 +15,7 @@ const state = {
   hasMore: new Map(), // chat_id -> whether older history exists
   pending: new Map(), // msg_id -> {chat_id, frame, state, timer}
   names: new Map(), // uid -> username
-  roomNames: new Map(), // chat_id -> name given at creation (this tab)
+  roomNames: new Map(), // chat_id -> the room's name, if it has one
   open: null, // chat_id shown
   filter: 'all',
 };
@@ -145,6 +145,7 @@ async function loadConversations() {
     const c = conv(row.chat_id);
     Object.assign(c, row);
     if (row.last?.agent_uid) c.agent_uid = row.last.agent_uid;
+    if (row.name) state.roomNames.set(row.chat_id, row.name);
   }
   renderConvs();
 }
@@ -442,6 +443,7 @@ function wire() {
   submit('join-room', async () => {
     const chatId = $('room-id').value.trim();
     await api('/room/join', token(), { chat_id: chatId }, 'POST');
+    await loadConversations(); // for the room's name
     await openChat(chatId);
   });
   submit('new-shop', async () => {

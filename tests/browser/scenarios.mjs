@@ -215,7 +215,7 @@ async function main() {
   await bob.getByRole('button', { name: 'All' }).click();
   await bob.getByLabel('Room id to join').fill(room);
   await bob.getByRole('button', { name: 'Join room' }).click();
-  await bob.locator('#chat-title', { hasText: room }).waitFor();
+  await bob.locator('#chat-title', { hasText: 'tea club' }).waitFor();
   await say(bob, 'hello club');
   await message(alice, 'hello club').waitFor();
   await alice.getByRole('button', { name: 'Members' }).click();
