@@ -4,6 +4,7 @@
 //! message, or fails under CI (`bash .ci/run` installs both).
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,7 +34,8 @@ fn browser_dir() -> Option<PathBuf> {
     }
     let message = format!("browser tests need {}: run `bash .ci/run` (it installs them)", missing.join(" and "));
     assert!(std::env::var_os("CI").is_none(), "{message}");
-    eprintln!("\n!!! SKIPPED the browser tests: {message} !!!\n");
+    // Straight to stderr: the test harness would swallow eprintln! of a passing test.
+    let _ = writeln!(std::io::stderr(), "\n!!! SKIPPED the browser tests: {message} !!!\n");
     None
 }
 
