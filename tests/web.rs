@@ -91,3 +91,22 @@ async fn lookup_finds_a_user_by_name_or_uid() {
     let (status, body) = server.get("/user/lookup?username=bob", None).await;
     assert_error(status, &body, 401, "no token");
 }
+
+/// The conversation list names rooms (the client's titles): a named room has its name, an
+/// unnamed one and a 1:1 chat have null.
+#[tokio::test]
+async fn conversations_carry_room_names() {
+    let server = Server::start().await;
+    let (_, token) = server.register("alice").await;
+    let (status, body) = server.post_json("/room/create", serde_json::json!({"name": "tea club"}), Some(&token)).await;
+    let named = ok(status, &body, "create a named room")["chat_id"].as_str().expect("chat_id").to_string();
+    let unnamed = common::create_room(&server, &token).await;
+    let (status, body) = server.get("/message/conversations", Some(&token)).await;
+    let data = ok(status, &body, "conversations");
+    let name_of = |chat_id: &str| {
+        let list = data["conversations"].as_array().expect("a list");
+        list.iter().find(|c| c["chat_id"] == chat_id).map(|c| c["name"].clone()).expect("the room is listed")
+    };
+    assert_eq!(name_of(&named), "tea club");
+    assert!(name_of(&unnamed).is_null(), "{data}");
+}
