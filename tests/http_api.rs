@@ -94,13 +94,6 @@ async fn health_reports_ok_pid_uptime_online() {
 }
 
 #[tokio::test]
-async fn get_root_without_upgrade_is_400() {
-    let server = Server::start().await;
-    let (status, body) = server.get("/", None).await;
-    assert_error(status, &body, 400, "GET /");
-}
-
-#[tokio::test]
 async fn malformed_bodies_are_400() {
     let server = Server::start().await;
     for text in ["{\"username\":", "not json", "[1,2,3]", "42"] {

@@ -129,6 +129,7 @@ pub async fn conversations(app: &App, params: Params) -> ApiResult {
                 "last_seq": row.last_seq,
                 "read_seq": row.read_seq,
                 "unread": (row.last_seq - row.read_seq).max(0),
+                "name": row.name,
                 "last": row.last.as_ref().map(|m| message_json(app, m)),
             })
         })

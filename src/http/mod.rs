@@ -9,6 +9,7 @@ mod params;
 mod room;
 mod shop;
 mod user;
+mod web;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -152,6 +153,9 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Pee
     if let Some(worker) = app.supervisor.failed() {
         return failed(&app, worker);
     }
+    if let Some(page) = web::page(&req) {
+        return page;
+    }
     let path = req.uri().path();
     if path == "/" {
         return crate::ws::upgrade(app, req, socket, peer.addr.ip(), peer.permit);
@@ -198,6 +202,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/user/login", Method::POST),
     ("/user/logout", Method::POST),
     ("/user/me", Method::GET),
+    ("/user/lookup", Method::GET),
     ("/room/create", Method::POST),
     ("/room/join", Method::POST),
     ("/room/leave", Method::POST),
@@ -247,6 +252,7 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
         }
         "/user/logout" => user::logout(app, params).await,
         "/user/me" => user::me(app, params).await,
+        "/user/lookup" => user::lookup(app, params).await,
         "/room/create" => room::create(app, params).await,
         "/room/join" => room::join(app, params).await,
         "/room/leave" => room::leave(app, params).await,

@@ -110,6 +110,21 @@ pub async fn me(app: &App, params: Params) -> ApiResult {
     Ok(json!({"uid": user.uid, "username": user.username, "role": user.role}))
 }
 
+/// `GET /user/lookup`: a user's uid and name, by `username` (any spelling login accepts) or
+/// by `uid`, so that a client can start a chat with a name or show a uid as one.
+pub async fn lookup(app: &App, params: Params) -> ApiResult {
+    params.user(app)?;
+    let user = match (params.get("username"), params.number("uid")?) {
+        (Some(name), _) if !name.is_empty() => {
+            app.store.user_for_login(name.to_string()).await?.map(|u| (u.uid, u.username))
+        }
+        (_, Some(uid)) => app.directory.username(uid).map(|name| (uid, name.to_string())),
+        _ => return Err(ApiError::bad_request("give `username` or `uid`")),
+    };
+    let (uid, username) = user.ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(json!({"uid": uid, "username": username}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,8 +113,9 @@ const SYNC_SQL: &str = "SELECT chat_id, position, last_seq FROM (
 /// The user's conversations (with messages, or rooms), read positions and the time of the last
 /// message, in primary-key (chat_id) order. (Sorted by the caller: an ORDER BY here made SQLite
 /// re-prepare the statement at every run.)
-const CONVERSATIONS_SQL: &str = "SELECT chat_id, kind, last_seq, read_seq, last_ts FROM (
+const CONVERSATIONS_SQL: &str = "SELECT chat_id, kind, last_seq, read_seq, last_ts, name FROM (
         SELECT p.chat_id AS chat_id, p.read_seq AS read_seq,
+            (SELECT r.name FROM rooms r WHERE r.chat_id = p.chat_id) AS name,
             (SELECT c.kind FROM conversations c WHERE c.chat_id = p.chat_id) AS kind,
             (SELECT c.last_seq FROM conversations c WHERE c.chat_id = p.chat_id) AS last_seq,
             (SELECT m.ts FROM messages m WHERE m.chat_id = p.chat_id
@@ -201,6 +202,8 @@ pub struct ConversationRow {
     pub kind: i64,
     pub last_seq: i64,
     pub read_seq: i64,
+    /// A room's name, when it was given one.
+    pub name: Option<String>,
     pub last: Option<StoredMessage>,
 }
 
@@ -220,6 +223,7 @@ pub fn conversations_of(
                 kind: row.get(1)?,
                 last_seq: row.get(2)?,
                 read_seq: row.get(3)?,
+                name: row.get(5)?,
                 last: None,
             };
             Ok((row.get(4)?, conversation))

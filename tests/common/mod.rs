@@ -148,8 +148,13 @@ impl Server {
 /// `imd start` on a free loopback port with the database `db` and a fast bcrypt, its stdout
 /// piped (for [`listening_address`]), killed when dropped; callers add options and variables.
 pub fn imd_start(db: &Path) -> Command {
+    imd_start_on(db, 0)
+}
+
+/// [`imd_start`] on a given port (0: any free one), for a restart that clients must find again.
+pub fn imd_start_on(db: &Path, port: u16) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db"])
+    cmd.args(["start", &port.to_string(), "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db"])
         .arg(db)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
