@@ -2,12 +2,22 @@
 //! shop gets it (contract 3.4): the handling agent if online, else a random online agent who
 //! then handles it, else nobody now (stored; synced to the handler, or to every agent).
 
-use crate::actions::Refusal;
 use crate::chat_id::{self, ChatId};
 use crate::directory::Directory;
 use crate::registry::Registry;
 use crate::rules::agent;
 use crate::store::ServiceRoute;
+
+/// Why a service message cannot be routed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// Neither a shop (customer) nor a conversation (agent) is named.
+    NothingNamed,
+    /// Someone who is not one of the shop's agents answers in this conversation.
+    NotAnAgent(String),
+    UnknownShop(u64),
+    UnknownUser(u64),
+}
 
 /// A service message's conversation, recipient and route.
 pub struct Routed {
@@ -26,7 +36,7 @@ pub fn route(
     shop_id: Option<u64>,
     chat_id: Option<&str>,
     to_uid: Option<u64>,
-) -> Result<Routed, Refusal> {
+) -> Result<Routed, RouteError> {
     let from_chat_id = match chat_id.and_then(chat_id::parse) {
         Some(ChatId::Service { shop_id, customer_uid }) => Some((shop_id, customer_uid)),
         _ => None,
@@ -47,8 +57,8 @@ pub fn route(
     match shop_id.or_else(|| named.filter(|&(_, customer)| customer == sender).map(|(shop, _)| shop)) {
         Some(shop) => customer_message(directory, registry, shop, sender),
         None => match chat_id {
-            Some(chat_id) => Err(Refusal::new(403, format!("only the shop's agents may reply in {chat_id}"))),
-            None => Err(Refusal::new(400, "shop_id (customer) or chat_id (agent) is required")),
+            Some(chat_id) => Err(RouteError::NotAnAgent(chat_id.to_string())),
+            None => Err(RouteError::NothingNamed),
         },
     }
 }
@@ -58,8 +68,8 @@ fn customer_message(
     registry: &Registry,
     shop_id: u64,
     customer_uid: u64,
-) -> Result<Routed, Refusal> {
-    let agents = directory.shop_agents(shop_id).ok_or_else(|| Refusal::new(404, format!("unknown shop: {shop_id}")))?;
+) -> Result<Routed, RouteError> {
+    let agents = directory.shop_agents(shop_id).ok_or(RouteError::UnknownShop(shop_id))?;
     let chat_id = chat_id::service(shop_id, customer_uid);
     let choice = agent::choose(
         directory.handler(&chat_id),
@@ -76,9 +86,9 @@ fn customer_message(
     Ok(Routed { chat_id, to_uid: choice.agent, route })
 }
 
-fn agent_reply(directory: &Directory, shop_id: u64, customer_uid: u64, agent_uid: u64) -> Result<Routed, Refusal> {
+fn agent_reply(directory: &Directory, shop_id: u64, customer_uid: u64, agent_uid: u64) -> Result<Routed, RouteError> {
     if !directory.user_exists(customer_uid) {
-        return Err(Refusal::new(404, format!("unknown user: {customer_uid}")));
+        return Err(RouteError::UnknownUser(customer_uid));
     }
     let chat_id = chat_id::service(shop_id, customer_uid);
     directory.set_handler(&chat_id, agent_uid);
