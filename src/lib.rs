@@ -4,6 +4,7 @@
 //! `store::NewMessage`, the `store` writer commits it in a batch, and `fanout` pushes the
 //! encoded frame into the `registry`'s connections' outboxes, which `ws::session` writes out.
 
+pub mod access;
 pub mod actions;
 pub mod app;
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod progress;
 pub mod registry;
 pub mod revocations;
 pub mod rooms;
+pub mod rules;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,9 +1,9 @@
 //! Group rooms: creation, invitations and membership, shared by the HTTP routes and the
 //! WebSocket actions. Each change is committed first, then mirrored into the directory.
 
-use crate::app::App;
+use crate::directory::Directory;
 pub use crate::directory::RoomPolicy;
-use crate::store::{Joined, StoreError};
+use crate::store::{Joined, Store, StoreError};
 
 #[derive(Debug)]
 pub enum RoomError {
@@ -22,55 +22,67 @@ impl From<StoreError> for RoomError {
 
 /// Creates a room owned (and joined) by `owner_uid`; returns its chat id
 /// `2_<uid>_<yymmddHHMMSS>`, with `_2`, `_3`, … for more rooms of that user in one second.
-pub async fn create(app: &App, owner_uid: u64, name: Option<String>, policy: RoomPolicy) -> Result<String, RoomError> {
-    let chat_id = app.store.create_room(owner_uid, name, policy.private, policy.history_from_join).await?;
-    app.directory.add_room(&chat_id, owner_uid, policy);
+pub async fn create(
+    store: &Store,
+    directory: &Directory,
+    owner_uid: u64,
+    name: Option<String>,
+    policy: RoomPolicy,
+) -> Result<String, RoomError> {
+    let chat_id = store.create_room(owner_uid, name, policy.private, policy.history_from_join).await?;
+    directory.add_room(&chat_id, owner_uid, policy);
     Ok(chat_id)
 }
 
 /// A member of the room invites `uid`; the invitation is kept until `uid` joins (then used
 /// up). Inviting someone already in the room changes nothing.
-pub async fn invite(app: &App, chat_id: &str, by_uid: u64, uid: u64) -> Result<(), RoomError> {
-    let members = app.directory.room_members(chat_id).ok_or(RoomError::NoSuchRoom)?;
+pub async fn invite(
+    store: &Store,
+    directory: &Directory,
+    chat_id: &str,
+    by_uid: u64,
+    uid: u64,
+) -> Result<(), RoomError> {
+    let members = directory.room_members(chat_id).ok_or(RoomError::NoSuchRoom)?;
     if !members.contains(&by_uid) {
         return Err(RoomError::Forbidden(format!("only members of {chat_id} may invite")));
     }
-    if !app.directory.user_exists(uid) {
+    if !directory.user_exists(uid) {
         return Err(RoomError::NoSuchUser(uid));
     }
     if members.contains(&uid) {
         return Ok(());
     }
-    app.store.invite_to_room(chat_id.to_string(), by_uid, uid).await?;
+    store.invite_to_room(chat_id.to_string(), by_uid, uid).await?;
     Ok(())
 }
 
 /// Adds `uid` to the room; a private room needs an invitation, which the join uses up (the
 /// store sets the new member's read position: `store::rooms`).
-pub async fn join(app: &App, chat_id: &str, uid: u64) -> Result<(), RoomError> {
-    if !app.directory.room_exists(chat_id) {
+pub async fn join(store: &Store, directory: &Directory, chat_id: &str, uid: u64) -> Result<(), RoomError> {
+    if !directory.room_exists(chat_id) {
         return Err(RoomError::NoSuchRoom);
     }
-    let private = app.directory.room_policy(chat_id).private;
-    let joined = app.store.join_room(chat_id.to_string(), uid, private).await?;
+    let private = directory.room_policy(chat_id).private;
+    let joined = store.join_room(chat_id.to_string(), uid, private).await?;
     if joined == Joined::NotInvited {
         return Err(RoomError::Forbidden(format!("{chat_id} is private: joining needs an invitation by a member")));
     }
-    app.directory.add_member(chat_id, uid);
+    directory.add_member(chat_id, uid);
     // A message committed after the join but delivered before `add_member` reached neither
     // the new member's connections nor their hint: make their next connect ask the store.
-    app.directory.unread.note([uid]);
+    directory.unread.note([uid]);
     Ok(())
 }
 
 /// Removes `uid` from the room; leaving a room one is not in is not an error.
-pub async fn leave(app: &App, chat_id: &str, uid: u64) -> Result<(), RoomError> {
-    if !app.directory.room_exists(chat_id) {
+pub async fn leave(store: &Store, directory: &Directory, chat_id: &str, uid: u64) -> Result<(), RoomError> {
+    if !directory.room_exists(chat_id) {
         return Err(RoomError::NoSuchRoom);
     }
-    app.store.leave_room(chat_id.to_string(), uid).await?;
+    store.leave_room(chat_id.to_string(), uid).await?;
     // After the commit, so a failed one leaves the user a member in memory and database alike;
     // before the reply, so deliveries that start once the user has it leave them out.
-    app.directory.remove_member(chat_id, uid);
+    directory.remove_member(chat_id, uid);
     Ok(())
 }

@@ -2,10 +2,22 @@
 //! shop gets it (contract 3.4): the handling agent if online, else a random online agent who
 //! then handles it, else nobody now (stored; synced to the handler, or to every agent).
 
-use crate::actions::Refusal;
-use crate::app::App;
 use crate::chat_id::{self, ChatId};
+use crate::directory::Directory;
+use crate::registry::Registry;
+use crate::rules::agent;
 use crate::store::ServiceRoute;
+
+/// Why a service message cannot be routed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteError {
+    /// Neither a shop (customer) nor a conversation (agent) is named.
+    NothingNamed,
+    /// Someone who is not one of the shop's agents answers in this conversation.
+    NotAnAgent(String),
+    UnknownShop(u64),
+    UnknownUser(u64),
+}
 
 /// A service message's conversation, recipient and route.
 pub struct Routed {
@@ -18,12 +30,13 @@ pub struct Routed {
 /// for the shop's agents; a customer's conversation is always `3_<shop_id>_<customer>`.
 /// An agent may also name the customer with `to_uid` and `shop_id` (`service_review_chat`).
 pub fn route(
-    app: &App,
+    directory: &Directory,
+    registry: &Registry,
     sender: u64,
     shop_id: Option<u64>,
     chat_id: Option<&str>,
     to_uid: Option<u64>,
-) -> Result<Routed, Refusal> {
+) -> Result<Routed, RouteError> {
     let from_chat_id = match chat_id.and_then(chat_id::parse) {
         Some(ChatId::Service { shop_id, customer_uid }) => Some((shop_id, customer_uid)),
         _ => None,
@@ -35,44 +48,50 @@ pub fn route(
     let replies_to = [from_chat_id, shop_id.zip(to_uid)]
         .into_iter()
         .flatten()
-        .find(|&(shop, customer)| customer != sender && app.directory.is_agent(shop, sender));
+        .find(|&(shop, customer)| customer != sender && directory.is_agent(shop, sender));
     if let Some((shop, customer)) = replies_to {
-        return agent_reply(app, shop, customer, sender);
+        return agent_reply(directory, shop, customer, sender);
     }
     // Otherwise the sender is the customer: the shop comes from shop_id, or from the sender's
     // own conversation.
     match shop_id.or_else(|| named.filter(|&(_, customer)| customer == sender).map(|(shop, _)| shop)) {
-        Some(shop) => customer_message(app, shop, sender),
+        Some(shop) => customer_message(directory, registry, shop, sender),
         None => match chat_id {
-            Some(chat_id) => Err(Refusal::new(403, format!("only the shop's agents may reply in {chat_id}"))),
-            None => Err(Refusal::new(400, "shop_id (customer) or chat_id (agent) is required")),
+            Some(chat_id) => Err(RouteError::NotAnAgent(chat_id.to_string())),
+            None => Err(RouteError::NothingNamed),
         },
     }
 }
 
-fn customer_message(app: &App, shop_id: u64, customer_uid: u64) -> Result<Routed, Refusal> {
-    let agents =
-        app.directory.shop_agents(shop_id).ok_or_else(|| Refusal::new(404, format!("unknown shop: {shop_id}")))?;
+fn customer_message(
+    directory: &Directory,
+    registry: &Registry,
+    shop_id: u64,
+    customer_uid: u64,
+) -> Result<Routed, RouteError> {
+    let agents = directory.shop_agents(shop_id).ok_or(RouteError::UnknownShop(shop_id))?;
     let chat_id = chat_id::service(shop_id, customer_uid);
-    let handler = app.directory.handler(&chat_id).filter(|h| agents.contains(h));
-    let chosen = handler.filter(|&h| app.registry.is_online(h)).or_else(|| {
-        let online: Vec<u64> = agents.iter().copied().filter(|&a| app.registry.is_online(a)).collect();
-        (!online.is_empty()).then(|| online[rand::random_range(0..online.len())])
-    });
-    if let Some(agent) = chosen {
+    let choice = agent::choose(
+        directory.handler(&chat_id),
+        &agents,
+        |uid| registry.is_online(uid),
+        |n| rand::random_range(0..n),
+    );
+    if let Some(agent) = choice.agent {
         // Set now, not after the commit, so the customer's next message sticks to this agent.
-        app.directory.set_handler(&chat_id, agent);
+        directory.set_handler(&chat_id, agent);
     }
-    let all_agents = if chosen.is_none() && handler.is_none() { agents.to_vec() } else { Vec::new() };
-    Ok(Routed { chat_id, to_uid: chosen, route: ServiceRoute { shop_id, customer_uid, agent_uid: chosen, all_agents } })
+    let all_agents = if choice.all_agents { agents.to_vec() } else { Vec::new() };
+    let route = ServiceRoute { shop_id, customer_uid, agent_uid: choice.agent, all_agents };
+    Ok(Routed { chat_id, to_uid: choice.agent, route })
 }
 
-fn agent_reply(app: &App, shop_id: u64, customer_uid: u64, agent_uid: u64) -> Result<Routed, Refusal> {
-    if !app.directory.user_exists(customer_uid) {
-        return Err(Refusal::new(404, format!("unknown user: {customer_uid}")));
+fn agent_reply(directory: &Directory, shop_id: u64, customer_uid: u64, agent_uid: u64) -> Result<Routed, RouteError> {
+    if !directory.user_exists(customer_uid) {
+        return Err(RouteError::UnknownUser(customer_uid));
     }
     let chat_id = chat_id::service(shop_id, customer_uid);
-    app.directory.set_handler(&chat_id, agent_uid);
+    directory.set_handler(&chat_id, agent_uid);
     Ok(Routed {
         chat_id,
         to_uid: Some(customer_uid),

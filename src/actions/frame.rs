@@ -1,4 +1,5 @@
 //! A client frame, read into a typed struct straight from the text: no JSON tree is built.
+//! Each command takes the fields it needs from it (`parse` in each action's file).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -6,6 +7,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_json::value::RawValue;
+
+use super::Refusal;
+use crate::rules::message::{self, Content};
 
 /// Every field any action reads. Unknown fields (such as a client's `from_uid`) are ignored:
 /// identity comes from the token.
@@ -29,6 +33,26 @@ pub struct ClientFrame<'a> {
     pub msg: Option<&'a RawValue>,
     #[serde(default, deserialize_with = "number")]
     pub seq: Option<u64>,
+}
+
+impl ClientFrame<'_> {
+    /// The conversation named, which the action requires.
+    pub fn require_chat_id(&self) -> Result<&str, Refusal> {
+        self.chat_id.as_deref().ok_or_else(|| Refusal::new(400, "chat_id is required"))
+    }
+
+    /// The conversation and seq of `read` and `received`, both required.
+    pub fn position(&self) -> Result<(&str, i64), Refusal> {
+        let chat_id = self.require_chat_id()?;
+        let seq = self.seq.ok_or_else(|| Refusal::new(400, "seq is required"))?;
+        let seq = i64::try_from(seq).map_err(|_| Refusal::new(400, "seq is too large"))?;
+        Ok((chat_id, seq))
+    }
+
+    /// The message a chat action carries, checked (`rules::message`).
+    pub fn content(&self) -> Result<Content, Refusal> {
+        message::content(self.msg_id.as_deref(), self.msg_type.as_deref(), self.msg).map_err(Refusal::invalid)
+    }
 }
 
 /// Reads the `msg_id` of a frame that did not parse, so that its error can carry it.

@@ -1,73 +1,92 @@
-//! Client actions: the table from a frame's `action` to its handler. A handler checks the
-//! frame and says what to do next: reply at once, store a message, or reply once a change is
-//! committed.
+//! Client actions, one file per action (as tokio's mini-redis `cmd/`): a frame is read once
+//! into a `ClientFrame`, named as a typed `Command` (old names included), which takes its
+//! fields, checks them and is applied to a `Ctx`: reply at once, store a message, or reply
+//! once a change is committed.
 
-mod chat;
+mod ctx;
 mod frame;
-mod membership;
-pub(crate) mod msg_check;
+mod group_chat;
+mod join_group;
+mod leave_group;
+mod ping;
+mod read;
 mod received;
-
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+mod service_chat;
+mod single_chat;
+mod unknown;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+pub use ctx::{Ctx, Refusal, Step, not_stored};
 pub use frame::ClientFrame;
+use group_chat::GroupChat;
+use join_group::JoinGroup;
+use leave_group::LeaveGroup;
+use ping::Ping;
+use read::Read;
+use received::Received;
+use service_chat::ServiceChat;
+use single_chat::SingleChat;
+use unknown::Unknown;
 
-use crate::app::App;
 use crate::frames;
-use crate::registry::Connection;
-use crate::store::{Kind, NewMessage};
+use crate::store::Kind;
 
-/// What a handler sees: the daemon and the sending connection.
-pub struct Ctx<'a> {
-    pub app: &'a Arc<App>,
-    pub conn: &'a Arc<Connection>,
-    pub uid: u64,
+/// A client frame as the command it names, its fields taken (borrowed from the frame).
+pub enum Command<'f> {
+    SingleChat(SingleChat),
+    GroupChat(GroupChat<'f>),
+    ServiceChat(ServiceChat<'f>),
+    JoinGroup(JoinGroup<'f>),
+    LeaveGroup(LeaveGroup<'f>),
+    Read(Read<'f>),
+    Received(Received<'f>),
+    Ping(Ping),
+    Unknown(Unknown<'f>),
 }
 
-/// What the session does with a frame.
-pub enum Step {
-    Reply(Utf8Bytes),
-    /// Store the message; the writer acks it after the commit.
-    Store(NewMessage),
-    /// Reply once this finishes (a change that must be committed first). The session awaits
-    /// it before reading the connection's next frame, which so sees the change.
-    Later(Pin<Box<dyn Future<Output = Utf8Bytes> + Send>>),
-}
+impl<'f> Command<'f> {
+    /// Names the command, checks a given `chat_type` against the one it implies, then lets
+    /// the command take its fields. The old service's names map onto the same commands.
+    pub fn from_frame(frame: &'f ClientFrame<'_>) -> Result<Command<'f>, Refusal> {
+        let action = &*frame.action;
+        let implied = match action {
+            "single_chat" => Kind::Single,
+            "group_chat" | "join_group" | "leave_group" | "exit_group" => Kind::Group,
+            "service_chat" | "service_user_chat" | "service_review_chat" => Kind::Service,
+            "read" => return Read::parse(frame).map(Command::Read),
+            "received" => return Received::parse(frame).map(Command::Received),
+            "ping" => return Ok(Command::Ping(Ping)),
+            _ => return Ok(Command::Unknown(Unknown::new(action))),
+        };
+        if let Some(given) = frame.chat_type
+            && given != implied as u64
+        {
+            return Err(Refusal::new(400, format!("chat_type {given} does not match action {action}")));
+        }
+        match action {
+            "single_chat" => SingleChat::parse(frame).map(Command::SingleChat),
+            "group_chat" => GroupChat::parse(frame).map(Command::GroupChat),
+            "join_group" => JoinGroup::parse(frame).map(Command::JoinGroup),
+            "leave_group" | "exit_group" => LeaveGroup::parse(frame).map(Command::LeaveGroup),
+            _ => ServiceChat::parse(frame).map(Command::ServiceChat),
+        }
+    }
 
-/// A frame refused with an error code.
-#[derive(Debug)]
-pub struct Refusal {
-    pub code: u16,
-    pub message: String,
-}
-
-impl Refusal {
-    pub fn new(code: u16, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into() }
+    pub fn apply(self, ctx: &Ctx<'_>) -> Result<Step, Refusal> {
+        match self {
+            Command::SingleChat(command) => command.apply(ctx),
+            Command::GroupChat(command) => command.apply(ctx),
+            Command::ServiceChat(command) => command.apply(ctx),
+            Command::JoinGroup(command) => command.apply(ctx),
+            Command::LeaveGroup(command) => command.apply(ctx),
+            Command::Read(command) => command.apply(ctx),
+            Command::Received(command) => command.apply(ctx),
+            Command::Ping(command) => Ok(command.apply()),
+            Command::Unknown(command) => Err(command.apply()),
+        }
     }
 }
-
-type Handler = fn(&Ctx<'_>, &ClientFrame<'_>) -> Result<Step, Refusal>;
-
-/// Every action: its name, the `chat_type` it implies (a frame may omit it), its handler.
-/// The old service's names map onto the same handlers.
-const ACTIONS: &[(&str, Option<Kind>, Handler)] = &[
-    ("single_chat", Some(Kind::Single), chat::single),
-    ("group_chat", Some(Kind::Group), chat::group),
-    ("service_chat", Some(Kind::Service), chat::service),
-    ("service_user_chat", Some(Kind::Service), chat::service),
-    ("service_review_chat", Some(Kind::Service), chat::service),
-    ("join_group", Some(Kind::Group), membership::join),
-    ("leave_group", Some(Kind::Group), membership::leave),
-    ("exit_group", Some(Kind::Group), membership::leave),
-    ("read", None, membership::read),
-    ("received", None, received::received),
-    ("ping", None, ping),
-];
 
 /// Handles one text frame. Every outcome, refusals included, is a step with a reply.
 pub fn handle(ctx: &Ctx<'_>, text: &str) -> Step {
@@ -75,24 +94,14 @@ pub fn handle(ctx: &Ctx<'_>, text: &str) -> Step {
         Ok(frame) => frame,
         Err(e) => return Step::Reply(refuse(ctx, 400, &format!("bad frame: {e}"), frame::msg_id_of(text).as_deref())),
     };
-    let Some(&(_, kind, handler)) = ACTIONS.iter().find(|(name, _, _)| *name == frame.action) else {
-        let message = format!("unknown action: {}", frame.action);
-        return Step::Reply(refuse(ctx, 404, &message, frame.msg_id.as_deref()));
-    };
-    if let (Some(given), Some(kind)) = (frame.chat_type, kind)
-        && given != kind as u64
-    {
-        let message = format!("chat_type {given} does not match action {}", frame.action);
-        return Step::Reply(refuse(ctx, 400, &message, frame.msg_id.as_deref()));
-    }
-    match handler(ctx, &frame) {
+    match Command::from_frame(&frame).and_then(|command| command.apply(ctx)) {
         Ok(step) => step,
         Err(refusal) => Step::Reply(refuse(ctx, refusal.code, &refusal.message, frame.msg_id.as_deref())),
     }
 }
 
 fn refuse(ctx: &Ctx<'_>, code: u16, message: &str, msg_id: Option<&str>) -> Utf8Bytes {
-    ctx.app.metrics.error(code);
+    ctx.metrics.error(code);
     frames::error(code, message, msg_id)
 }
 
@@ -102,13 +111,60 @@ pub fn refusal(text: &str, code: u16, message: &str) -> Utf8Bytes {
     frames::error(code, message, frame::msg_id_of(text).as_deref())
 }
 
-fn ping(_: &Ctx<'_>, _: &ClientFrame<'_>) -> Result<Step, Refusal> {
-    Ok(Step::Reply(Utf8Bytes::from_static(r#"{"action":"pong","code":200}"#)))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The error frame for a change that was not stored (503 or 500, see `StoreError::client_reply`).
-fn not_stored(metrics: &crate::metrics::Metrics, error: &crate::store::StoreError) -> Utf8Bytes {
-    let (code, text) = error.client_reply();
-    metrics.error(code);
-    frames::error(code, &text, None)
+    fn command(text: &str) -> Result<&'static str, (u16, String)> {
+        let frame: ClientFrame = serde_json::from_str(text).unwrap();
+        let name = match Command::from_frame(&frame).map_err(|r| (r.code, r.message))? {
+            Command::SingleChat(_) => "single_chat",
+            Command::GroupChat(_) => "group_chat",
+            Command::ServiceChat(_) => "service_chat",
+            Command::JoinGroup(_) => "join_group",
+            Command::LeaveGroup(_) => "leave_group",
+            Command::Read(_) => "read",
+            Command::Received(_) => "received",
+            Command::Ping(_) => "ping",
+            Command::Unknown(_) => "unknown",
+        };
+        Ok(name)
+    }
+
+    #[test]
+    fn old_names_are_the_same_commands() {
+        assert_eq!(command(r#"{"action":"exit_group","chat_id":"2_1_1"}"#), Ok("leave_group"));
+        for old in ["service_user_chat", "service_review_chat"] {
+            assert_eq!(command(&format!(r#"{{"action":"{old}","shop_id":1,"msg":"x"}}"#)), Ok("service_chat"));
+        }
+        assert_eq!(command(r#"{"action":"ping"}"#), Ok("ping"));
+        assert_eq!(command(r#"{"action":"nope"}"#), Ok("unknown"));
+    }
+
+    #[test]
+    fn chat_type_must_agree_and_is_checked_before_the_fields() {
+        assert_eq!(command(r#"{"action":"single_chat","chat_type":"1","to_uid":2,"msg":"x"}"#), Ok("single_chat"));
+        assert_eq!(
+            command(r#"{"action":"exit_group","chat_type":1}"#),
+            Err((400, "chat_type 1 does not match action exit_group".into()))
+        );
+        // read, received and ping imply no kind: any chat_type goes.
+        assert_eq!(command(r#"{"action":"read","chat_type":9,"chat_id":"1_1_2","seq":1}"#), Ok("read"));
+    }
+
+    #[test]
+    fn each_command_takes_its_fields_in_the_order_clients_see_errors() {
+        assert_eq!(command(r#"{"action":"single_chat","msg":"x"}"#), Err((400, "to_uid is required".into())));
+        assert_eq!(command(r#"{"action":"single_chat","to_uid":2}"#), Err((400, "msg is required".into())));
+        assert_eq!(
+            command(r#"{"action":"group_chat","msg":"x","chat_id":0}"#),
+            Err((400, "chat_id is required".into()))
+        );
+        assert_eq!(command(r#"{"action":"read","seq":1}"#), Err((400, "chat_id is required".into())));
+        assert_eq!(command(r#"{"action":"received","chat_id":"1_1_2"}"#), Err((400, "seq is required".into())));
+        assert_eq!(
+            command(r#"{"action":"read","chat_id":"1_1_2","seq":18446744073709551615}"#),
+            Err((400, "seq is too large".into()))
+        );
+    }
 }

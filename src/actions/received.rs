@@ -3,26 +3,36 @@
 
 use serde_json::json;
 
-use super::{ClientFrame, Ctx, Refusal, Step};
+use super::{ClientFrame, Ctx, Refusal, Step, not_stored};
 use crate::frames;
 
-/// Moves the sending device's delivered position forward (never back, never past the newest
-/// message); the reply's `seq` is where this device's sync now resumes.
-pub fn received(ctx: &Ctx<'_>, frame: &ClientFrame<'_>) -> Result<Step, Refusal> {
-    let chat_id = frame.chat_id.as_deref().ok_or_else(|| Refusal::new(400, "chat_id is required"))?.to_string();
-    let seq = frame.seq.ok_or_else(|| Refusal::new(400, "seq is required"))?;
-    let seq = i64::try_from(seq).map_err(|_| Refusal::new(400, "seq is too large"))?;
-    let (app, uid, device) = (ctx.app.clone(), ctx.uid, ctx.conn.device.to_string());
-    Ok(Step::Later(Box::pin(async move {
-        match app.store.receive(uid, device, chat_id.clone(), seq).await {
-            Ok(Some(position)) => {
-                frames::json(json!({"action": "received", "code": 200, "chat_id": chat_id, "seq": position}))
+pub struct Received<'f> {
+    chat_id: &'f str,
+    seq: i64,
+}
+
+impl<'f> Received<'f> {
+    pub fn parse(frame: &'f ClientFrame<'_>) -> Result<Received<'f>, Refusal> {
+        let (chat_id, seq) = frame.position()?;
+        Ok(Received { chat_id, seq })
+    }
+
+    /// Moves the sending device's delivered position forward (never back, never past the
+    /// newest message); the reply's `seq` is where this device's sync now resumes.
+    pub fn apply(self, ctx: &Ctx<'_>) -> Result<Step, Refusal> {
+        let (store, metrics) = (ctx.store.clone(), ctx.metrics.clone());
+        let (uid, device, chat_id, seq) = (ctx.uid, ctx.conn.device.to_string(), self.chat_id.to_string(), self.seq);
+        Ok(Step::Later(Box::pin(async move {
+            match store.receive(uid, device, chat_id.clone(), seq).await {
+                Ok(Some(position)) => {
+                    frames::json(json!({"action": "received", "code": 200, "chat_id": chat_id, "seq": position}))
+                }
+                Ok(None) => {
+                    metrics.error(403);
+                    frames::error(403, &format!("not a participant of {chat_id}"), None)
+                }
+                Err(e) => not_stored(&metrics, &e),
             }
-            Ok(None) => {
-                app.metrics.error(403);
-                frames::error(403, &format!("not a participant of {chat_id}"), None)
-            }
-            Err(e) => super::not_stored(&app.metrics, &e),
-        }
-    })))
+        })))
+    }
 }

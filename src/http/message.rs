@@ -9,8 +9,9 @@ use tokio::sync::oneshot;
 use super::envelope::{ApiError, ApiResult};
 use super::params::Params;
 use crate::app::App;
-use crate::chat_id::{self, ChatId};
+use crate::chat_id;
 use crate::frames;
+use crate::rules::reader::{self, NotReadable};
 use crate::store::{Kind, NewMessage, Origin, StoredMessage};
 
 /// `POST /message/sendPublicMessage`: an admin's broadcast to everyone.
@@ -59,28 +60,12 @@ pub(super) async fn admin_uid(app: &App, params: &Params) -> Result<u64, ApiErro
     }
 }
 
-/// Whether `uid` may read the conversation; 404 for one that cannot exist.
+/// Whether `uid` may read the conversation (`rules::reader`); 404 for one that cannot exist.
 fn check_reader(app: &App, uid: u64, chat_id: &str) -> Result<(), ApiError> {
-    let parsed =
-        chat_id::parse(chat_id).ok_or_else(|| ApiError::not_found(format!("no such conversation: {chat_id}")))?;
-    let allowed = match parsed {
-        ChatId::System => true,
-        ChatId::Single(a, b) => {
-            if !app.directory.user_exists(a) || !app.directory.user_exists(b) {
-                return Err(ApiError::not_found(format!("no such conversation: {chat_id}")));
-            }
-            uid == a || uid == b
-        }
-        ChatId::Group => {
-            let members = app.directory.room_members(chat_id).ok_or_else(|| ApiError::not_found("no such room"))?;
-            members.contains(&uid)
-        }
-        ChatId::Service { shop_id, customer_uid } => {
-            let owner = app.directory.shop_owner(shop_id).ok_or_else(|| ApiError::not_found("no such shop"))?;
-            uid == customer_uid || uid == owner || app.directory.is_agent(shop_id, uid)
-        }
-    };
-    if allowed { Ok(()) } else { Err(ApiError::forbidden(format!("not a participant of {chat_id}"))) }
+    reader::may_read(&*app.directory, uid, chat_id).map_err(|refused| match refused {
+        NotReadable::Missing(why) => ApiError::not_found(why),
+        NotReadable::Forbidden(why) => ApiError::forbidden(why),
+    })
 }
 
 /// A stored message in the shape of its live frame.

@@ -22,7 +22,7 @@ pub async fn create(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let name = params.get("name").map(str::to_string);
     let policy = policy(&params)?;
-    let chat_id = rooms::create(app, claims.uid, name, policy).await?;
+    let chat_id = rooms::create(&app.store, &app.directory, claims.uid, name, policy).await?;
     let history = if policy.history_from_join { "joined" } else { "shared" };
     Ok(json!({"chat_id": chat_id, "private": policy.private, "history": history}))
 }
@@ -49,21 +49,21 @@ pub async fn invite(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
     let uid = params.require_number("uid")?;
-    rooms::invite(app, chat_id, claims.uid, uid).await?;
+    rooms::invite(&app.store, &app.directory, chat_id, claims.uid, uid).await?;
     Ok(json!({"chat_id": chat_id, "uid": uid}))
 }
 
 pub async fn join(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
-    rooms::join(app, chat_id, claims.uid).await?;
+    rooms::join(&app.store, &app.directory, chat_id, claims.uid).await?;
     Ok(json!({"chat_id": chat_id}))
 }
 
 pub async fn leave(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
-    rooms::leave(app, chat_id, claims.uid).await?;
+    rooms::leave(&app.store, &app.directory, chat_id, claims.uid).await?;
     Ok(json!({"chat_id": chat_id}))
 }
 

@@ -384,7 +384,15 @@ where
         if !self.allow_frame() {
             return self.refuse(actions::refusal(text, 429, RATE_LIMITED), 429).await;
         }
-        let ctx = actions::Ctx { app: &self.app, conn: &self.conn, uid: self.claims.uid };
+        let app = &self.app;
+        let ctx = actions::Ctx {
+            store: &app.store,
+            directory: &app.directory,
+            registry: &app.registry,
+            metrics: &app.metrics,
+            conn: &self.conn,
+            uid: self.claims.uid,
+        };
         match actions::handle(&ctx, text) {
             Step::Reply(frame) => self.reply(frame).await,
             // Never waits for earlier acks: the writer and the fan-out keep messages in order.

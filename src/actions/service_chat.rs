@@ -1,0 +1,39 @@
+//! `service_chat` (and the old `service_user_chat`, `service_review_chat`): a customer's
+//! message to a shop, or an agent's reply; `service::route` decides which.
+
+use super::{ClientFrame, Ctx, Refusal, Step};
+use crate::rules::message::Content;
+use crate::service::{self, RouteError};
+use crate::store::Kind;
+
+pub struct ServiceChat<'f> {
+    shop_id: Option<u64>,
+    chat_id: Option<&'f str>,
+    to_uid: Option<u64>,
+    content: Content,
+}
+
+impl<'f> ServiceChat<'f> {
+    pub fn parse(frame: &'f ClientFrame<'_>) -> Result<ServiceChat<'f>, Refusal> {
+        let content = frame.content()?;
+        Ok(ServiceChat { shop_id: frame.shop_id, chat_id: frame.chat_id.as_deref(), to_uid: frame.to_uid, content })
+    }
+
+    pub fn apply(self, ctx: &Ctx<'_>) -> Result<Step, Refusal> {
+        let routed = service::route(ctx.directory, ctx.registry, ctx.uid, self.shop_id, self.chat_id, self.to_uid)
+            .map_err(refusal)?;
+        let mut message = ctx.message(Kind::Service, routed.chat_id, routed.to_uid, self.content);
+        message.service = Some(routed.route);
+        Ok(Step::Store(message))
+    }
+}
+
+/// The error frame's code and text for a message that cannot be routed.
+fn refusal(error: RouteError) -> Refusal {
+    match error {
+        RouteError::NothingNamed => Refusal::new(400, "shop_id (customer) or chat_id (agent) is required"),
+        RouteError::NotAnAgent(chat_id) => Refusal::new(403, format!("only the shop's agents may reply in {chat_id}")),
+        RouteError::UnknownShop(shop_id) => Refusal::new(404, format!("unknown shop: {shop_id}")),
+        RouteError::UnknownUser(uid) => Refusal::new(404, format!("unknown user: {uid}")),
+    }
+}
