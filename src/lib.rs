@@ -12,6 +12,7 @@ pub mod chat_id;
 pub mod cli;
 pub mod config;
 pub mod conn_limits;
+pub mod delivery;
 pub mod directory;
 pub mod fanout;
 pub mod frames;

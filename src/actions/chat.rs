@@ -7,9 +7,9 @@ use serde_json::value::RawValue;
 
 use super::{ClientFrame, Ctx, Refusal, Step, msg_check};
 use crate::chat_id;
+use crate::delivery::inflight::Unacked;
 use crate::service;
 use crate::store::{Kind, NewMessage, Origin};
-use crate::ws::inflight::Unacked;
 
 /// Longest client `msg_id` kept for deduplication.
 const MAX_MSG_ID: usize = 64;

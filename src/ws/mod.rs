@@ -1,10 +1,8 @@
 //! WebSocket: the upgrade of an HTTP request on `/`, then one session task per connection.
 
 mod cork;
-pub mod inflight;
 mod liveness;
-pub mod outbox;
-pub mod positions;
+mod positions;
 mod rate;
 mod session;
 
