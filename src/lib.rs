@@ -20,6 +20,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod passwords;
 pub mod progress;
 pub mod registry;
 pub mod revocations;

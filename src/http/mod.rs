@@ -28,7 +28,6 @@ use tokio::net::TcpStream;
 pub use envelope::{ApiError, Body, envelope};
 use envelope::{ApiResult, reply, with_body};
 pub use params::Params;
-pub use user::{PASSWORD_RULE, valid_password};
 
 use crate::app::App;
 use crate::bcrypt_pool::Busy;
