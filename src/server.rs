@@ -89,7 +89,7 @@ async fn serve(
     // ready line appears (a handler installed by a spawned task could still be missing then).
     let mut stop_signals = StopSignals::install()?;
     let supervisor = Supervisor::from_env()?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_routes(crate::http::route_paths()));
     let db = Store::prepare(&config.db)?;
     // Start-up's longest step on a large database, shown on a terminal.
     let mut steps = Steps::default();
