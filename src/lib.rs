@@ -17,6 +17,7 @@ pub mod directory;
 pub mod fanout;
 pub mod frames;
 pub mod fuzzing;
+pub mod handoff;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -206,7 +206,7 @@ async fn accept(app: &Arc<App>, accepted: std::io::Result<(tokio::net::TcpStream
             // Counted from here to the connection's (or its WebSocket session's) end; over a
             // cap it is still served, with a refusal, so the client learns why.
             let admitted = app.conns.admit(peer.ip());
-            tokio::spawn(crate::http::serve_connection(app.clone(), stream, peer, admitted));
+            tokio::spawn(crate::http::serve_connection(app.clone(), stream, peer, admitted, crate::ws::start));
         }
         Err(e) => {
             // Out of file descriptors, most likely: back off instead of spinning.
