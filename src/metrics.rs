@@ -136,8 +136,15 @@ fn handles<const N: usize>(vec: &IntCounterVec, labels: [&str; N]) -> [IntCounte
 }
 
 impl Metrics {
-    /// The HTTP route labels are the router's paths, `/` and `other`.
+    /// Metrics with no HTTP routes of their own: every request counts under `/` or `other`
+    /// (for tests of parts that never answer HTTP).
     pub fn new() -> Metrics {
+        Metrics::with_routes([])
+    }
+
+    /// The HTTP route labels are `routes` (the router's paths, which the router hands in, so
+    /// metrics need not know HTTP), `/` and `other`.
+    pub fn with_routes(routes: impl IntoIterator<Item = &'static str>) -> Metrics {
         let registry = Registry::new();
         let online_connections = IntGauge::new("imd_online_connections", "Open WebSocket connections").expect("metric");
         let connections_total = counter("imd_connections_total", "WebSocket connections accepted since start");
@@ -195,7 +202,7 @@ impl Metrics {
             &["route"],
         )
         .expect("metric");
-        let routes: Vec<&'static str> = crate::http::route_paths().chain([WEBSOCKET_ROUTE, OTHER_ROUTE]).collect();
+        let routes: Vec<&'static str> = routes.into_iter().chain([WEBSOCKET_ROUTE, OTHER_ROUTE]).collect();
         let http_seconds = routes.iter().map(|route| http_seconds_vec.with_label_values(&[route])).collect();
 
         let process = prometheus::process_collector::ProcessCollector::for_self();

@@ -1,59 +1,15 @@
 //! Who is online: every open WebSocket connection, by user.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
+pub use crate::delivery::Connection;
 use crate::metrics::Metrics;
-use crate::ws::inflight::InFlight;
-use crate::ws::outbox::Outbox;
-use crate::ws::positions::Positions;
 
 /// Close code of a connection whose token was revoked (logout, an admin) or expired.
 pub const TOKEN_CLOSE: u16 = 4001;
-
-/// One open WebSocket connection (a device of a user).
-pub struct Connection {
-    pub id: u64,
-    pub uid: u64,
-    pub device: Box<str>,
-    pub outbox: Outbox,
-    /// Its messages in the store not answered yet: its other replies wait behind them.
-    pub in_flight: InFlight,
-    /// How far this connection has received each conversation (kept in memory, saved in
-    /// coalesced writes).
-    pub positions: Positions,
-    /// Cancelled to make the session close with `closing`'s code and reason.
-    pub kicked: CancellationToken,
-    closing: OnceLock<(u16, &'static str)>,
-}
-
-impl Connection {
-    /// Asks the session to close with `code` and `reason` (the first request wins).
-    pub fn kick(&self, code: u16, reason: &'static str) {
-        let _ = self.closing.set((code, reason));
-        self.kicked.cancel();
-    }
-
-    /// The code and reason the session was asked to close with, once kicked.
-    pub fn closing(&self) -> Option<(u16, &'static str)> {
-        self.closing.get().copied()
-    }
-
-    /// Queues a frame for this connection; false if it is gone or overflowed.
-    pub fn send(&self, frame: &Utf8Bytes) -> bool {
-        self.outbox.push(frame)
-    }
-
-    /// Queues the frame of message `seq` of `chat_id`: once written to the socket, the
-    /// device has received it.
-    pub fn send_message(&self, frame: &Utf8Bytes, chat_id: &Arc<str>, seq: i64) -> bool {
-        self.outbox.push_marked(frame, Some((chat_id.clone(), seq)))
-    }
-}
 
 pub struct Registry {
     by_uid: DashMap<u64, Vec<Arc<Connection>>>,
@@ -101,16 +57,8 @@ impl Registry {
     }
 
     pub fn add(&self, uid: u64, device: &str) -> Arc<Connection> {
-        let conn = Arc::new(Connection {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            uid,
-            device: device.into(),
-            outbox: Outbox::new(self.outbox_bytes),
-            in_flight: InFlight::default(),
-            positions: Positions::default(),
-            kicked: CancellationToken::new(),
-            closing: OnceLock::new(),
-        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Connection::new(id, uid, device, self.outbox_bytes));
         self.by_uid.entry(uid).or_default().push(conn.clone());
         self.metrics.online_connections.inc();
         conn

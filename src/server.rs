@@ -89,7 +89,7 @@ async fn serve(
     // ready line appears (a handler installed by a spawned task could still be missing then).
     let mut stop_signals = StopSignals::install()?;
     let supervisor = Supervisor::from_env()?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_routes(crate::http::route_paths()));
     let db = Store::prepare(&config.db)?;
     // Start-up's longest step on a large database, shown on a terminal.
     let mut steps = Steps::default();
@@ -206,7 +206,7 @@ async fn accept(app: &Arc<App>, accepted: std::io::Result<(tokio::net::TcpStream
             // Counted from here to the connection's (or its WebSocket session's) end; over a
             // cap it is still served, with a refusal, so the client learns why.
             let admitted = app.conns.admit(peer.ip());
-            tokio::spawn(crate::http::serve_connection(app.clone(), stream, peer, admitted));
+            tokio::spawn(crate::http::serve_connection(app.clone(), stream, peer, admitted, crate::ws::start));
         }
         Err(e) => {
             // Out of file descriptors, most likely: back off instead of spinning.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::delivery::inflight::Unacked;
 use crate::directory::Directory;
 use crate::frames;
 use crate::metrics::Metrics;
 use crate::registry::{Connection, Registry};
 use crate::rules::message::Content;
 use crate::store::{Kind, NewMessage, Origin, Store, StoreError};
-use crate::ws::inflight::Unacked;
 
 /// What an action sees: borrowed for one frame from the daemon, and the sending connection.
 pub struct Ctx<'a> {

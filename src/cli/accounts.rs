@@ -74,8 +74,8 @@ fn read_password() -> Result<String, String> {
     std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password from stdin: {e}"))?;
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
-    if !crate::http::valid_password(password) {
-        return Err(crate::http::PASSWORD_RULE.into());
+    if !crate::passwords::is_valid(password) {
+        return Err(crate::passwords::RULE.into());
     }
     Ok(password.to_string())
 }

@@ -1,5 +1,5 @@
-//! HTTP on the WebSocket's port: hyper serves each connection, `/` with an upgrade goes to
-//! `ws`, every other path to its route.
+//! HTTP on the WebSocket's port: hyper serves each connection, `/` is the WebSocket handshake
+//! (`upgrade`, which hands the connection to a session), every other path goes to its route.
 
 mod admin;
 mod envelope;
@@ -8,12 +8,13 @@ pub mod origin;
 mod params;
 mod room;
 mod shop;
+mod upgrade;
 mod user;
 mod web;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,28 +30,22 @@ use tokio::net::TcpStream;
 pub use envelope::{ApiError, Body, envelope};
 use envelope::{ApiResult, reply, with_body};
 pub use params::Params;
-pub use user::{PASSWORD_RULE, valid_password};
 
 use crate::app::App;
 use crate::bcrypt_pool::Busy;
 use crate::conn_limits::{ConnPermit, Refusal};
+use crate::handoff::{Peer, StartSession};
 use crate::throttle::{Outcome, Throttled};
 
-/// The connection a request came on: the client's address and its place under the
-/// connection caps (a WebSocket session keeps it).
-#[derive(Clone)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub permit: Arc<ConnPermit>,
-}
-
-/// Serves one TCP connection until it closes (or is upgraded to a WebSocket). A connection
-/// over a cap (`admitted` is a refusal) gets every request answered 503/429 and is closed.
+/// Serves one TCP connection until it closes (or is upgraded to a WebSocket, whose session
+/// `start` runs). A connection over a cap (`admitted` is a refusal) gets every request
+/// answered 503/429 and is closed.
 pub async fn serve_connection(
     app: Arc<App>,
     stream: TcpStream,
     addr: SocketAddr,
     admitted: Result<ConnPermit, Refusal>,
+    start: StartSession,
 ) {
     let _ = stream.set_nodelay(true);
     // For the WebSocket upgrade, which corks the socket while it answers (see `ws::cork`).
@@ -73,7 +68,7 @@ pub async fn serve_connection(
             return;
         }
     };
-    let peer = Peer { addr, permit };
+    let peer = Peer { addr, permit, socket };
     let activity = Arc::new(Activity::default());
     let counter = activity.clone();
     let service = service_fn(move |req| {
@@ -81,7 +76,7 @@ pub async fn serve_connection(
         async move {
             counter.started.fetch_add(1, Ordering::Relaxed);
             counter.in_flight.fetch_add(1, Ordering::Relaxed);
-            let response = handle(app, req, socket, peer).await;
+            let response = handle(app, req, peer, start).await;
             counter.in_flight.fetch_sub(1, Ordering::Relaxed);
             Ok::<_, Infallible>(response)
         }
@@ -131,7 +126,7 @@ impl From<Busy> for ApiError {
 
 /// Answers CORS preflight (`OPTIONS`, any path) and marks other answers for allowed origins.
 /// Counts every answer in `imd_http_requests_total` and `imd_http_request_duration_seconds`.
-async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer) -> Response<Body> {
+async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Peer, start: StartSession) -> Response<Body> {
     let started = Instant::now();
     let route = app.metrics.route_index(req.uri().path());
     let metrics = app.metrics.clone();
@@ -139,7 +134,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer
     let response = if req.method() == Method::OPTIONS {
         origin::preflight(&verdict, allowed_methods(req.uri().path()))
     } else {
-        let mut response = respond(app, req, socket, peer).await;
+        let mut response = respond(app, req, peer, start).await;
         if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
             origin::add_cors_headers(&mut response, &verdict);
         }
@@ -149,7 +144,7 @@ async fn handle(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer
     response
 }
 
-async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Peer) -> Response<Body> {
+async fn respond(app: Arc<App>, req: Request<Incoming>, peer: Peer, start: StartSession) -> Response<Body> {
     if let Some(worker) = app.supervisor.failed() {
         return failed(&app, worker);
     }
@@ -158,7 +153,7 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, socket: RawFd, peer: Pee
     }
     let path = req.uri().path();
     if path == "/" {
-        return crate::ws::upgrade(app, req, socket, peer.addr.ip(), peer.permit);
+        return upgrade::upgrade(app, req, peer, start);
     }
     let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return reply(Err(ApiError::not_found(format!("no such endpoint: {path}"))));

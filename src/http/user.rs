@@ -5,27 +5,16 @@ use serde_json::json;
 use super::envelope::{ApiError, ApiResult};
 use super::params::Params;
 use crate::app::App;
+use crate::passwords;
 use crate::store::StoreError;
 use crate::usernames;
-
-/// bcrypt uses the first 72 bytes of a password and ignores the rest: longer ones are refused
-/// rather than silently cut.
-const MAX_PASSWORD_BYTES: usize = 72;
-
-/// What is wrong with a refused password, for the client (400) and `imd user add|passwd`.
-pub const PASSWORD_RULE: &str = "password must be 6 characters to 72 bytes (bcrypt's limit)";
-
-/// Whether `password` may be set (a new account or a new password).
-pub fn valid_password(password: &str) -> bool {
-    password.chars().count() >= 6 && password.len() <= MAX_PASSWORD_BYTES
-}
 
 pub async fn register(app: &App, params: Params) -> ApiResult {
     let username = params.require("username")?;
     let password = params.require("password")?.to_string();
     let username = usernames::normalise(username).ok_or_else(|| ApiError::bad_request(usernames::RULE))?;
-    if !valid_password(&password) {
-        return Err(ApiError::bad_request(PASSWORD_RULE));
+    if !passwords::is_valid(&password) {
+        return Err(ApiError::bad_request(passwords::RULE));
     }
     let key = usernames::key(&username);
     // Before hashing: a taken name must not cost a bcrypt run. The UNIQUE index still decides
@@ -123,18 +112,4 @@ pub async fn lookup(app: &App, params: Params) -> ApiResult {
     };
     let (uid, username) = user.ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok(json!({"uid": uid, "username": username}))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_6_characters_to_72_bytes() {
-        assert!(valid_password("123456"));
-        assert!(!valid_password("12345"));
-        assert!(valid_password(&"p".repeat(72)));
-        assert!(!valid_password(&"p".repeat(73)));
-        assert!(!valid_password(&"é".repeat(37)), "74 bytes in 37 characters");
-    }
 }

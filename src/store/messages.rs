@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::StoreResult;
-use crate::ws::inflight::Unacked;
+use crate::delivery::inflight::Unacked;
 
 /// The kind of a conversation, as the `chat_type` of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,102 +1,33 @@
-//! WebSocket: the upgrade of an HTTP request on `/`, then one session task per connection.
+//! WebSocket: one session task per upgraded connection, started by `start` with what the
+//! router's handshake (`http::upgrade`) accepted.
 
 mod cork;
-pub mod inflight;
 mod liveness;
-pub mod outbox;
-pub mod positions;
+mod positions;
 mod rate;
 mod session;
 
-use std::net::IpAddr;
-use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use self::cork::Cork;
 use crate::app::App;
-use crate::conn_limits::ConnPermit;
-use crate::http::{ApiError, Body, envelope};
-use crate::metrics::RefusedReason;
+use crate::handoff::Handoff;
 
-/// Answers `GET /?access_token=…`: 403 before the upgrade for a refused Origin, 401 for a bad
-/// token, 429 when the user has `--max-connections-per-user` sessions already, else 101 and a
-/// session task on the upgraded connection, which keeps the connection's `permit` (its place
-/// under the caps).
-pub fn upgrade(
-    app: Arc<App>,
-    mut req: Request<Incoming>,
-    socket: RawFd,
-    ip: IpAddr,
-    permit: Arc<ConnPermit>,
-) -> Response<Body> {
-    let headers = req.headers();
-    // A page of another site must not ride a user's token (cross-site WebSocket hijacking).
-    if crate::http::origin::check(&app.config.allowed_origins, headers) == crate::http::origin::Verdict::Refused {
-        tracing::warn!(%ip, origin = ?headers.get(header::ORIGIN), "websocket refused: Origin not allowed");
-        app.metrics.refused(RefusedReason::Origin);
-        return refusal(ApiError::forbidden("this Origin may not open a WebSocket here (see --allowed-origins)"));
-    }
-    let wants_upgrade =
-        headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes()));
-    let (true, Some(accept)) = (wants_upgrade, key) else {
-        return refusal(ApiError::bad_request(
-            "this endpoint takes a WebSocket upgrade: ws://HOST:PORT/?access_token=JWT",
-        ));
-    };
-    let query: Vec<(String, String)> =
-        req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
-    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let Some(token) = param("access_token").filter(|t| !t.is_empty()) else {
-        tracing::warn!(%ip, "websocket refused: no access token");
-        app.metrics.refused(RefusedReason::Auth);
-        return refusal(ApiError::unauthorized("an access_token is required"));
-    };
-    let Some(claims) = app.authenticate(token) else {
-        // Never the token itself: it may be a valid one of someone else's, mistyped.
-        tracing::warn!(%ip, "websocket refused: invalid, expired or revoked token");
-        app.metrics.refused(RefusedReason::Auth);
-        return refusal(ApiError::unauthorized("the access token is invalid, expired or revoked"));
-    };
-    let Some(slot) = app.registry.reserve_session(claims.uid, app.config.max_connections_per_user) else {
-        tracing::warn!(%ip, uid = claims.uid, limit = app.config.max_connections_per_user, "websocket refused: per-user connection cap");
-        app.metrics.refused(RefusedReason::PerUser);
-        return refusal(ApiError::new(
-            429,
-            format!("you have {} connections open already; close one first", app.config.max_connections_per_user),
-        ));
-    };
-    let device: String = param("device").or_else(|| param("fromSource")).unwrap_or("web").chars().take(32).collect();
-
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let cork = Cork::new(socket);
+/// Spawns the session of an accepted upgrade. Called before the `101` is answered, so that the
+/// socket is corked in time for the `101`, `connected` and the sync to leave in one segment.
+pub fn start(app: Arc<App>, handoff: Handoff) {
+    let Handoff { upgrade, claims, device, peer, slot } = handoff;
+    let cork = Cork::new(peer.socket);
+    let ip = peer.addr.ip();
     let tracker = app.sessions.clone();
     tracker.spawn(async move {
         // Held for the session's life: both are given back when it ends.
-        let _places = (slot, permit);
-        match on_upgrade.await {
+        let _places = (slot, peer.permit);
+        match upgrade.await {
             Ok(upgraded) => session::run(app, TokioIo::new(upgraded), claims, device, ip, cork).await,
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });
-
-    let mut response = Response::new(Body::default());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    }
-    response
-}
-
-fn refusal(e: ApiError) -> Response<Body> {
-    envelope(e.code, &e.message, serde_json::Value::Null)
 }

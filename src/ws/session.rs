@@ -16,12 +16,12 @@ use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes
 
 use super::cork::Cork;
 use super::liveness::{Liveness, Tick};
-use super::outbox::{OutboxState, Queued};
 use super::positions;
 use super::rate::RateLimit;
 use crate::actions::{self, Step};
 use crate::app::App;
 use crate::auth::Claims;
+use crate::delivery::outbox::{OutboxState, Queued};
 use crate::frames;
 use crate::metrics::CloseReason;
 use crate::registry::{Connection, TOKEN_CLOSE};

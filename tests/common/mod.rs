@@ -2,6 +2,8 @@
 //! database, and talks to it over real HTTP and WebSocket connections.
 #![allow(dead_code)]
 
+pub mod source;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-use crate::registry::Connection;
+use super::Connection;
 
 /// The count of a connection's unanswered messages.
 #[derive(Default)]
@@ -78,13 +78,10 @@ impl Drop for Unacked {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::registry::Registry;
 
     #[tokio::test]
     async fn settles_when_the_last_claim_is_dropped() {
-        let registry = Registry::new(1024, Arc::new(Metrics::new()));
-        let conn = registry.add(1, "web");
+        let conn = Arc::new(Connection::new(1, 1, "web", 1024));
         assert!(conn.in_flight.is_settled());
         let (first, second) = (Unacked::new(conn.clone()), Unacked::new(conn.clone()));
         assert!(!conn.in_flight.is_settled());
