@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod conn_limits;
 pub mod directory;
+pub mod domain;
 pub mod fanout;
 pub mod frames;
 pub mod fuzzing;

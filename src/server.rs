@@ -122,7 +122,7 @@ async fn serve(
         supervisor: supervisor.clone(),
     };
     let settings = WriterSettings { durable: !config.no_store, sync: config.sync };
-    let (store, store_threads) = Store::start(db, &config.db, settings, fanout, metrics.clone(), &supervisor)?;
+    let (store, store_threads) = Store::start(db, &config.db, settings, fanout.spawn(), metrics.clone(), &supervisor)?;
     if config.no_store {
         tracing::warn!("--no-store: messages are NOT written to disk (benchmarks only)");
     }

@@ -7,8 +7,9 @@ use serde_json::value::RawValue;
 
 use super::{ClientFrame, Ctx, Refusal, Step, msg_check};
 use crate::chat_id;
+use crate::fanout::Origin;
 use crate::service;
-use crate::store::{Kind, NewMessage, Origin};
+use crate::store::{Kind, NewMessage};
 use crate::ws::inflight::Unacked;
 
 /// Longest client `msg_id` kept for deduplication.
@@ -62,7 +63,7 @@ fn new_message(ctx: &Ctx<'_>, kind: Kind, chat_id: String, to_uid: Option<u64>, 
         msg_type: content.msg_type,
         body: content.body,
         service: None,
-        origin: Origin::Connection(Unacked::new(ctx.conn.clone())),
+        ticket: Origin::Connection(Unacked::new(ctx.conn.clone())).ticket(),
     }
 }
 

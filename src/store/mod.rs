@@ -6,7 +6,6 @@ pub mod accounts;
 pub mod backup;
 mod checkpoint;
 mod delivered;
-mod messages;
 pub mod offline;
 mod participants;
 mod queries;
@@ -23,13 +22,13 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
-pub use messages::{Accepted, Kind, NewMessage, Origin, ServiceRoute, StoredMessage};
+// The domain's types, re-exported where callers found them before they moved down.
+pub use crate::domain::{Accepted, Kind, NewMessage, ServiceRoute, StoredMessage, Ticket};
 pub use queries::{ConversationRow, SyncBatch, UserRow};
 pub use rooms::Joined;
 pub use users::stored_jwt_secret;
-pub use writer::Committed;
+pub use writer::{Committed, Outcome, OutcomeSender};
 
-use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::supervisor::{Supervisor, Worker};
 
@@ -171,13 +170,13 @@ impl Store {
         Ok(conn)
     }
 
-    /// Starts the writer thread on a prepared connection, and the delivery task on the current
-    /// runtime; `supervisor` watches both and the checkpoint thread.
+    /// Starts the writer thread on a prepared connection; it sends every batch's outcomes, in
+    /// commit order, to `outcomes`. `supervisor` watches it and the checkpoint thread.
     pub fn start(
         conn: Connection,
         path: &Path,
         settings: WriterSettings,
-        fanout: Fanout,
+        outcomes: OutcomeSender,
         metrics: Arc<Metrics>,
         supervisor: &Supervisor,
     ) -> StoreResult<(Store, StoreThreads)> {
@@ -187,7 +186,7 @@ impl Store {
         let watch = supervisor.watch(Worker::Writer);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let health = Arc::new(StorageHealth::default());
-        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied, health.clone())?;
+        let writer = writer::Writer::new(conn, settings, outcomes, metrics, thread_copied, health.clone())?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || {
@@ -229,7 +228,7 @@ impl Store {
         self.commands.max_capacity() - self.commands.capacity()
     }
 
-    /// Queues a message; the writer commits it, then delivers it and answers its origin.
+    /// Queues a message; the writer commits it, then emits its outcome with its ticket.
     pub async fn submit(&self, message: NewMessage) -> StoreResult<()> {
         self.commands.send(Command::Message(Box::new(message))).await.map_err(|_| StoreError::Closed)
     }

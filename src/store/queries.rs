@@ -41,8 +41,8 @@ impl Store {
         self.read(move |conn| conversations_of(conn, uid, offset, limit)).await
     }
 }
-use super::messages::{Kind, StoredMessage};
 use crate::chat_id;
+use crate::domain::{Kind, StoredMessage};
 
 /// Columns read by `message_from_row`, in its order.
 pub const MESSAGE_COLUMNS: &str = "id, chat_id, seq, from_uid, to_uid, msg_id, msg_type, body, ts, shop_id, agent_uid";
