@@ -742,7 +742,7 @@ fn clone_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Closed => StoreError::Closed,
         StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
-        StoreError::Sqlite(inner) if e.unavailable().is_some() => StoreError::Unavailable(inner.to_string()),
+        StoreError::Conflict(reason) => StoreError::Conflict(reason.clone()),
         other => StoreError::Refused(other.to_string()),
     }
 }
@@ -922,7 +922,7 @@ mod tests {
     }
 
     fn writer_on(dir: &tempfile::TempDir) -> (Writer, DeliveryReceiver) {
-        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, deliveries) = delivery_channel();
         (Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap(), deliveries)
     }
@@ -1089,7 +1089,7 @@ mod tests {
     #[test]
     fn a_full_delivery_channel_makes_the_writer_wait_and_drops_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, mut deliveries) = mpsc::channel(1);
         tx.try_send(Vec::new()).unwrap();
         let mut writer =
@@ -1109,7 +1109,7 @@ mod tests {
     #[test]
     fn the_seq_cache_is_bounded_and_seqs_continue_after_it_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, mut deliveries) = delivery_channel();
         let mut writer =
             Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
@@ -1129,7 +1129,7 @@ mod tests {
     #[test]
     fn without_the_store_messages_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
         // A conversation row that exists anyway, as a room's does.
         conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 0, 0)", [])
             .unwrap();
@@ -1153,7 +1153,7 @@ mod tests {
     fn the_wal_starts_over_under_sustained_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let conn = crate::store::Store::prepare(&path).unwrap();
+        let conn = crate::store::open_writable(&path).unwrap();
         let (tx, mut deliveries) = delivery_channel();
         let mut writer =
             Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
