@@ -1,7 +1,7 @@
 //! Conversation ids of the contract: `0_system`, `1_<a>_<b>` (a < b), `2_<uid>_<yymmddHHMMSS>`
 //! (plus `_N` for a second room in the same second), `3_<shop_id>_<customer_uid>`.
 
-use crate::store::Kind;
+use crate::domain::Kind;
 
 pub const SYSTEM: &str = "0_system";
 

@@ -6,23 +6,38 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::delivery::inflight::Unacked;
 use crate::directory::Directory;
+use crate::domain::{Accepted, Kind, Ticket};
 use crate::frames;
 use crate::metrics::Metrics;
 use crate::registry::{Connection, Registry};
-use crate::store::{Accepted, Committed, Kind, Origin, StoreError};
+use crate::store::{Committed, Outcome, OutcomeSender, StoreError, StoreResult};
 use crate::supervisor::{Supervisor, Worker};
 
-/// What the writer hands over after a commit, in commit order.
-pub enum Delivery {
-    Committed(Committed),
-    Refused { origin: Origin, msg_id: Option<Box<str>>, error: StoreError },
+/// Who is waiting for the outcome of a message; it travels through the store as its `Ticket`.
+pub enum Origin {
+    /// A WebSocket connection: it gets the ack, the user's other connections the mirror. Its
+    /// later replies wait until this is dropped, so drop it only after queuing the answer.
+    Connection(Unacked),
+    /// An HTTP request (broadcast): it gets the stored ids and the number of connections reached.
+    Http(oneshot::Sender<StoreResult<Accepted>>),
 }
 
-/// Where the writer sends its batches of deliveries.
-pub type DeliverySender = mpsc::Sender<Vec<Delivery>>;
+impl Origin {
+    /// The ticket the message carries through the store; `resolve` turns it back.
+    pub fn ticket(self) -> Ticket {
+        Ticket::new(self)
+    }
+
+    /// The origin a ticket was made from. Every ticket comes from `ticket`, so None means a
+    /// ticket made elsewhere (a bug): its message is delivered but answered to nobody.
+    fn resolve(ticket: Ticket) -> Option<Origin> {
+        ticket.into_inner::<Origin>().ok()
+    }
+}
 
 /// Batches that may wait for the delivery task. When it falls this far behind, the writer
 /// waits before its next batch, so senders wait on the writer's queue instead of memory
@@ -39,8 +54,8 @@ pub struct Fanout {
 
 impl Fanout {
     /// Starts the delivery task on the current runtime.
-    pub fn spawn(self) -> DeliverySender {
-        let (tx, mut rx) = mpsc::channel::<Vec<Delivery>>(DELIVERY_DEPTH);
+    pub fn spawn(self) -> OutcomeSender {
+        let (tx, mut rx) = mpsc::channel::<Vec<Outcome>>(DELIVERY_DEPTH);
         tokio::spawn(async move {
             let watch = self.supervisor.watch(Worker::Fanout);
             while let Some(batch) = rx.recv().await {
@@ -48,8 +63,8 @@ impl Fanout {
                 watch.fault_point();
                 // The batch's commit time, taken before its deliveries are consumed.
                 let committed_at = batch.iter().find_map(|delivery| match delivery {
-                    Delivery::Committed(committed) => Some(committed.committed_at),
-                    Delivery::Refused { .. } => None,
+                    Outcome::Committed(committed) => Some(committed.committed_at),
+                    Outcome::Refused { .. } => None,
                 });
                 batch.into_iter().for_each(|delivery| self.apply(delivery));
                 if let Some(at) = committed_at {
@@ -62,18 +77,22 @@ impl Fanout {
         tx
     }
 
-    fn apply(&self, delivery: Delivery) {
-        match delivery {
-            Delivery::Committed(committed) => self.deliver(committed),
-            Delivery::Refused { origin, msg_id, error } => self.refuse(origin, msg_id.as_deref(), error),
+    fn apply(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Committed(committed) => self.deliver(committed),
+            Outcome::Refused { ticket, msg_id, error } => match Origin::resolve(ticket) {
+                Some(origin) => self.refuse(origin, msg_id.as_deref(), error),
+                None => tracing::error!("message not stored, and its ticket names no origin: {error}"),
+            },
         }
     }
 
     fn deliver(&self, committed: Committed) {
-        let Committed { message, duplicate, origin, .. } = committed;
+        let Committed { message, duplicate, ticket, .. } = committed;
+        let origin = Origin::resolve(ticket);
         let origin_conn = match &origin {
-            Origin::Connection(conn) => Some(conn.id),
-            Origin::Http(_) => None,
+            Some(Origin::Connection(conn)) => Some(conn.id),
+            _ => None,
         };
         let mut delivered = 0usize;
         if !duplicate {
@@ -118,12 +137,13 @@ impl Fanout {
             self.metrics.frames_delivered.inc_by(delivered as u64);
         }
         match origin {
-            Origin::Connection(conn) => {
+            Some(Origin::Connection(conn)) => {
                 conn.send(&frames::ack(&message, duplicate));
             }
-            Origin::Http(reply) => {
+            Some(Origin::Http(reply)) => {
                 let _ = reply.send(Ok(Accepted { id: message.id, seq: message.seq, delivered }));
             }
+            None => tracing::error!(id = message.id, "message stored, but its ticket names no origin"),
         }
     }
 

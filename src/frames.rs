@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::store::{Kind, StoredMessage};
+use crate::domain::{Kind, StoredMessage};
 
 #[derive(Serialize)]
 struct MessageFrame<'a> {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod conn_limits;
 pub mod delivery;
 pub mod directory;
+pub mod domain;
 pub mod fanout;
 pub mod frames;
 pub mod fuzzing;

@@ -98,12 +98,12 @@ async fn serve(
         _ => steps.update("start-up: loading room members", "members", done, total),
     };
     let watch: Option<store::snapshot::Watch<'_>> = if progress::on_terminal() { Some(&mut show) } else { None };
-    let snapshot = store::snapshot::read_snapshot(&db, watch)?;
+    let snapshot = db.snapshot(watch)?;
     steps.finish();
     let directory = Arc::new(Directory::load(snapshot));
     let secret = match &config.jwt_secret {
         Some(secret) if !secret.is_empty() => secret.clone(),
-        _ => store::stored_jwt_secret(&db)?,
+        _ => db.jwt_secret()?,
     };
     let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?
         .with_bcrypt_pool(config.bcrypt_threads, config.bcrypt_queue);
@@ -122,7 +122,9 @@ async fn serve(
         supervisor: supervisor.clone(),
     };
     let settings = WriterSettings { durable: !config.no_store, sync: config.sync };
-    let (store, store_threads) = Store::start(db, &config.db, settings, fanout, metrics.clone(), &supervisor)?;
+    // From here on the guard closes the store on every path out of this function, before
+    // anything else it started is torn down.
+    let (store, store_guard) = db.start(settings, fanout.spawn(), metrics.clone(), &supervisor)?;
     if config.no_store {
         tracing::warn!("--no-store: messages are NOT written to disk (benchmarks only)");
     }
@@ -149,6 +151,8 @@ async fn serve(
         shutdown.cancel();
     });
     crate::revocations::spawn(app.clone());
+    // IMD_FAULT=start-fail|start-panic (tests only): start-up fails after the store started.
+    app.supervisor.start_fault_point()?;
     tracing::info!("imd listening on {addr}, database {}", app.config.db.display());
     on_ready(addr);
     crate::notify::ready();
@@ -184,8 +188,7 @@ async fn serve(
     if tokio::time::timeout(DRAIN_TIMEOUT, app.sessions.wait()).await.is_err() {
         tracing::warn!("some sessions did not close in time");
     }
-    app.store.close().await;
-    let joined = tokio::task::spawn_blocking(move || store_threads.join());
+    let joined = store_guard.shutdown();
     if let Some(worker) = app.supervisor.failed() {
         // What a dead worker leaves behind may never finish: exit regardless, after a while.
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, joined).await;

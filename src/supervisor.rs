@@ -47,10 +47,32 @@ pub struct Supervisor {
     inner: Arc<Inner>,
 }
 
+/// Test-only faults of start-up itself (`IMD_FAULT`), struck right after the store started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFault {
+    /// `start-fail`: start-up returns an error.
+    Fail,
+    /// `start-panic`: start-up panics.
+    Panic,
+}
+
+impl StartFault {
+    const ALL: [StartFault; 2] = [StartFault::Fail, StartFault::Panic];
+
+    fn name(self) -> &'static str {
+        match self {
+            StartFault::Fail => "start-fail",
+            StartFault::Panic => "start-panic",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     /// The worker `IMD_FAULT` makes panic, if any.
     fault: Option<Worker>,
+    /// The start-up fault `IMD_FAULT` names, if any.
+    start_fault: Option<StartFault>,
     /// The first worker that died.
     failed: OnceLock<&'static str>,
     /// Set once the daemon shuts down: from then on a worker may return.
@@ -71,15 +93,29 @@ impl Supervisor {
         if value.is_empty() {
             return Ok(Supervisor::new(None));
         }
+        if let Some(fault) = StartFault::ALL.into_iter().find(|f| f.name() == value) {
+            tracing::warn!("{FAULT_VAR}={value}: start-up will fail (fault injection, tests only)");
+            return Ok(Supervisor { inner: Arc::new(Inner { start_fault: Some(fault), ..Inner::default() }) });
+        }
         match Worker::ALL.into_iter().find(|w| w.fault() == value) {
             Some(worker) => {
                 tracing::warn!("{FAULT_VAR}={value}: the {} will panic (fault injection, tests only)", worker.name());
                 Ok(Supervisor::new(Some(worker)))
             }
             None => {
-                let known: Vec<&str> = Worker::ALL.iter().map(|w| w.fault()).collect();
+                let known: Vec<&str> =
+                    Worker::ALL.iter().map(|w| w.fault()).chain(StartFault::ALL.iter().map(|f| f.name())).collect();
                 Err(format!("{FAULT_VAR}={value:?} is not one of {}", known.join(", ")))
             }
+        }
+    }
+
+    /// Where start-up strikes its test-only fault (`IMD_FAULT=start-fail|start-panic`), if set.
+    pub fn start_fault_point(&self) -> Result<(), String> {
+        match self.inner.start_fault {
+            Some(StartFault::Fail) => Err(format!("{FAULT_VAR}=start-fail: injected start-up failure")),
+            Some(StartFault::Panic) => panic!("{FAULT_VAR}=start-panic: injected panic in start-up"),
+            None => Ok(()),
         }
     }
 

@@ -21,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("services", &["app", "actions", "service", "rooms", "revocations", "auth", "access"]),
     ("store and delivery", &["store", "fanout", "registry", "delivery", "directory", "unread"]),
     // `rules`: pure functions (a valid message, which agent, who may read).
-    ("domain", &["chat_id", "frames", "usernames", "passwords", "rules"]),
+    ("domain", &["domain", "chat_id", "frames", "usernames", "passwords", "rules"]),
     // `now_ms` is a function of lib.rs.
     (
         "base",
@@ -42,17 +42,10 @@ const APART: &[(&str, &str, &str)] = &[
     ("store", "delivery", "the store knows nothing of connections"),
 ];
 
-/// Imports still wrong, each owned by a change under way: (file, imported module, owner).
+/// Imports still wrong, each owned by a change under way: (file, imported module, owner);
+/// none since the store emits tickets and the domain types moved to `domain/`.
 /// The test fails when one is gone too, so that the list is kept short and true.
-const KNOWN: &[(&str, &str, &str)] = &[
-    // The store engineer: commits leave the writer through a sink with an opaque ticket.
-    ("src/store/mod.rs", "fanout", "store"),
-    ("src/store/writer.rs", "fanout", "store"),
-    ("src/store/messages.rs", "delivery", "store"),
-    // The store engineer moves Kind and the message types into a domain module.
-    ("src/chat_id.rs", "store", "store"),
-    ("src/frames.rs", "store", "store"),
-];
+const KNOWN: &[(&str, &str, &str)] = &[];
 
 /// The layer of a top-level module (its index in `LAYERS`), if the table has it.
 fn layer_of(module: &str) -> Option<usize> {

@@ -9,11 +9,12 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::delivery::inflight::Unacked;
 use crate::directory::Directory;
+use crate::fanout::Origin;
 use crate::frames;
 use crate::metrics::Metrics;
 use crate::registry::{Connection, Registry};
 use crate::rules::message::Content;
-use crate::store::{Kind, NewMessage, Origin, Store, StoreError};
+use crate::store::{Kind, NewMessage, Store, StoreError};
 
 /// What an action sees: borrowed for one frame from the daemon, and the sending connection.
 pub struct Ctx<'a> {
@@ -37,7 +38,7 @@ impl Ctx<'_> {
             msg_type: content.msg_type,
             body: content.body,
             service: None,
-            origin: Origin::Connection(Unacked::new(self.conn.clone())),
+            ticket: Origin::Connection(Unacked::new(self.conn.clone())).ticket(),
         }
     }
 }

@@ -10,9 +10,10 @@ use super::envelope::{ApiError, ApiResult};
 use super::params::Params;
 use crate::app::App;
 use crate::chat_id;
+use crate::fanout::Origin;
 use crate::frames;
 use crate::rules::reader::{self, NotReadable};
-use crate::store::{Kind, NewMessage, Origin, StoredMessage};
+use crate::store::{Kind, NewMessage, StoredMessage};
 
 /// `POST /message/sendPublicMessage`: an admin's broadcast to everyone.
 pub async fn broadcast(app: &App, params: Params) -> ApiResult {
@@ -34,7 +35,7 @@ pub async fn broadcast(app: &App, params: Params) -> ApiResult {
             msg_type: "text".into(),
             body,
             service: None,
-            origin: Origin::Http(reply),
+            ticket: Origin::Http(reply).ticket(),
         })
         .await?;
     let accepted = accepted.await.map_err(|_| ApiError::new(503, "the server is shutting down"))??;

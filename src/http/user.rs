@@ -32,7 +32,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
         Ok(None) => {
             return Err(ApiError::new(409, format!("username {username} is taken")));
         }
-        Err(StoreError::Refused(text)) if text.contains("UNIQUE") => {
+        Err(StoreError::Conflict(_)) => {
             return Err(ApiError::new(409, format!("username {username} is taken")));
         }
         Err(e) => return Err(e.into()),

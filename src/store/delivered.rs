@@ -64,7 +64,7 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::Store::prepare(&dir.path().join("d.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("d.db")).unwrap();
         conn.execute_batch(
             "INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 5, 0);
              INSERT INTO participants (uid, chat_id, read_seq, floor_seq) VALUES (2, '1_1_2', 1, 1);",

@@ -6,7 +6,7 @@ pub mod accounts;
 pub mod backup;
 mod checkpoint;
 mod delivered;
-mod messages;
+mod guard;
 pub mod offline;
 mod participants;
 mod queries;
@@ -14,22 +14,23 @@ mod rooms;
 mod schema;
 mod shops;
 pub mod snapshot;
+mod sqlite_errors;
 mod users;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
-pub use messages::{Accepted, Kind, NewMessage, Origin, ServiceRoute, StoredMessage};
+// The domain's types, re-exported where callers found them before they moved down.
+pub use crate::domain::{Accepted, Kind, NewMessage, ServiceRoute, StoredMessage, Ticket};
+pub use guard::StoreGuard;
 pub use queries::{ConversationRow, SyncBatch, UserRow};
 pub use rooms::Joined;
-pub use users::stored_jwt_secret;
-pub use writer::Committed;
+pub use writer::{Committed, Outcome, OutcomeSender};
 
-use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::supervisor::{Supervisor, Worker};
 
@@ -37,11 +38,18 @@ use crate::supervisor::{Supervisor, Worker};
 const QUEUE_DEPTH: usize = 16_384;
 /// Read-only connections (and so concurrent reads) at most.
 const READERS: usize = 4;
+/// How long closing waits for reads under way to give their connections back.
+const READERS_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Why a store call failed, in terms any backend can give (see `sqlite_errors`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend failed the command for a reason of its own (its text, for logs).
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Backend(String),
+    /// A uniqueness or other constraint refused the command: the row it would make exists.
+    #[error("database error: {0}")]
+    Conflict(String),
     #[error("the store is shutting down")]
     Closed,
     #[error("{0}")]
@@ -58,9 +66,6 @@ impl StoreError {
     pub fn unavailable(&self) -> Option<String> {
         match self {
             StoreError::Unavailable(_) => Some(self.to_string()),
-            StoreError::Sqlite(e) if e.sqlite_error_code().is_some_and(storage_failed) => {
-                Some(format!("storage unavailable: {e}"))
-            }
             _ => None,
         }
     }
@@ -74,20 +79,6 @@ impl StoreError {
             (_, None) => (500, format!("not stored: {self}")),
         }
     }
-}
-
-/// SQLite's codes for a storage that cannot take writes now, whatever is written.
-fn storage_failed(code: ErrorCode) -> bool {
-    matches!(
-        code,
-        ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::OutOfMemory
-            | ErrorCode::DatabaseBusy
-            | ErrorCode::DatabaseLocked
-            | ErrorCode::ReadOnly
-            | ErrorCode::CannotOpen
-    )
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -146,48 +137,60 @@ pub struct Store {
     health: Arc<StorageHealth>,
 }
 
-/// The store's threads, joined on shutdown.
-pub struct StoreThreads {
+/// The store's threads, joined on shutdown (through `StoreGuard`).
+struct StoreThreads {
     writer: std::thread::JoinHandle<()>,
     checkpointer: checkpoint::Checkpointer,
 }
 
 impl StoreThreads {
     /// Waits until every queued command is committed and the threads have stopped (after
-    /// `Store::close`, or once every `Store` handle is dropped).
-    pub fn join(self) {
+    /// `Store::close`, or once every `Store` handle is dropped). The checkpointer stops last:
+    /// its connection's close is the last one, which empties and removes the WAL.
+    fn join(self, readers: &ReaderPool) {
         let _ = self.writer.join();
+        readers.wait_unused(READERS_CLOSE_TIMEOUT);
         self.checkpointer.stop();
     }
 }
 
-impl Store {
-    /// Opens the database for writing, creating it and applying migrations as needed. The
-    /// caller may read start-up state from the connection before handing it to `start`.
-    pub fn prepare(path: &Path) -> StoreResult<Connection> {
-        make_private(path);
-        let conn = open_connection(path, false)?;
-        schema::migrate(&conn)?;
-        Ok(conn)
+/// A database opened for writing and migrated, not yet started: start-up reads its state from
+/// it, then `start` hands it to the writer. Its connection never leaves the store.
+pub struct Prepared {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Prepared {
+    /// Users, rooms and agents for the in-memory directory; `watch` follows the progress.
+    pub fn snapshot(&self, watch: Option<snapshot::Watch<'_>>) -> StoreResult<snapshot::Snapshot> {
+        snapshot::read_snapshot(&self.conn, watch)
     }
 
-    /// Starts the writer thread on a prepared connection, and the delivery task on the current
-    /// runtime; `supervisor` watches both and the checkpoint thread.
+    /// The JWT secret kept in the database, generated on first use.
+    pub fn jwt_secret(&self) -> StoreResult<String> {
+        users::stored_jwt_secret(&self.conn)
+    }
+
+    /// Starts the writer thread on the prepared connection; it sends every batch's outcomes,
+    /// in commit order, to `outcomes`. `supervisor` watches it and the checkpoint thread. The
+    /// guard closes the store when dropped, whatever path start-up or serving takes.
     pub fn start(
-        conn: Connection,
-        path: &Path,
+        self,
         settings: WriterSettings,
-        fanout: Fanout,
+        outcomes: OutcomeSender,
         metrics: Arc<Metrics>,
         supervisor: &Supervisor,
-    ) -> StoreResult<(Store, StoreThreads)> {
+    ) -> StoreResult<(Store, StoreGuard)> {
+        let Prepared { conn, path } = self;
+        let path = path.as_path();
         let thread_copied = Arc::default();
         let checkpoint_watch = supervisor.watch(Worker::Checkpoint);
         let checkpointer = checkpoint::Checkpointer::start(path, Arc::clone(&thread_copied), checkpoint_watch)?;
         let watch = supervisor.watch(Worker::Writer);
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let health = Arc::new(StorageHealth::default());
-        let writer = writer::Writer::new(conn, settings, fanout.spawn(), metrics, thread_copied, health.clone())?;
+        let writer = writer::Writer::new(conn, settings, outcomes, metrics, thread_copied, health.clone())?;
         let handle = std::thread::Builder::new()
             .name("imd-store-writer".into())
             .spawn(move || {
@@ -205,15 +208,32 @@ impl Store {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
             permits: tokio::sync::Semaphore::new(READERS),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
-        Ok((Store { commands, readers, health }, StoreThreads { writer: handle, checkpointer }))
+        let store = Store { commands, readers, health };
+        let threads = StoreThreads { writer: handle, checkpointer };
+        let guard = StoreGuard::new(store.clone(), threads, supervisor.clone());
+        Ok((store, guard))
+    }
+}
+
+impl Store {
+    /// Opens the database for writing, creating it and applying migrations as needed.
+    pub fn prepare(path: &Path) -> StoreResult<Prepared> {
+        Ok(Prepared { conn: open_writable(path)?, path: path.to_path_buf() })
     }
 
     /// Asks the writer to commit what is queued and stop; later commands are refused.
     pub async fn close(&self) {
         let _ = self.commands.send(Command::Close).await;
-        // Read-only connections cannot remove the WAL; closing them now leaves the last
-        // close to the checkpointer, which empties the WAL and lets SQLite delete it.
+        self.close_readers();
+    }
+
+    /// Read-only connections cannot remove the WAL; closing them before the threads stop
+    /// leaves the last close to the checkpointer, which empties the WAL and lets SQLite delete
+    /// it. Later reads are refused, and a read under way closes its connection when done.
+    fn close_readers(&self) {
+        self.readers.closed.store(true, std::sync::atomic::Ordering::Release);
         if let Ok(mut idle) = self.readers.idle.lock() {
             idle.clear();
         }
@@ -229,7 +249,7 @@ impl Store {
         self.commands.max_capacity() - self.commands.capacity()
     }
 
-    /// Queues a message; the writer commits it, then delivers it and answers its origin.
+    /// Queues a message; the writer commits it, then emits its outcome with its ticket.
     pub async fn submit(&self, message: NewMessage) -> StoreResult<()> {
         self.commands.send(Command::Message(Box::new(message))).await.map_err(|_| StoreError::Closed)
     }
@@ -283,10 +303,15 @@ struct ReaderPool {
     idle: Mutex<Vec<Connection>>,
     /// One permit per connection that may exist at once.
     permits: tokio::sync::Semaphore,
+    /// Set by `Store::close`: no connection is opened or kept from then on.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl ReaderPool {
     fn take(&self) -> StoreResult<Connection> {
+        if self.is_closed() {
+            return Err(StoreError::Closed);
+        }
         if let Some(conn) = self.idle.lock().map_err(|_| StoreError::Closed)?.pop() {
             return Ok(conn);
         }
@@ -294,9 +319,25 @@ impl ReaderPool {
     }
 
     fn give_back(&self, conn: Connection) {
-        // At most READERS exist (the semaphore), so all of them may be kept.
-        if let Ok(mut idle) = self.idle.lock() {
+        // At most READERS exist (the semaphore), so all of them may be kept until the close.
+        if let Ok(mut idle) = self.idle.lock()
+            && !self.is_closed()
+        {
             idle.push(conn);
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits (up to `limit`) until no read holds a connection: every permit is back, and a
+    /// permit is held until its connection is given back (closed, once the pool is closed).
+    fn wait_unused(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.permits.available_permits() < READERS && std::time::Instant::now() < deadline {
+            // Reads are short; this runs once, on the thread that stops the store.
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
@@ -318,6 +359,15 @@ fn make_private(path: &Path) {
             tracing::warn!("cannot make {} private (mode {:o}): {e}", file.display(), mode & 0o777);
         }
     }
+}
+
+/// Opens the database for writing and migrates it (for `prepare`, and tests that need a
+/// connection of their own).
+pub(crate) fn open_writable(path: &Path) -> StoreResult<Connection> {
+    make_private(path);
+    let conn = open_connection(path, false)?;
+    schema::migrate(&conn)?;
+    Ok(conn)
 }
 
 /// Opens a connection with the settings every connection shares.
@@ -342,18 +392,10 @@ pub fn open_connection(path: &Path, read_only: bool) -> StoreResult<Connection> 
 mod tests {
     use super::*;
 
-    fn sqlite(code: std::ffi::c_int) -> StoreError {
-        StoreError::Sqlite(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None))
-    }
-
     #[test]
-    fn storage_failures_are_told_apart_from_refused_commands() {
-        for code in [rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_IOERR, rusqlite::ffi::SQLITE_BUSY] {
-            let text = sqlite(code).unavailable().expect("a storage failure");
-            assert!(text.starts_with("storage unavailable: "), "{text}");
-        }
-        assert_eq!(sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).unavailable(), None);
+    fn only_storage_failures_are_unavailable() {
         assert_eq!(StoreError::Refused("UNIQUE constraint failed".into()).unavailable(), None);
+        assert_eq!(StoreError::Conflict("UNIQUE constraint failed".into()).unavailable(), None);
         assert_eq!(StoreError::Closed.unavailable(), None);
         let unavailable = StoreError::Unavailable("database or disk is full".into());
         assert_eq!(unavailable.unavailable().as_deref(), Some("storage unavailable: database or disk is full"));

@@ -41,8 +41,8 @@ impl Store {
         self.read(move |conn| conversations_of(conn, uid, offset, limit)).await
     }
 }
-use super::messages::{Kind, StoredMessage};
 use crate::chat_id;
+use crate::domain::{Kind, StoredMessage};
 
 /// Columns read by `message_from_row`, in its order.
 pub const MESSAGE_COLUMNS: &str = "id, chat_id, seq, from_uid, to_uid, msg_id, msg_type, body, ts, shop_id, agent_uid";
@@ -288,7 +288,7 @@ mod tests {
     /// A conversation 1_1_2 with `n` messages, unread by user 2.
     fn conversation_of(n: i64) -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::Store::prepare(&dir.path().join("s.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("s.db")).unwrap();
         conn.execute_batch("INSERT INTO participants (uid, chat_id, read_seq) VALUES (2, '1_1_2', 0)").unwrap();
         conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, ?1, 0)", [n])
             .unwrap();
@@ -329,7 +329,7 @@ mod tests {
     fn hot_queries_are_not_reprepared_at_every_run() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
-        let _writer = crate::store::Store::prepare(&path).unwrap();
+        let _writer = crate::store::open_writable(&path).unwrap();
         let reader = crate::store::open_connection(&path, true).unwrap();
         for (sql, params) in [(UNREAD_SQL, 1), (SYNC_SQL, 2), (CONVERSATIONS_SQL, 1)] {
             for run in 1..=3 {

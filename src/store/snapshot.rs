@@ -114,7 +114,7 @@ mod tests {
     #[test]
     fn loading_a_huge_room_is_linear() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut conn = crate::store::Store::prepare(&dir.path().join("imd.db")).expect("database");
+        let mut conn = crate::store::open_writable(&dir.path().join("imd.db")).expect("database");
         let tx = conn.transaction().expect("transaction");
         tx.execute("INSERT INTO rooms (chat_id, owner_uid, created_at) VALUES ('2_1_1', 1, 0)", []).expect("room");
         tx.execute("INSERT INTO rooms (chat_id, owner_uid, created_at) VALUES ('2_1_2', 1, 0)", []).expect("room");

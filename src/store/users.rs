@@ -25,11 +25,7 @@ impl Store {
         // job's savepoint.
         match self.write(move |conn| insert_user(conn, &name, &key, &hash)).await {
             Ok(uid) => Ok(Some(uid)),
-            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
-                if e.code == ErrorCode::ConstraintViolation =>
-            {
-                Ok(None)
-            }
+            Err(StoreError::Conflict(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -116,7 +112,7 @@ pub(super) fn fill_name_keys(conn: &Connection) -> StoreResult<()> {
                     "username {name:?} (uid {uid}) collides with an older one; it logs in by exact name only"
                 );
             }
-            Err(e) => return Err(StoreError::Sqlite(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -186,7 +182,7 @@ mod tests {
     #[test]
     fn revocations_move_the_generation_and_the_count() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let conn = Store::prepare(&dir.path().join("imd.db")).expect("database");
+        let conn = crate::store::open_writable(&dir.path().join("imd.db")).expect("database");
         for name in ["alice", "bob"] {
             insert_user(&conn, name, &usernames::key(name), "x").expect("user");
         }

@@ -12,10 +12,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use super::messages::{Kind, NewMessage, Origin, StoredMessage};
 use super::queries::{MESSAGE_COLUMNS, message_from_row};
 use super::{Command, Job, JobDone, StorageHealth, StoreError, StoreResult, WriterSettings};
-use crate::fanout::{Delivery, DeliverySender};
+use crate::domain::{Kind, NewMessage, StoredMessage, Ticket};
 use crate::metrics::Metrics;
 
 /// The writer's page cache, in KiB as SQLite's negative cache_size wants it: the indexes'
@@ -43,16 +42,26 @@ const CHECKPOINT_FRAMES: u32 = 4096;
 pub struct Committed {
     pub message: StoredMessage,
     pub duplicate: bool,
-    pub origin: Origin,
+    pub ticket: Ticket,
     /// When its batch committed (for `imd_fanout_lag_seconds`).
     pub committed_at: Instant,
 }
+
+/// What the writer emits after each batch, in commit order: every message's outcome with the
+/// ticket it came with. Whoever reads them (delivery) resolves the tickets; the store does not.
+pub enum Outcome {
+    Committed(Committed),
+    Refused { ticket: Ticket, msg_id: Option<Box<str>>, error: StoreError },
+}
+
+/// Where the writer sends its batches of outcomes; bounded by whoever made the channel.
+pub type OutcomeSender = mpsc::Sender<Vec<Outcome>>;
 
 pub(super) struct Writer {
     conn: Connection,
     /// False only for benchmarks: messages get ids and seqs but are not written.
     durable: bool,
-    deliveries: DeliverySender,
+    outcomes: OutcomeSender,
     metrics: Arc<Metrics>,
     /// last_seq of conversations written recently; the table row is updated once per batch.
     /// Between batches every entry equals the table's.
@@ -133,7 +142,7 @@ impl Writer {
     pub(super) fn new(
         mut conn: Connection,
         settings: WriterSettings,
-        deliveries: DeliverySender,
+        outcomes: OutcomeSender,
         metrics: Arc<Metrics>,
         thread_copied: Arc<AtomicU32>,
         health: Arc<StorageHealth>,
@@ -154,7 +163,7 @@ impl Writer {
         Ok(Writer {
             conn,
             durable: settings.durable,
-            deliveries,
+            outcomes,
             metrics,
             last_seq,
             seq_cache_limit: SEQ_CACHE_LIMIT,
@@ -233,24 +242,19 @@ impl Writer {
         let committed_at = Instant::now();
         self.metrics.store_commit_seconds.observe(committed_at.duration_since(started).as_secs_f64());
 
-        let mut deliveries = Vec::with_capacity(steps.len());
+        let mut outcomes = Vec::with_capacity(steps.len());
         for step in steps {
             match step {
                 Step::Written(message, stored, duplicate) => {
                     if !duplicate {
                         self.metrics.messages_stored.inc();
                     }
-                    let NewMessage { origin, .. } = *message;
-                    deliveries.push(Delivery::Committed(Committed {
-                        message: stored,
-                        duplicate,
-                        origin,
-                        committed_at,
-                    }));
+                    let NewMessage { ticket, .. } = *message;
+                    outcomes.push(Outcome::Committed(Committed { message: stored, duplicate, ticket, committed_at }));
                 }
                 Step::Refused(message, error) => {
-                    let NewMessage { origin, msg_id, .. } = *message;
-                    deliveries.push(Delivery::Refused { origin, msg_id, error });
+                    let NewMessage { ticket, msg_id, .. } = *message;
+                    outcomes.push(Outcome::Refused { ticket, msg_id, error });
                 }
                 Step::Ran(complete) => complete(Ok(())),
                 Step::Done(complete, result) => complete(result),
@@ -260,7 +264,7 @@ impl Writer {
         }
         // Bounded: when the delivery task falls behind, the writer waits here, and senders
         // wait on its queue.
-        if !deliveries.is_empty() && self.deliveries.blocking_send(deliveries).is_err() {
+        if !outcomes.is_empty() && self.outcomes.blocking_send(outcomes).is_err() {
             tracing::error!("the delivery task is gone: a batch was not delivered");
         }
         // After the batch is answered, so no ack waits for it; meanwhile the next batch queues.
@@ -738,7 +742,7 @@ fn clone_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Closed => StoreError::Closed,
         StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
-        StoreError::Sqlite(inner) if e.unavailable().is_some() => StoreError::Unavailable(inner.to_string()),
+        StoreError::Conflict(reason) => StoreError::Conflict(reason.clone()),
         other => StoreError::Refused(other.to_string()),
     }
 }
@@ -748,16 +752,15 @@ mod tests {
     use super::*;
     use tokio::sync::{mpsc, oneshot};
 
-    type DeliveryReceiver = mpsc::Receiver<Vec<Delivery>>;
+    type DeliveryReceiver = mpsc::Receiver<Vec<Outcome>>;
 
-    fn delivery_channel() -> (DeliverySender, DeliveryReceiver) {
-        mpsc::channel(crate::fanout::DELIVERY_DEPTH)
+    fn delivery_channel() -> (OutcomeSender, DeliveryReceiver) {
+        mpsc::channel(64)
     }
 
     const SETTINGS: WriterSettings = WriterSettings { durable: true, sync: crate::config::SyncMode::Normal };
 
     fn message(chat_id: &str, to_uid: u64) -> Command {
-        let (reply, _) = oneshot::channel();
         Command::Message(Box::new(NewMessage {
             kind: Kind::Single,
             chat_id: Arc::from(chat_id),
@@ -767,7 +770,7 @@ mod tests {
             msg_type: "text".into(),
             body: RawValue::from_string("\"hi\"".to_string()).unwrap(),
             service: None,
-            origin: Origin::Http(reply),
+            ticket: Ticket::new(()),
         }))
     }
 
@@ -776,15 +779,14 @@ mod tests {
         batch
             .into_iter()
             .map(|d| match d {
-                Delivery::Committed(c) => c.message.seq,
-                Delivery::Refused { error, .. } => panic!("refused: {error}"),
+                Outcome::Committed(c) => c.message.seq,
+                Outcome::Refused { error, .. } => panic!("refused: {error}"),
             })
             .collect()
     }
 
     /// A 1:1 text message from uid 1 with its own msg_id, so outcomes can be matched to rows.
     fn text(chat_id: &str, to_uid: u64, msg_id: &str, text: &str) -> Command {
-        let (reply, _) = oneshot::channel();
         Command::Message(Box::new(NewMessage {
             kind: Kind::Single,
             chat_id: Arc::from(chat_id),
@@ -794,13 +796,12 @@ mod tests {
             msg_type: "text".into(),
             body: RawValue::from_string(serde_json::to_string(text).unwrap()).unwrap(),
             service: None,
-            origin: Origin::Http(reply),
+            ticket: Ticket::new(()),
         }))
     }
 
     /// A customer's (uid 1) first message to shop 1, waiting for every agent in `agents`.
     fn to_shop(msg_id: &str, agents: Vec<u64>) -> Command {
-        let (reply, _) = oneshot::channel();
         Command::Message(Box::new(NewMessage {
             kind: Kind::Service,
             chat_id: Arc::from("3_1_1"),
@@ -815,7 +816,7 @@ mod tests {
                 agent_uid: None,
                 all_agents: agents,
             }),
-            origin: Origin::Http(reply),
+            ticket: Ticket::new(()),
         }))
     }
 
@@ -858,11 +859,11 @@ mod tests {
             .unwrap()
             .into_iter()
             .map(|d| match d {
-                Delivery::Committed(c) => (
+                Outcome::Committed(c) => (
                     c.message.msg_id.as_deref().unwrap_or("").to_string(),
                     Ok((c.message.chat_id.to_string(), c.message.seq)),
                 ),
-                Delivery::Refused { msg_id, error, .. } => {
+                Outcome::Refused { msg_id, error, .. } => {
                     (msg_id.as_deref().unwrap_or("").to_string(), Err(error.to_string()))
                 }
             })
@@ -921,7 +922,7 @@ mod tests {
     }
 
     fn writer_on(dir: &tempfile::TempDir) -> (Writer, DeliveryReceiver) {
-        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, deliveries) = delivery_channel();
         (Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap(), deliveries)
     }
@@ -1088,7 +1089,7 @@ mod tests {
     #[test]
     fn a_full_delivery_channel_makes_the_writer_wait_and_drops_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, mut deliveries) = mpsc::channel(1);
         tx.try_send(Vec::new()).unwrap();
         let mut writer =
@@ -1108,7 +1109,7 @@ mod tests {
     #[test]
     fn the_seq_cache_is_bounded_and_seqs_continue_after_it_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, mut deliveries) = delivery_channel();
         let mut writer =
             Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
@@ -1128,7 +1129,7 @@ mod tests {
     #[test]
     fn without_the_store_messages_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::Store::prepare(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
         // A conversation row that exists anyway, as a room's does.
         conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 0, 0)", [])
             .unwrap();
@@ -1152,7 +1153,7 @@ mod tests {
     fn the_wal_starts_over_under_sustained_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let conn = crate::store::Store::prepare(&path).unwrap();
+        let conn = crate::store::open_writable(&path).unwrap();
         let (tx, mut deliveries) = delivery_channel();
         let mut writer =
             Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();

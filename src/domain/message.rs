@@ -1,12 +1,9 @@
-//! The message types that travel from an action through the writer to the fan-out.
+//! The message types that travel from an action through the store to delivery.
 
+use std::any::Any;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use tokio::sync::oneshot;
-
-use super::StoreResult;
-use crate::delivery::inflight::Unacked;
 
 /// The kind of a conversation, as the `chat_type` of the contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +38,20 @@ pub struct ServiceRoute {
     pub all_agents: Vec<u64>,
 }
 
-/// Who is waiting for the outcome of a message.
-pub enum Origin {
-    /// A WebSocket connection: it gets the ack, the user's other connections the mirror. Its
-    /// later replies wait until this is dropped, so drop it only after queuing the answer.
-    Connection(Unacked),
-    /// An HTTP request (broadcast): it gets the stored ids and the number of connections reached.
-    Http(oneshot::Sender<StoreResult<Accepted>>),
+/// Who waits for a message's outcome, opaque to the store: delivery makes it (from a
+/// connection or an HTTP waiter) and resolves it again once the store has answered. The store
+/// only carries it, so it needs to know nothing of connections.
+pub struct Ticket(Box<dyn Any + Send>);
+
+impl Ticket {
+    pub fn new<T: Any + Send>(waiter: T) -> Ticket {
+        Ticket(Box::new(waiter))
+    }
+
+    /// The waiter put in by `new`, or the ticket back if it holds something else.
+    pub fn into_inner<T: Any>(self) -> Result<T, Ticket> {
+        self.0.downcast::<T>().map(|waiter| *waiter).map_err(Ticket)
+    }
 }
 
 /// A message on its way into the store.
@@ -61,10 +65,11 @@ pub struct NewMessage {
     /// The `msg` value (a JSON string or object), stored and sent as is.
     pub body: Box<RawValue>,
     pub service: Option<ServiceRoute>,
-    pub origin: Origin,
+    /// Who waits for the outcome (see `Ticket`).
+    pub ticket: Ticket,
 }
 
-/// A message as stored: what the fan-out and sync encode into frames.
+/// A message as stored: what delivery and sync encode into frames.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
     pub id: i64,
@@ -87,4 +92,16 @@ pub struct Accepted {
     pub id: i64,
     pub seq: i64,
     pub delivered: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_gives_back_only_what_was_put_in() {
+        let ticket = Ticket::new(7u32);
+        let ticket = ticket.into_inner::<String>().expect_err("not a String");
+        assert_eq!(ticket.into_inner::<u32>().ok(), Some(7));
+    }
 }
