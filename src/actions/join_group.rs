@@ -1,12 +1,17 @@
 //! `join_group`: joins a room (a private one needs an invitation); replies once committed.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{ClientFrame, Ctx, Refusal, Step, not_stored};
+use crate::directory::Directory;
 use crate::frames;
 use crate::metrics::Metrics;
 use crate::rooms::{self, RoomError};
+use crate::store::Store;
 
 pub struct JoinGroup<'f> {
     /// The action's name as sent, echoed in the reply.
@@ -20,25 +25,37 @@ impl<'f> JoinGroup<'f> {
     }
 
     pub fn apply(self, ctx: &Ctx<'_>) -> Result<Step, Refusal> {
-        if !ctx.directory.room_exists(self.chat_id) {
-            return Err(Refusal::new(404, format!("unknown room: {}", self.chat_id)));
-        }
-        let (store, directory, metrics) = (ctx.store.clone(), ctx.directory.clone(), ctx.metrics.clone());
-        let (action, chat_id, uid) = (self.action.to_string(), self.chat_id.to_string(), ctx.uid);
-        Ok(Step::Later(Box::pin(async move {
-            let result = rooms::join(&store, &directory, &chat_id, uid).await;
-            room_reply(&metrics, action, chat_id, result)
-        })))
+        let uid = ctx.uid;
+        change_membership(ctx, self.action, self.chat_id, move |store, directory, chat_id| async move {
+            rooms::join(&store, &directory, &chat_id, uid).await
+        })
     }
 }
 
+/// A membership change (join or leave) of a room that exists, replied to once `change` has
+/// committed or failed.
+pub(super) fn change_membership<Change>(
+    ctx: &Ctx<'_>,
+    action: &str,
+    chat_id: &str,
+    change: impl FnOnce(Store, Arc<Directory>, String) -> Change,
+) -> Result<Step, Refusal>
+where
+    Change: Future<Output = Result<(), RoomError>> + Send + 'static,
+{
+    if !ctx.directory.room_exists(chat_id) {
+        return Err(Refusal::new(404, format!("unknown room: {chat_id}")));
+    }
+    let (metrics, action, chat_id) = (ctx.metrics.clone(), action.to_string(), chat_id.to_string());
+    let committed = change(ctx.store.clone(), ctx.directory.clone(), chat_id.clone());
+    Ok(Step::Later(Box::pin(async move {
+        let result = committed.await;
+        room_reply(&metrics, action, chat_id, result)
+    })))
+}
+
 /// The reply to a membership change (join or leave) once it is committed or failed.
-pub(super) fn room_reply(
-    metrics: &Metrics,
-    action: String,
-    chat_id: String,
-    result: Result<(), RoomError>,
-) -> Utf8Bytes {
+fn room_reply(metrics: &Metrics, action: String, chat_id: String, result: Result<(), RoomError>) -> Utf8Bytes {
     match result {
         Ok(()) => frames::json(json!({"action": action, "code": 200, "chat_id": chat_id})),
         Err(RoomError::NoSuchRoom) => frames::error(404, &format!("unknown room: {chat_id}"), None),
