@@ -45,11 +45,8 @@ async fn exit_group_works_as_leave_group() {
 #[tokio::test]
 async fn service_user_chat_works_as_a_customer_service_chat() {
     let server = Server::start().await;
-    let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shop", ["agent1"]).await;
-    let (cust, cust_t) = server.register("customer").await;
-    let (mut g, _) = server.connect(&g1_t).await;
-    let (mut c, _) = server.connect(&cust_t).await;
-    let chat_id = service_chat_id(shop, cust);
+    let ServiceScene { shop, agent: g1, agent_ws: mut g, customer: cust, customer_ws: mut c, chat_id } =
+        ServiceScene::new(&server).await;
 
     let ack = reply(
         &mut c,
@@ -84,12 +81,9 @@ async fn service_user_chat_works_as_a_customer_service_chat() {
 #[tokio::test]
 async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
     let server = Server::start().await;
-    let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shop", ["agent1"]).await;
-    let (cust, cust_t) = server.register("customer").await;
+    let ServiceScene { shop, agent: g1, agent_ws: mut g, customer: cust, customer_ws: mut c, chat_id } =
+        ServiceScene::new(&server).await;
     let (other, other_t) = server.register("other").await;
-    let (mut g, _) = server.connect(&g1_t).await;
-    let (mut c, _) = server.connect(&cust_t).await;
-    let chat_id = service_chat_id(shop, cust);
 
     let ack = reply(
         &mut c,
@@ -168,11 +162,8 @@ async fn service_review_chat_names_the_customer_with_to_uid_and_shop_id() {
 #[tokio::test]
 async fn service_review_chat_with_an_old_order_chat_id_goes_by_shop_id_and_to_uid() {
     let server = Server::start().await;
-    let ShopSetup { shop, agents: [(g1, g1_t)], .. } = shop_with_agents(&server, "Shop", ["agent1"]).await;
-    let (cust, cust_t) = server.register("customer").await;
-    let (mut g, _) = server.connect(&g1_t).await;
-    let (mut c, _) = server.connect(&cust_t).await;
-    let chat_id = service_chat_id(shop, cust);
+    let ServiceScene { shop, agent: g1, agent_ws: mut g, customer: cust, customer_ws: mut c, chat_id } =
+        ServiceScene::new(&server).await;
     let old_order = format!("3_{cust}_{shop}");
     assert_ne!(old_order, chat_id, "the test needs a shop id and a uid that differ");
 
@@ -369,6 +360,28 @@ async fn swoole_readme_flow_with_form_bodies() {
 mod util {
     use super::common::*;
     use serde_json::json;
+
+    /// The customer-service tests' start: a shop whose one agent ("agent1") and a customer
+    /// ("customer") are both connected, and their conversation's chat_id.
+    pub struct ServiceScene {
+        pub shop: u64,
+        pub agent: u64,
+        pub agent_ws: Ws,
+        pub customer: u64,
+        pub customer_ws: Ws,
+        pub chat_id: String,
+    }
+
+    impl ServiceScene {
+        pub async fn new(server: &Server) -> ServiceScene {
+            let ShopSetup { shop, agents: [(agent, agent_token)], .. } =
+                shop_with_agents(server, "Shop", ["agent1"]).await;
+            let (customer, customer_token) = server.register("customer").await;
+            let (agent_ws, _) = server.connect(&agent_token).await;
+            let (customer_ws, _) = server.connect(&customer_token).await;
+            ServiceScene { shop, agent, agent_ws, customer, customer_ws, chat_id: service_chat_id(shop, customer) }
+        }
+    }
 
     /// Connects as the README does (`/?access_token=`, no device) and checks the greeting.
     pub async fn open(server: &Server, token: &str, uid: u64, name: &str) -> Ws {
