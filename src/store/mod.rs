@@ -9,6 +9,7 @@ mod delivered;
 mod guard;
 pub mod offline;
 mod participants;
+pub mod postgres;
 mod queries;
 mod rooms;
 mod schema;
