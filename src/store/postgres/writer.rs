@@ -504,3 +504,178 @@ fn clone_error(e: &StoreError) -> StoreError {
         other => StoreError::Refused(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::store::WriterSettings;
+    use crate::store::postgres::testdb::TestDb;
+    use crate::store::postgres::{PgPrepared, PgStore, PgTasks, make_pool};
+    use crate::supervisor::Supervisor;
+
+    const SETTINGS: WriterSettings = WriterSettings { durable: true, sync: crate::config::SyncMode::Normal };
+
+    /// One node: a store with a pool and a writer of its own, and its outcomes.
+    async fn node(prepared: PgPrepared) -> (PgStore, PgTasks, mpsc::Receiver<Vec<Outcome>>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (store, tasks) =
+            prepared.start(SETTINGS, tx, Arc::new(Metrics::new()), &Supervisor::new(None)).expect("start");
+        (store, tasks, rx)
+    }
+
+    /// A message of `from` to `to` in their single chat; its ticket is `tag`.
+    fn message(from: u64, to: u64, msg_id: Option<&str>, tag: usize) -> NewMessage {
+        let (a, b) = (from.min(to), from.max(to));
+        NewMessage {
+            kind: Kind::Single,
+            chat_id: Arc::from(format!("1_{a}_{b}")),
+            from_uid: from,
+            to_uid: Some(to),
+            msg_id: msg_id.map(Into::into),
+            msg_type: "text".into(),
+            body: serde_json::value::RawValue::from_string(format!("\"m{tag}\"")).unwrap(),
+            service: None,
+            ticket: Ticket::new(tag),
+        }
+    }
+
+    /// What each ticket was answered with: (seq, id, duplicate) or the refusal.
+    type Answers = HashMap<usize, Result<(i64, i64, bool), StoreError>>;
+
+    /// Reads outcomes until `count` tickets are answered (or 30 s pass, which fails).
+    async fn answers(rx: &mut mpsc::Receiver<Vec<Outcome>>, count: usize) -> Answers {
+        let mut got = HashMap::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while got.len() < count {
+            let batch = tokio::time::timeout_at(deadline, rx.recv()).await.expect("outcomes in time").expect("writer");
+            for outcome in batch {
+                let (ticket, answer) = match outcome {
+                    Outcome::Committed(c) => (c.ticket, Ok((c.message.seq, c.message.id, c.duplicate))),
+                    Outcome::Refused { ticket, error, .. } => (ticket, Err(error)),
+                };
+                let tag: usize = ticket.into_inner().ok().expect("a usize ticket");
+                assert!(got.insert(tag, answer).is_none(), "ticket {tag} answered twice");
+            }
+        }
+        got
+    }
+
+    async fn stored_seqs(db: &TestDb, chat_id: &str) -> (Vec<i64>, i64) {
+        let client = db.pool().get().await.unwrap();
+        let seqs = client
+            .query("SELECT seq FROM messages WHERE chat_id = $1 ORDER BY seq", &[&chat_id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let last =
+            client.query_one("SELECT last_seq FROM conversations WHERE chat_id = $1", &[&chat_id]).await.unwrap();
+        (seqs, last.get(0))
+    }
+
+    /// Two nodes (two pools, two writers) commit into one conversation at once: every seq
+    /// from 1 to N is taken exactly once, and the table agrees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_writers_share_one_conversation_without_gaps() {
+        let Some(db) = TestDb::create().await else { return };
+        const EACH: usize = 600;
+        let (one, _one_tasks, mut one_rx) = node(PgStore::prepare(&db.url).await.unwrap()).await;
+        let (two, _two_tasks, mut two_rx) = node(PgStore::prepare(&db.url).await.unwrap()).await;
+        let send_one = tokio::spawn(async move {
+            for i in 0..EACH {
+                one.submit(message(1, 2, None, i)).await.unwrap();
+            }
+            one
+        });
+        let send_two = tokio::spawn(async move {
+            for i in EACH..2 * EACH {
+                two.submit(message(2, 1, None, i)).await.unwrap();
+            }
+            two
+        });
+        let (got_one, got_two) = tokio::join!(answers(&mut one_rx, EACH), answers(&mut two_rx, EACH));
+        let (_one, _two) = (send_one.await.unwrap(), send_two.await.unwrap());
+        let mut seqs: Vec<i64> =
+            got_one.values().chain(got_two.values()).map(|a| a.as_ref().expect("committed").0).collect();
+        seqs.sort_unstable();
+        let expected: Vec<i64> = (1..=2 * EACH as i64).collect();
+        assert_eq!(seqs, expected, "every seq once");
+        // Each node's own messages keep their order.
+        for got in [&got_one, &got_two] {
+            let mut by_tag: Vec<(usize, i64)> = got.iter().map(|(t, a)| (*t, a.as_ref().unwrap().0)).collect();
+            by_tag.sort_unstable();
+            assert!(by_tag.windows(2).all(|w| w[0].1 < w[1].1), "a node's messages out of order");
+        }
+        assert_eq!(stored_seqs(&db, "1_1_2").await, (expected, 2 * EACH as i64));
+    }
+
+    /// The same msg_ids sent to two nodes at once, and twice within a batch: each is stored
+    /// once, every resend is answered with the original, and no seq is burnt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resend_to_either_node_is_answered_with_the_original() {
+        let Some(db) = TestDb::create().await else { return };
+        const IDS: usize = 200;
+        let (one, _one_tasks, mut one_rx) = node(PgStore::prepare(&db.url).await.unwrap()).await;
+        let (two, _two_tasks, mut two_rx) = node(PgStore::prepare(&db.url).await.unwrap()).await;
+        // Tags: node one sends id k as 3k and again as 3k+1; node two sends it as 3k+2.
+        let send_one = tokio::spawn(async move {
+            for k in 0..IDS {
+                let id = format!("c{k}");
+                one.submit(message(1, 2, Some(&id), 3 * k)).await.unwrap();
+                one.submit(message(1, 2, Some(&id), 3 * k + 1)).await.unwrap();
+            }
+            one
+        });
+        let send_two = tokio::spawn(async move {
+            for k in 0..IDS {
+                two.submit(message(1, 2, Some(&format!("c{k}")), 3 * k + 2)).await.unwrap();
+            }
+            two
+        });
+        let (mut got, got_two) = tokio::join!(answers(&mut one_rx, 2 * IDS), answers(&mut two_rx, IDS));
+        let (one, _two) = (send_one.await.unwrap(), send_two.await.unwrap());
+        got.extend(got_two);
+        for k in 0..IDS {
+            let copies: Vec<(i64, i64, bool)> =
+                (0..3).map(|c| got[&(3 * k + c)].as_ref().copied().expect("committed")).collect();
+            assert_eq!(copies.iter().filter(|c| !c.2).count(), 1, "id {k} stored once: {copies:?}");
+            assert!(copies.iter().all(|c| (c.0, c.1) == (copies[0].0, copies[0].1)), "id {k}: {copies:?}");
+        }
+        let expected: Vec<i64> = (1..=IDS as i64).collect();
+        assert_eq!(stored_seqs(&db, "1_1_2").await, (expected, IDS as i64), "no seq burnt");
+
+        // A resend in a later batch, alone.
+        one.submit(message(1, 2, Some("c7"), 9999)).await.unwrap();
+        let later = answers(&mut one_rx, 1).await;
+        let original = got[&21].as_ref().copied().unwrap();
+        assert_eq!(later[&9999].as_ref().copied().unwrap(), (original.0, original.1, true));
+    }
+
+    /// A database that cannot be reached: every message is refused as unavailable (503 for
+    /// the client, never an ack), /health is degraded, and the writer goes on.
+    #[tokio::test]
+    async fn a_batch_the_database_cannot_take_is_refused_as_unavailable() {
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let url = format!("postgres://postgres@127.0.0.1:{closed}/none");
+        let prepare = PgStore::prepare(&url).await.err().expect("nothing listens there");
+        assert!(prepare.unavailable().is_some(), "{prepare:?}");
+
+        let (store, _tasks, mut rx) = node(PgPrepared { pool: make_pool(&url).unwrap() }).await;
+        for round in 0..2 {
+            store.submit(message(1, 2, Some("x"), 2 * round)).await.unwrap();
+            store.submit(message(1, 3, None, 2 * round + 1)).await.unwrap();
+            let got = answers(&mut rx, 2).await;
+            for tag in [2 * round, 2 * round + 1] {
+                let error = got[&tag].as_ref().expect_err("refused");
+                assert_eq!(error.client_reply().0, 503, "{error:?}");
+            }
+            assert!(store.degraded().is_some(), "/health is not degraded");
+        }
+    }
+}
