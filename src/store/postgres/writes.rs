@@ -368,3 +368,174 @@ pub(super) async fn stored_jwt_secret(pool: &Pool) -> StoreResult<String> {
     client.execute("INSERT INTO meta (key, value) VALUES ('jwt_secret', $1) ON CONFLICT DO NOTHING", &[&fresh]).await?;
     Ok(client.query_one("SELECT value FROM meta WHERE key = 'jwt_secret'", &[]).await?.try_get(0)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::domain::{Kind, NewMessage, ServiceRoute, Ticket};
+    use crate::metrics::Metrics;
+    use crate::store::postgres::testdb::TestDb;
+    use crate::store::{Outcome, WriterSettings};
+    use crate::supervisor::Supervisor;
+
+    const SETTINGS: WriterSettings = WriterSettings { durable: true, sync: crate::config::SyncMode::Normal };
+
+    struct Node {
+        store: PgStore,
+        outcomes: mpsc::Receiver<Vec<Outcome>>,
+    }
+
+    impl Node {
+        async fn start(db: &TestDb) -> Node {
+            let prepared = PgStore::prepare(&db.url).await.unwrap();
+            let (tx, outcomes) = mpsc::channel(64);
+            let (store, _tasks) =
+                prepared.start(SETTINGS, tx, Arc::new(Metrics::new()), &Supervisor::new(None)).unwrap();
+            Node { store, outcomes }
+        }
+
+        /// Sends one message and waits for its commit; its seq.
+        async fn send(
+            &mut self,
+            kind: Kind,
+            chat_id: &str,
+            from: u64,
+            to: Option<u64>,
+            service: Option<ServiceRoute>,
+        ) -> i64 {
+            let message = NewMessage {
+                kind,
+                chat_id: Arc::from(chat_id),
+                from_uid: from,
+                to_uid: to,
+                msg_id: None,
+                msg_type: "text".into(),
+                body: serde_json::value::RawValue::from_string("\"hi\"".into()).unwrap(),
+                service,
+                ticket: Ticket::new(()),
+            };
+            self.store.submit(message).await.unwrap();
+            let batch =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.outcomes.recv()).await.unwrap().unwrap();
+            match batch.into_iter().next() {
+                Some(Outcome::Committed(c)) => c.message.seq,
+                Some(Outcome::Refused { error, .. }) => panic!("refused: {error}"),
+                None => panic!("an empty batch"),
+            }
+        }
+    }
+
+    async fn user(store: &PgStore, name: &str) -> u64 {
+        store.create_user(name.into(), crate::usernames::key(name), "hash".into()).await.unwrap().expect("a free name")
+    }
+
+    /// The rules of users, rooms, reads and sync, as the SQLite backend has them.
+    #[tokio::test]
+    async fn users_rooms_and_sync_keep_the_sqlite_rules() {
+        let Some(db) = TestDb::create().await else { return };
+        let mut node = Node::start(&db).await;
+        let store = node.store.clone();
+        let (alice, bob, carol) = (user(&store, "Alice").await, user(&store, "bob").await, user(&store, "carol").await);
+        assert_eq!(store.create_user("alice".into(), crate::usernames::key("alice"), "h".into()).await.unwrap(), None);
+        assert!(store.name_taken(crate::usernames::key("ALICE")).await.unwrap());
+        assert_eq!(store.user_for_login("alice".into()).await.unwrap().map(|u| u.uid), Some(alice));
+        assert_eq!(store.user_by_name("bob".into()).await.unwrap().map(|u| u.uid), Some(bob));
+        assert_eq!(store.bump_token_generation(bob).await.unwrap(), Some(1));
+        assert_eq!(store.bump_token_generation(999).await.unwrap(), None);
+        assert_eq!(store.user_by_uid(bob).await.unwrap().map(|u| u.token_gen), Some(1));
+        assert!(store.token_generations().await.unwrap().contains(&(bob, 1)));
+        assert_eq!(store.revocation_count().await.unwrap(), None);
+
+        // A single chat: both take part, the sender has read it, the other has not.
+        let chat = format!("1_{alice}_{bob}");
+        for expected in 1..=3 {
+            assert_eq!(node.send(Kind::Single, &chat, alice, Some(bob), None).await, expected);
+        }
+        let sync = store.sync_for(bob, "web".into()).await.unwrap();
+        assert_eq!(sync.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(!sync.all_read);
+        let own = store.sync_for(alice, "web".into()).await.unwrap();
+        assert!(own.messages.is_empty(), "own messages are not synced back");
+        assert_eq!(store.receive(bob, "web".into(), chat.clone(), 99).await.unwrap(), Some(3), "clamped");
+        assert!(store.sync_for(bob, "web".into()).await.unwrap().messages.is_empty());
+        assert_eq!(store.sync_for(bob, "phone".into()).await.unwrap().messages.len(), 3, "per device");
+        store
+            .advance_delivered(bob, "phone".into(), vec![(Arc::from(chat.as_str()), 2), (Arc::from(chat.as_str()), 1)])
+            .await
+            .unwrap();
+        assert_eq!(store.sync_for(bob, "phone".into()).await.unwrap().messages.len(), 1);
+        assert_eq!(store.mark_read(bob, chat.clone(), 99).await.unwrap(), Some(3));
+        assert_eq!(store.mark_read(carol, chat.clone(), 1).await.unwrap(), None, "not a participant");
+        let (rows, more) = store.conversations_of(alice, 0, 10).await.unwrap();
+        assert!(!more);
+        assert_eq!(
+            rows.iter().map(|r| (r.chat_id.as_str(), r.last_seq, r.read_seq)).collect::<Vec<_>>(),
+            [(chat.as_str(), 3, 3)]
+        );
+        assert_eq!(rows[0].last.as_ref().map(|m| m.seq), Some(3));
+        let (page, more) = store.history_page(chat.clone(), alice, false, Some(3), 1).await.unwrap();
+        assert_eq!((page.iter().map(|m| m.seq).collect::<Vec<_>>(), more), (vec![2], true));
+
+        // A private room whose history starts at the join.
+        let room = store.create_room(alice, Some("r".into()), true, true).await.unwrap();
+        assert!(room.starts_with(&format!("2_{alice}_")), "{room}");
+        let second = store.create_room(alice, None, false, false).await.unwrap();
+        assert_ne!(room, second);
+        assert_eq!(node.send(Kind::Group, &room, alice, None, None).await, 1);
+        assert_eq!(store.join_room(room.clone(), bob, true).await.unwrap(), Joined::NotInvited);
+        store.invite_to_room(room.clone(), alice, bob).await.unwrap();
+        assert_eq!(store.join_room(room.clone(), bob, true).await.unwrap(), Joined::Yes);
+        assert_eq!(store.join_room(room.clone(), bob, true).await.unwrap(), Joined::Yes, "already a member");
+        assert_eq!(node.send(Kind::Group, &room, alice, None, None).await, 2);
+        let (page, _) = store.history_page(room.clone(), bob, true, None, 10).await.unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), [2], "from the join on");
+        let sync = store.sync_for(bob, "web".into()).await.unwrap();
+        assert_eq!(
+            sync.messages.iter().map(|m| (m.chat_id.to_string(), m.seq)).collect::<Vec<_>>(),
+            [(room.clone(), 2)]
+        );
+        let info = store.room(room.clone()).await.unwrap().unwrap();
+        assert_eq!((info.private, info.history_from_join, info.members.clone()), (true, true, vec![alice, bob]));
+        store.leave_room(room.clone(), bob).await.unwrap();
+        assert_eq!(store.room(room.clone()).await.unwrap().unwrap().members, vec![alice]);
+        assert!(store.conversations_changed_since(0).await.unwrap().iter().any(|(c, s)| &**c == room && *s == 2));
+        assert_eq!(store.messages_between(room.clone(), 0, 2).await.unwrap().len(), 2);
+
+        // A shop: the first message waits for every agent; once one handles it, only they see it.
+        let shop = store.create_shop("tea".into(), carol).await.unwrap();
+        assert!(store.add_agent(shop, carol, true).await.unwrap());
+        assert!(!store.add_agent(shop, bob, false).await.unwrap());
+        assert!(store.accept_agent(shop, bob).await.unwrap());
+        let service = format!("3_{shop}_{alice}");
+        let route = |agent: Option<u64>| ServiceRoute {
+            shop_id: shop,
+            customer_uid: alice,
+            agent_uid: agent,
+            all_agents: vec![bob, carol],
+        };
+        assert_eq!(node.send(Kind::Service, &service, alice, None, Some(route(None))).await, 1);
+        assert_eq!(store.sync_for(bob, "x".into()).await.unwrap().messages.len(), 1);
+        assert_eq!(node.send(Kind::Service, &service, carol, Some(alice), Some(route(Some(carol)))).await, 2);
+        assert!(store.sync_for(bob, "y".into()).await.unwrap().messages.is_empty(), "handled by carol");
+        let info = store.shop(shop).await.unwrap().unwrap();
+        assert_eq!((info.owner_uid, info.agents.clone(), info.invited.clone()), (carol, vec![bob, carol], vec![]));
+        store.remove_agent(shop, carol).await.unwrap();
+        assert_eq!(store.sync_for(bob, "z".into()).await.unwrap().messages.len(), 2, "waits for the others again");
+
+        // What a starting node reads.
+        let prepared = PgStore::prepare(&db.url).await.unwrap();
+        let secret = prepared.jwt_secret().await.unwrap();
+        assert_eq!(prepared.jwt_secret().await.unwrap(), secret, "generated once");
+        let snapshot = prepared.snapshot(None).await.unwrap();
+        assert_eq!(snapshot.users.len(), 3);
+        assert_eq!(snapshot.rooms.len(), 2);
+        assert_eq!(snapshot.agents.len(), 1);
+        assert!(snapshot.handlers.is_empty(), "carol left the shop");
+        assert_eq!(store.user(bob).await.unwrap().map(|u| u.username), Some("bob".into()));
+        assert_eq!(store.degraded(), None);
+    }
+}
