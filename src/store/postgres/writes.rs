@@ -502,7 +502,7 @@ mod tests {
         assert_eq!((info.private, info.history_from_join, info.members.clone()), (true, true, vec![alice, bob]));
         store.leave_room(room.clone(), bob).await.unwrap();
         assert_eq!(store.room(room.clone()).await.unwrap().unwrap().members, vec![alice]);
-        assert!(store.conversations_changed_since(0).await.unwrap().iter().any(|(c, s)| &**c == room && *s == 2));
+        assert!(store.conversations_changed_since(0).await.unwrap().iter().any(|(c, s)| **c == *room && *s == 2));
         assert_eq!(store.messages_between(room.clone(), 0, 2).await.unwrap().len(), 2);
 
         // A shop: the first message waits for every agent; once one handles it, only they see it.
