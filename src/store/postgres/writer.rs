@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Pool, PoolError, Transaction};
 use futures_util::try_join;
@@ -24,6 +24,10 @@ const MAX_BATCH: usize = 4096;
 /// Transactions one batch may take when PostgreSQL aborts it for a deadlock or a
 /// serialization failure (which running it again resolves).
 const ATTEMPTS: usize = 3;
+/// How long the writer idles before it checks that the database answers (`probe`).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe may wait for the database (messages queued meanwhile wait as long).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Claims msg_ids; returns the ones this transaction claimed (the rest were sent before).
 const CLAIM_SQL: &str = "INSERT INTO client_ids (from_uid, msg_id)
@@ -131,7 +135,14 @@ impl Writer {
         let mut batch: Vec<NewMessage> = Vec::with_capacity(MAX_BATCH);
         let mut closing = false;
         while !closing {
-            let Some(first) = commands.recv().await else { break };
+            let first = match tokio::time::timeout(PROBE_EVERY, commands.recv()).await {
+                Ok(Some(first)) => first,
+                Ok(None) => break,
+                Err(_idle) => {
+                    self.probe().await;
+                    continue;
+                }
+            };
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
@@ -151,6 +162,26 @@ impl Writer {
         }
         commands.close();
         tracing::info!("store writer stopped");
+    }
+
+    /// While idle: whether the database answers, so that `/health` tells it is away (or back)
+    /// even when nothing is written.
+    async fn probe(&self) {
+        let answer = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let client = self.pool.get().await?;
+            client.simple_query("SELECT 1").await?;
+            Ok::<(), StoreError>(())
+        })
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("PostgreSQL: no answer to a probe".into())));
+        match answer {
+            Ok(()) => self.health.set(None),
+            Err(e) => {
+                if let Some(text) = e.unavailable() {
+                    self.health.set(Some(text));
+                }
+            }
+        }
     }
 
     /// Commits a batch and emits its outcomes in order.
@@ -667,6 +698,12 @@ mod tests {
         assert!(prepare.unavailable().is_some(), "{prepare:?}");
 
         let (store, _tasks, mut rx) = node(PgPrepared { pool: make_pool(&url).unwrap() }).await;
+        // Nothing written yet: the idle writer's probe finds the database away.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.degraded().is_none() {
+            assert!(tokio::time::Instant::now() < deadline, "an idle writer never noticed");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         for round in 0..2 {
             store.submit(message(1, 2, Some("x"), 2 * round)).await.unwrap();
             store.submit(message(1, 3, None, 2 * round + 1)).await.unwrap();
