@@ -54,9 +54,12 @@ pub struct PgPrepared {
     pool: Pool,
 }
 
-/// The writer task, to wait for when the store stops.
+/// The writer task, to wait for when the store stops, and what closing needs.
 pub struct PgTasks {
     writer: JoinHandle<()>,
+    store: PgStore,
+    /// The runtime the writer runs on, for the blocking stops (which run off it).
+    runtime: tokio::runtime::Handle,
 }
 
 /// Makes a pool on the database at `url` (`postgres://user@host/db`); connects lazily.
@@ -167,18 +170,34 @@ impl PgPrepared {
             writer.run(rx).await;
             watch.returned();
         });
-        Ok((PgStore { pool: self.pool, commands, health }, PgTasks { writer: handle }))
+        let store = PgStore { pool: self.pool, commands, health };
+        let tasks = PgTasks { writer: handle, store: store.clone(), runtime: tokio::runtime::Handle::current() };
+        Ok((store, tasks))
     }
 }
 
 impl PgTasks {
-    /// Waits until the writer has committed what was queued and stopped (after `close`).
+    /// Waits until the writer has committed what was queued and stopped (after `close`),
+    /// then closes the pool's connections.
     pub async fn join(self) -> Result<(), tokio::task::JoinError> {
-        self.writer.await
+        let stopped = self.writer.await;
+        self.store.pool.close();
+        stopped
     }
 
-    /// Whether the writer has stopped (for a drop path that cannot await).
-    pub fn is_finished(&self) -> bool {
-        self.writer.is_finished()
+    /// Blocking `join`, for a thread off the runtime's workers (a blocking task, or a thread
+    /// of its own).
+    pub fn join_blocking(self) {
+        let runtime = self.runtime.clone();
+        if let Err(e) = runtime.block_on(self.join()) {
+            tracing::error!("the store writer ended badly: {e}");
+        }
+    }
+
+    /// Blocking: tells the writer to commit what is queued and stop, then waits for it.
+    pub fn close_and_join_blocking(self) {
+        let (runtime, store) = (self.runtime.clone(), self.store.clone());
+        runtime.block_on(store.close());
+        self.join_blocking();
     }
 }
