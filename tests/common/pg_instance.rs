@@ -49,7 +49,15 @@ impl PgInstance {
         } else {
             None
         };
-        let dir = tempfile::Builder::new().prefix("imd-pg-").tempdir().expect("temp dir");
+        // As root, under /tmp: the postgres user must reach it, which a TMPDIR such as
+        // /root/tmp would not allow.
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("imd-pg-");
+        let dir = match run_as {
+            Some(_) => builder.tempdir_in("/tmp"),
+            None => builder.tempdir(),
+        }
+        .expect("temp dir");
         std::fs::create_dir(dir.path().join("sock")).expect("socket dir");
         if let Some((uid, gid)) = run_as {
             for path in [dir.path().to_path_buf(), dir.path().join("sock")] {
@@ -254,14 +262,17 @@ fn server_bin_dir() -> Option<PathBuf> {
     found.pop().map(|(_, bin)| bin)
 }
 
-/// uid and gid of the OS user `name`.
+/// uid and gid of the OS user `name` (getpwnam_r: tests start instances on several threads).
 fn os_user(name: &str) -> Option<(u32, u32)> {
     let name = std::ffi::CString::new(name).ok()?;
-    // SAFETY: name is a valid C string; getpwnam returns null or a pointer to a static record
-    // that we read at once (tests do not call getpwnam concurrently with this).
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: name is a valid C string, pwd and result are valid out-pointers, and buf with its
+    // true length holds the record's strings; pwd is read only when result points to it.
     unsafe {
-        let pw = libc::getpwnam(name.as_ptr());
-        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
     }
 }
 
