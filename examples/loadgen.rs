@@ -1070,19 +1070,19 @@ async fn idle(ctx: &Ctx, conns: usize, users: usize, hold: Duration) -> Res<(Val
     };
     let ok = errors.get() == 0;
     let mut report = json!({
-            "server_pid": pids[0],
-            "register_secs": secs(register_took),
-            "register_per_sec": per_sec(users as u64, register_took),
-            "connect_secs": secs(connect_took),
-            "connect_rate": per_sec(conns as u64, connect_took),
-            "connect_cpu_cores": connect_cpu,
-            "rss_before_bytes": before,
-            "rss_after_bytes": after,
-            "rss_per_conn_bytes": per_conn,
-            "rss_error": rss_error,
-            "server_online": online,
-            "errors": errors.get(),
-            "error_samples": errors.samples(),
+        "server_pid": pids[0],
+        "register_secs": secs(register_took),
+        "register_per_sec": per_sec(users as u64, register_took),
+        "connect_secs": secs(connect_took),
+        "connect_rate": per_sec(conns as u64, connect_took),
+        "connect_cpu_cores": connect_cpu,
+        "rss_before_bytes": before,
+        "rss_after_bytes": after,
+        "rss_per_conn_bytes": per_conn,
+        "rss_error": rss_error,
+        "server_online": online,
+        "errors": errors.get(),
+        "error_samples": errors.samples(),
     });
     if ctx.nodes.spread
         && let Some(obj) = report.as_object_mut()
