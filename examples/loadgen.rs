@@ -32,7 +32,10 @@
 //! database never collide), `--concurrency` (registrations / room joins / WebSocket upgrades in
 //! flight, default 64), `--msg-bytes` (text length of each chat message, default 16),
 //! `--drain-secs` (how long to wait for outstanding acks and deliveries after the load, or for
-//! a broadcast to arrive, default 10).
+//! a broadcast to arrive, default 10), `--nodes 127.0.0.1:A,127.0.0.1:B,...` (several servers,
+//! a cluster's nodes, loopback only: the WebSocket connections are spread over them
+//! round-robin, the receiver of each pair on the node after its sender's so that every message
+//! crosses nodes; the HTTP set-up goes to `--addr`, else the first node; not for floor or soak).
 //!
 //! Scenarios:
 //! - `idle --conns N [--users U] [--hold S]`: N authenticated connections (connection i uses
@@ -77,6 +80,9 @@
 //! `received`, `missing`, `http_reply_ms`, `first_received_ms`, `p50_received_ms`,
 //! `p99_received_ms`, `all_received_ms` (from just before the POST to the last receipt as seen
 //! by the load generator); floor `round_trips`, `round_trips_per_sec`, `latency_us`.
+//! With `--nodes` only: `nodes` [{`addr`, `connections`}] (the connections made to each node);
+//! the CPU, memory and online figures are summed over the distinct server processes behind
+//! the nodes (idle also lists their `server_pids`).
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -121,9 +127,15 @@ const ERROR_SAMPLES: usize = 5;
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
-    /// Server address; only loopback addresses are accepted.
-    #[arg(long, global = true, default_value = "127.0.0.1:9501")]
-    addr: String,
+    /// Server address for the HTTP set-up and the connections [default: 127.0.0.1:9501, or
+    /// the first of --nodes]; only loopback addresses are accepted.
+    #[arg(long, global = true)]
+    addr: Option<String>,
+    /// Several servers (a cluster's nodes) as `IP:PORT,IP:PORT,...`, loopback only: WebSocket
+    /// connections are spread over them round-robin (the two ends of a pair on different
+    /// nodes), the HTTP set-up still goes to --addr or the first node.
+    #[arg(long, global = true, value_delimiter = ',')]
+    nodes: Option<Vec<String>>,
     /// Spread client sockets over the source addresses 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, global = true, default_value_t = 1)]
     sources: u32,
@@ -259,12 +271,16 @@ fn main() {
 
 /// Checks the options; returns the user-name prefix and the settings object for the report.
 fn validate(cli: &Cli) -> Res<(String, Value)> {
-    let addr = parse_addr(&cli.addr)?;
+    let addr = http_addr(cli)?;
+    let nodes = node_addrs(cli)?;
     if cli.sources == 0 || cli.sources > 254 {
         return Err("--sources must be 1..=254".into());
     }
-    if cli.sources > 1 && !addr.is_ipv4() {
+    if cli.sources > 1 && !(addr.is_ipv4() && nodes.iter().flatten().all(SocketAddr::is_ipv4)) {
         return Err("--sources > 1 needs an IPv4 server address".into());
+    }
+    if nodes.is_some() && matches!(cli.scenario, Scenario::Floor { .. } | Scenario::Soak { .. }) {
+        return Err("--nodes is for idle, pairs, group and broadcast (floor has no server, soak starts its own)".into());
     }
     if cli.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
@@ -299,6 +315,9 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
         "drain_secs": cli.drain_secs,
     });
     let s = settings.as_object_mut().expect("object");
+    if let Some(nodes) = &nodes {
+        s.insert("nodes".into(), json!(nodes.iter().map(SocketAddr::to_string).collect::<Vec<_>>()));
+    }
     match &cli.scenario {
         Scenario::Idle { conns, users, hold } => {
             let users = users.unwrap_or(*conns);
@@ -366,7 +385,7 @@ fn validate(cli: &Cli) -> Res<(String, Value)> {
 }
 
 async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
-    let addr = parse_addr(&cli.addr)?;
+    let addr = http_addr(cli)?;
     // Connections that only wait for a frame or two get a small read buffer (allocated and
     // zeroed up front: at 15,000 connections 8 KiB each cost the load generator ~10% of its
     // connect time); chat loads read many frames per call.
@@ -375,15 +394,22 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
         Scenario::Pairs { .. } | Scenario::Group { .. } | Scenario::Soak { .. } => 8 * 1024,
     };
     let net = Rc::new(Net::new(addr, cli.sources, read_buffer));
+    let nodes = match node_addrs(cli)? {
+        Some(addrs) => {
+            Nodes::spread(addrs.into_iter().map(|a| Rc::new(Net::new(a, cli.sources, read_buffer))).collect())
+        }
+        None => Nodes::single(net.clone()),
+    };
     let ctx = Ctx {
         net,
+        nodes,
         prefix,
         password: cli.password.clone(),
         concurrency: cli.concurrency,
         msg_text: "x".repeat(cli.msg_bytes),
         drain: Duration::from_secs_f64(cli.drain_secs),
     };
-    match &cli.scenario {
+    let (mut report, ok) = match &cli.scenario {
         Scenario::Idle { conns, users, hold } => {
             idle(&ctx, *conns, users.unwrap_or(*conns), Duration::from_secs_f64(*hold)).await
         }
@@ -399,11 +425,18 @@ async fn run(cli: &Cli, prefix: String) -> Res<(Value, bool)> {
         // Talks to no server: blocking sockets on its own threads, nothing else runs meanwhile.
         Scenario::Floor { rate, duration, echo_core } => floor(*rate, Duration::from_secs_f64(*duration), *echo_core),
         Scenario::Soak { opts } => soak::soak(&ctx, opts, addr.port()).await,
+    }?;
+    if let (Some(nodes), Some(obj)) = (ctx.nodes.report(), report.as_object_mut()) {
+        obj.insert("nodes".into(), nodes);
     }
+    Ok((report, ok))
 }
 
 struct Ctx {
+    /// The server of the HTTP set-up (registrations, rooms, /health).
     net: Rc<Net>,
+    /// The servers the WebSocket connections go to.
+    nodes: Nodes,
     prefix: String,
     password: String,
     concurrency: usize,
@@ -463,17 +496,39 @@ fn default_prefix() -> String {
     s
 }
 
-fn parse_addr(s: &str) -> Res<SocketAddr> {
+/// The server address of `option` (`--addr` or `--nodes`); loopback only.
+fn parse_addr(s: &str, option: &str) -> Res<SocketAddr> {
     let addr: SocketAddr = match s.strip_prefix("localhost:") {
         Some(port) => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port.parse().map_err(|_| format!("bad port in --addr {s}"))?)
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port.parse().map_err(|_| format!("bad port in {option} {s}"))?)
         }
-        None => s.parse().map_err(|_| format!("--addr {s}: expected IP:PORT"))?,
+        None => s.parse().map_err(|_| format!("{option} {s}: expected IP:PORT"))?,
     };
     if !addr.ip().to_canonical().is_loopback() {
-        return Err(format!("refusing --addr {addr}: the load generator only targets loopback addresses"));
+        return Err(format!("refusing {option} {addr}: the load generator only targets loopback addresses"));
     }
     Ok(addr)
+}
+
+const DEFAULT_ADDR: &str = "127.0.0.1:9501";
+
+/// The servers of `--nodes`, if given.
+fn node_addrs(cli: &Cli) -> Res<Option<Vec<SocketAddr>>> {
+    let Some(nodes) = &cli.nodes else { return Ok(None) };
+    let addrs = nodes.iter().map(|n| parse_addr(n.trim(), "--nodes")).collect::<Res<Vec<_>>>()?;
+    if addrs.is_empty() {
+        return Err("--nodes needs at least one IP:PORT".into());
+    }
+    Ok(Some(addrs))
+}
+
+/// The server of the HTTP set-up: `--addr`, else the first of `--nodes`, else the default.
+fn http_addr(cli: &Cli) -> Res<SocketAddr> {
+    match (&cli.addr, node_addrs(cli)?) {
+        (Some(addr), _) => parse_addr(addr, "--addr"),
+        (None, Some(nodes)) => Ok(nodes[0]),
+        (None, None) => parse_addr(DEFAULT_ADDR, "--addr"),
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit.
@@ -507,6 +562,11 @@ fn vm_rss(pid: u64) -> Res<u64> {
     Err(format!("{path}: no VmRSS line"))
 }
 
+/// Resident memory of all `pids` together (the servers behind the nodes).
+fn total_rss(pids: &[u64]) -> Res<u64> {
+    pids.iter().map(|&pid| vm_rss(pid)).sum()
+}
+
 /// CPU time (user + system) of a process in seconds, from `/proc/PID/stat`.
 fn cpu_secs(pid: &str) -> Option<f64> {
     stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
@@ -528,6 +588,22 @@ fn cpu_secs_by_thread(pid: &str) -> BTreeMap<String, f64> {
     by_name
 }
 
+/// [`cpu_secs`] summed over processes; None if any cannot be read.
+fn servers_cpu_secs(pids: &[String]) -> Option<f64> {
+    pids.iter().map(|pid| cpu_secs(pid)).sum()
+}
+
+/// [`cpu_secs_by_thread`] summed by thread name over processes.
+fn servers_cpu_secs_by_thread(pids: &[String]) -> BTreeMap<String, f64> {
+    let mut total = BTreeMap::new();
+    for pid in pids {
+        for (name, secs) in cpu_secs_by_thread(pid) {
+            *total.entry(name).or_insert(0.0) += secs;
+        }
+    }
+    total
+}
+
 /// utime + stime of a `stat` line, in seconds.
 fn stat_cpu_secs(text: &str) -> Option<f64> {
     // Fields after the command name (which may hold spaces) in parentheses; utime and stime
@@ -542,8 +618,9 @@ fn stat_cpu_secs(text: &str) -> Option<f64> {
 
 /// How busy the server and the load generator were over a period, in cores (1.0 = one core
 /// all the time): tells whether a figure is the server's limit or the load generator's.
+/// With several servers (`--nodes`), `server` and each thread name are summed over them.
 struct CpuMeter {
-    server_pid: String,
+    server_pids: Vec<String>,
     start: Instant,
     server: Option<f64>,
     server_threads: BTreeMap<String, f64>,
@@ -551,11 +628,11 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    fn start(server_pid: u64) -> CpuMeter {
-        let server_pid = server_pid.to_string();
-        let server = cpu_secs(&server_pid);
-        let server_threads = cpu_secs_by_thread(&server_pid);
-        CpuMeter { server_pid, start: Instant::now(), server, server_threads, loadgen: cpu_secs("self") }
+    fn start(server_pids: &[u64]) -> CpuMeter {
+        let server_pids: Vec<String> = server_pids.iter().map(u64::to_string).collect();
+        let server = servers_cpu_secs(&server_pids);
+        let server_threads = servers_cpu_secs_by_thread(&server_pids);
+        CpuMeter { server_pids, start: Instant::now(), server, server_threads, loadgen: cpu_secs("self") }
     }
 
     fn report(&self) -> Value {
@@ -565,7 +642,7 @@ impl CpuMeter {
             _ => Value::Null,
         };
         // A thread that started during the period counts from zero.
-        let threads: serde_json::Map<String, Value> = cpu_secs_by_thread(&self.server_pid)
+        let threads: serde_json::Map<String, Value> = servers_cpu_secs_by_thread(&self.server_pids)
             .into_iter()
             .map(|(name, now)| {
                 let before = self.server_threads.get(&name).copied().unwrap_or(0.0);
@@ -573,7 +650,7 @@ impl CpuMeter {
             })
             .collect();
         json!({
-            "server": share(self.server, cpu_secs(&self.server_pid)),
+            "server": share(self.server, servers_cpu_secs(&self.server_pids)),
             "server_threads": threads,
             "loadgen": share(self.loadgen, cpu_secs("self")),
         })
@@ -670,6 +747,43 @@ impl Net {
                 return Ok(ws);
             }
         }
+    }
+}
+
+/// The servers that WebSocket connections go to: the one of `--addr`, or the nodes of
+/// `--nodes` with how many connections each was given.
+struct Nodes {
+    nets: Vec<Rc<Net>>,
+    /// Connections made to each node (successful upgrades).
+    conns: RefCell<Vec<u64>>,
+    /// Whether `--nodes` was given: only then does the report list the nodes.
+    spread: bool,
+}
+
+impl Nodes {
+    fn single(net: Rc<Net>) -> Nodes {
+        Nodes { nets: vec![net], conns: RefCell::new(vec![0]), spread: false }
+    }
+
+    fn spread(nets: Vec<Rc<Net>>) -> Nodes {
+        let conns = RefCell::new(vec![0; nets.len()]);
+        Nodes { nets, conns, spread: true }
+    }
+
+    fn len(&self) -> usize {
+        self.nets.len()
+    }
+
+    /// The report's `nodes`: each node's address and connection count (None without `--nodes`).
+    fn report(&self) -> Option<Value> {
+        let conns = self.conns.borrow();
+        let list: Vec<Value> = self
+            .nets
+            .iter()
+            .zip(conns.iter())
+            .map(|(net, n)| json!({"addr": net.addr.to_string(), "connections": n}))
+            .collect();
+        self.spread.then(|| json!(list))
     }
 }
 
@@ -840,6 +954,27 @@ async fn health(net: &Rc<Net>) -> Res<Health> {
     Ok(Health { pid, online: data["online"].as_u64() })
 }
 
+/// /health of every node, one entry per server process (two addresses of one process, as in
+/// a test, count once); without `--nodes` just the one server.
+async fn node_health(ctx: &Ctx) -> Res<Vec<Health>> {
+    if !ctx.nodes.spread {
+        return Ok(vec![health(&ctx.net).await?]);
+    }
+    let mut all: Vec<Health> = Vec::new();
+    for net in &ctx.nodes.nets {
+        let h = health(net).await?;
+        if all.iter().all(|seen| seen.pid != h.pid) {
+            all.push(h);
+        }
+    }
+    Ok(all)
+}
+
+/// The PIDs of the server processes behind the nodes.
+async fn server_pids(ctx: &Ctx) -> Res<Vec<u64>> {
+    Ok(node_health(ctx).await?.iter().map(|h| h.pid).collect())
+}
+
 #[derive(Clone)]
 struct User {
     uid: u64,
@@ -874,20 +1009,22 @@ async fn register_users(ctx: &Ctx, count: usize) -> Res<(Vec<User>, Duration)> {
     Ok((users, took))
 }
 
-/// Opens one connection per token with bounded concurrency; each is past `sync_done`.
-/// Returns the connections in token order and the time from the first connect start to the
-/// last `sync_done`.
-async fn connect_all(ctx: &Ctx, tokens: Vec<Rc<str>>) -> Res<(Vec<Ws>, Duration)> {
+/// Opens one connection per token with bounded concurrency, connection i to node
+/// `node_of(i)`; each is past `sync_done`. Returns the connections in token order and the time
+/// from the first connect start to the last `sync_done`.
+async fn connect_all(ctx: &Ctx, tokens: Vec<Rc<str>>, node_of: impl Fn(usize) -> usize) -> Res<(Vec<Ws>, Duration)> {
     let n = tokens.len();
     let started = Instant::now();
     let mut results: Vec<Option<Ws>> = (0..n).map(|_| None).collect();
     let mut stream = futures_util::stream::iter(tokens.into_iter().enumerate().map(|(i, token)| {
-        let net = ctx.net.clone();
-        async move { (i, net.ws(&token, &format!("lg{i}")).await) }
+        let node = node_of(i) % ctx.nodes.len();
+        let net = ctx.nodes.nets[node].clone();
+        async move { (i, node, net.ws(&token, &format!("lg{i}")).await) }
     }))
     .buffer_unordered(ctx.concurrency);
-    while let Some((i, r)) = stream.next().await {
+    while let Some((i, node, r)) = stream.next().await {
         let ws = r.map_err(|e| format!("connection {i}: {e}"))?;
+        ctx.nodes.conns.borrow_mut()[node] += 1;
         results[i] = Some(ws);
     }
     let took = started.elapsed();
@@ -899,13 +1036,14 @@ async fn connect_all(ctx: &Ctx, tokens: Vec<Rc<str>>) -> Res<(Vec<Ws>, Duration)
 // Scenario: idle
 
 async fn idle(ctx: &Ctx, conns: usize, users: usize, hold: Duration) -> Res<(Value, bool)> {
-    let h = health(&ctx.net).await?;
+    let servers = node_health(ctx).await?;
+    let pids: Vec<u64> = servers.iter().map(|h| h.pid).collect();
     let (accounts, register_took) = register_users(ctx, users).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = vm_rss(h.pid);
+    let rss_before = total_rss(&pids);
     let tokens = (0..conns).map(|i| accounts[i % users].token.clone()).collect();
-    let cpu = CpuMeter::start(h.pid);
-    let (streams, connect_took) = connect_all(ctx, tokens).await?;
+    let cpu = CpuMeter::start(&pids);
+    let (streams, connect_took) = connect_all(ctx, tokens, |i| i).await?;
     let connect_cpu = cpu.report();
 
     // Every connection gets a task that keeps reading (answers pings) until told to stop.
@@ -916,8 +1054,9 @@ async fn idle(ctx: &Ctx, conns: usize, users: usize, hold: Duration) -> Res<(Val
         .map(|ws| tokio::task::spawn_local(hold_task(ws, stop_rx.clone(), errors.clone())))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = vm_rss(h.pid);
-    let online = health(&ctx.net).await?.online;
+    let rss_after = total_rss(&pids);
+    // Each server counts its own connections.
+    let online = node_health(ctx).await?.iter().map(|h| h.online).sum::<Option<u64>>();
     tokio::time::sleep(hold).await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), futures_util::future::join_all(holders)).await;
@@ -930,24 +1069,28 @@ async fn idle(ctx: &Ctx, conns: usize, users: usize, hold: Duration) -> Res<(Val
         }
     };
     let ok = errors.get() == 0;
-    Ok((
-        json!({
-            "server_pid": h.pid,
-            "register_secs": secs(register_took),
-            "register_per_sec": per_sec(users as u64, register_took),
-            "connect_secs": secs(connect_took),
-            "connect_rate": per_sec(conns as u64, connect_took),
-            "connect_cpu_cores": connect_cpu,
-            "rss_before_bytes": before,
-            "rss_after_bytes": after,
-            "rss_per_conn_bytes": per_conn,
-            "rss_error": rss_error,
-            "server_online": online,
-            "errors": errors.get(),
-            "error_samples": errors.samples(),
-        }),
-        ok,
-    ))
+    let mut report = json!({
+        "server_pid": pids[0],
+        "register_secs": secs(register_took),
+        "register_per_sec": per_sec(users as u64, register_took),
+        "connect_secs": secs(connect_took),
+        "connect_rate": per_sec(conns as u64, connect_took),
+        "connect_cpu_cores": connect_cpu,
+        "rss_before_bytes": before,
+        "rss_after_bytes": after,
+        "rss_per_conn_bytes": per_conn,
+        "rss_error": rss_error,
+        "server_online": online,
+        "errors": errors.get(),
+        "error_samples": errors.samples(),
+    });
+    if ctx.nodes.spread
+        && let Some(obj) = report.as_object_mut()
+    {
+        // The memory and online figures above are summed over these processes.
+        obj.insert("server_pids".into(), json!(pids));
+    }
+    Ok((report, ok))
 }
 
 /// What a held connection's next item means: `Some(Some(text))` a text frame, `Some(None)`
@@ -1021,6 +1164,16 @@ impl Kind {
             Kind::Group { members, .. } => members as u64 - 1,
         }
     }
+    /// The node (of `nodes`) client `c` connects to: round-robin, except that the receiver of
+    /// a pair goes to the node after its sender's, so with several nodes every message crosses
+    /// nodes.
+    fn node(self, c: usize, nodes: usize) -> usize {
+        match self {
+            Kind::Pairs { pairs } if c >= pairs => (c - pairs + 1) % nodes,
+            _ => c % nodes,
+        }
+    }
+
     fn is_recipient(self, sender: usize, me: usize) -> bool {
         match self {
             Kind::Pairs { pairs } => me == pairs + sender,
@@ -1437,8 +1590,9 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing, login_flood: Option<f6
     };
 
     let tokens = users.iter().map(|u| u.token.clone()).collect();
-    let (streams, connect_took) = connect_all(ctx, tokens).await?;
-    let server_pid = health(&ctx.net).await?.pid;
+    let nodes = ctx.nodes.len();
+    let (streams, connect_took) = connect_all(ctx, tokens, |c| kind.node(c, nodes)).await?;
+    let server_pids = server_pids(ctx).await?;
 
     let load = Rc::new(Load {
         kind,
@@ -1482,7 +1636,7 @@ async fn chat_load(ctx: &Ctx, kind: Kind, pacing: Pacing, login_flood: Option<f6
 
     // Figures over the load period.
     tokio::time::sleep_until(start).await;
-    let cpu = CpuMeter::start(server_pid);
+    let cpu = CpuMeter::start(&server_pids);
     tokio::time::sleep_until(until).await;
     let measured = tokio::time::Instant::now() - start;
     let load_cpu = cpu.report();
@@ -1592,7 +1746,7 @@ async fn join_room(ctx: &Ctx, members: &[User], chat_id: &str) -> Res<()> {
 async fn broadcast(ctx: &Ctx, conns: usize, users: usize, admin_token: &str) -> Res<(Value, bool)> {
     let (accounts, register_took) = register_users(ctx, users).await?;
     let tokens = (0..conns).map(|i| accounts[i % users].token.clone()).collect();
-    let (streams, connect_took) = connect_all(ctx, tokens).await?;
+    let (streams, connect_took) = connect_all(ctx, tokens, |i| i).await?;
 
     let text: Rc<str> = format!("loadgen broadcast {} {}", ctx.prefix, now_us()).into();
     let receipts: Rc<RefCell<Vec<u64>>> = Rc::new(RefCell::new(Vec::with_capacity(conns)));
@@ -1612,8 +1766,8 @@ async fn broadcast(ctx: &Ctx, conns: usize, users: usize, admin_token: &str) -> 
         .collect();
     tokio::task::yield_now().await;
 
-    let server_pid = health(&ctx.net).await?.pid;
-    let cpu = CpuMeter::start(server_pid);
+    let server_pids = server_pids(ctx).await?;
+    let cpu = CpuMeter::start(&server_pids);
     let mut http = Http::new(ctx.net.clone());
     let sent_at = now_us();
     let body = json!({"data": &*text});

@@ -136,6 +136,65 @@ async fn pairs_scenario_closed_loop() {
     let sum: f64 = threads.values().filter_map(Value::as_f64).sum();
     let server = f(&v["cpu_cores"], "server");
     assert!((sum - server).abs() <= 0.05 + 0.01 * threads.len() as f64, "threads {sum} vs process {server}: {v}");
+    // Without --nodes the report is as it always was: no node list.
+    assert!(v.get("nodes").is_none() && v["settings"].get("nodes").is_none(), "{v}");
+}
+
+/// The `nodes` list of a report as (addr, connections) pairs.
+fn node_counts(v: &Value) -> Vec<(String, u64)> {
+    let nodes = v["nodes"].as_array().unwrap_or_else(|| panic!("nodes list: {v}"));
+    nodes
+        .iter()
+        .map(|n| (n["addr"].as_str().unwrap_or_else(|| panic!("addr: {n}")).to_string(), u(n, "connections")))
+        .collect()
+}
+
+/// --nodes naming one daemon twice: the connections are spread over both entries (a pair's
+/// two ends on different entries) and every message is still accounted for.
+#[tokio::test]
+async fn pairs_spread_over_nodes() {
+    let s = server().await;
+    let addr = s.addr.to_string();
+    let nodes = format!("{addr},{addr}");
+    let (code, v, stderr) =
+        loadgen(&["pairs", "--nodes", &nodes, "--pairs", "3", "--window", "4", "--duration", "1"]).await;
+    assert_ok(code, &v, &stderr, "pairs");
+    assert_eq!(v["settings"]["nodes"], serde_json::json!([addr, addr]), "{v}");
+    assert_eq!(v["settings"]["addr"], addr, "the HTTP set-up goes to the first node: {v}");
+    // Senders 0,1,2 on entries 0,1,0; their receivers on the other entry: 1,0,1.
+    assert_eq!(node_counts(&v), vec![(addr.clone(), 3), (addr.clone(), 3)], "{v}");
+    let acked = u(&v, "acked");
+    assert!(acked > 0, "{v}");
+    assert_eq!(u(&v, "sent"), acked, "{v}");
+    assert_eq!(u(&v, "delivered"), acked, "{v}");
+    assert_eq!(u(&v, "lost"), 0, "{v}");
+    assert_eq!(u(&v, "reordered"), 0, "{v}");
+    // One process behind both entries: its CPU is counted once.
+    assert!(v["cpu_cores"]["server"].as_f64().is_some_and(|c| c > 0.0), "{v}");
+}
+
+#[tokio::test]
+async fn group_and_idle_spread_over_nodes() {
+    let s = server().await;
+    let addr = s.addr.to_string();
+    let nodes = format!("{addr},{addr}");
+    let (code, v, stderr) =
+        loadgen(&["group", "--nodes", &nodes, "--members", "5", "--senders", "2", "--window", "2", "--duration", "1"])
+            .await;
+    assert_ok(code, &v, &stderr, "group");
+    assert_eq!(node_counts(&v), vec![(addr.clone(), 3), (addr.clone(), 2)], "members round-robin: {v}");
+    let acked = u(&v, "acked");
+    assert!(acked > 0, "{v}");
+    assert_eq!(u(&v, "deliveries"), acked * 4, "{v}");
+    assert_eq!(u(&v, "missing"), 0, "{v}");
+
+    let (code, v, stderr) = loadgen(&["idle", "--nodes", &nodes, "--conns", "7", "--users", "3"]).await;
+    assert_ok(code, &v, &stderr, "idle");
+    assert_eq!(node_counts(&v), vec![(addr.clone(), 4), (addr.clone(), 3)], "{v}");
+    // Both entries are one process: its connections and memory are counted once.
+    assert_eq!(u(&v, "server_online"), 7, "{v}");
+    let pid = s.child.id().expect("pid") as u64;
+    assert_eq!(v["server_pids"], serde_json::json!([pid]), "{v}");
 }
 
 #[tokio::test]
@@ -206,6 +265,10 @@ async fn refuses_non_loopback_addresses() {
         assert_ne!(code, 0, "{addr}: {v}");
         assert_eq!(v["ok"], false, "{v}");
         assert!(v["error"].as_str().is_some_and(|e| e.contains("loopback")), "{v}");
+        let nodes = format!("127.0.0.1:9501,{addr}");
+        let (code, v, _) = loadgen(&["pairs", "--nodes", &nodes, "--pairs", "1", "--duration", "1"]).await;
+        assert_ne!(code, 0, "--nodes {nodes}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| e.contains("loopback") && e.contains("--nodes")), "{v}");
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{Ctx, Errors, Http, Net, Res, User, Ws, join_room, register_users, upgrade};
+use super::{Ctx, Errors, Http, Net, Nodes, Res, User, Ws, join_room, register_users, upgrade};
 
 /// Longest wait for a TCP connect plus the WebSocket upgrade, and separately for the sync.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -850,6 +850,7 @@ async fn run_soak(ctx: &Ctx, opts: &SoakOpts, daemon: &mut Daemon, rng: &mut Rng
     let net = Rc::new(Net::new(addr, 1, 8 * 1024));
     let ctx = Ctx {
         net: net.clone(),
+        nodes: Nodes::single(net.clone()),
         prefix: ctx.prefix.clone(),
         password: ctx.password.clone(),
         concurrency: ctx.concurrency,

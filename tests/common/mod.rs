@@ -2,6 +2,10 @@
 //! database, and talks to it over real HTTP and WebSocket connections.
 #![allow(dead_code)]
 
+pub mod nats;
+pub mod pg_instance;
+pub mod process;
+pub mod shared_pg;
 pub mod source;
 
 use std::collections::HashSet;
