@@ -314,7 +314,8 @@ async fn tokens_survive_crash_restart() {
 
 #[tokio::test]
 async fn user_role_tool_changes_role() {
-    let mut server = Server::start().await;
+    // Works on the SQLite file itself (imd user …, rusqlite): SQLite whatever the backend under test.
+    let mut server = Server::start_sqlite_with(&[]).await;
     let (uid, token) = server.register("nina").await;
     let (status, body) = me(&server, &token).await;
     assert_eq!(ok(status, &body, "GET /user/me")["role"], "user");

@@ -85,7 +85,8 @@ async fn broadcast_reaches_every_connection() {
 #[tokio::test]
 async fn broadcast_by_a_user_made_admin_with_the_cli() {
     // No --admin-token: only an admin user can broadcast.
-    let server = Server::start().await;
+    // Works on the SQLite file itself (imd user …, rusqlite): SQLite whatever the backend under test.
+    let server = Server::start_sqlite_with(&[]).await;
     let (uid, token) = server.register("promoted").await;
     let (_l, listener_t) = server.register("listener").await;
     let (mut ws, _) = server.connect(&listener_t).await;

@@ -232,7 +232,8 @@ async fn the_conversation_list_is_capped_and_pages() {
 
 #[tokio::test]
 async fn a_failed_sync_is_an_error_and_a_close_never_sync_done() {
-    let server = Server::start().await;
+    // Works on the SQLite file itself (imd user …, rusqlite): SQLite whatever the backend under test.
+    let server = Server::start_sqlite_with(&[]).await;
     let (_, ta) = server.register("alice").await;
     let (b, tb) = server.register("bob").await;
     let (mut wa, _) = server.connect(&ta).await;

@@ -120,7 +120,8 @@ async fn an_admin_revokes_a_user_over_http_by_name_or_uid() {
 
 #[tokio::test]
 async fn imd_user_revoke_on_the_database_closes_the_sockets_of_a_running_daemon() {
-    let server = Server::start().await;
+    // Works on the SQLite file itself (imd user …, rusqlite): SQLite whatever the backend under test.
+    let server = Server::start_sqlite_with(&[]).await;
     let (_, alice) = server.register("alice").await;
     let (_, bob) = server.register("bob").await;
     let (mut alice_ws, _) = server.connect(&alice).await;

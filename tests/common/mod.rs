@@ -37,6 +37,15 @@ pub struct Server {
     /// Keeps the temporary directory (and so the database) alive for the server's life.
     pub dir: Option<tempfile::TempDir>,
     pub extra_args: Vec<String>,
+    /// With `IMD_TEST_BACKEND=postgres`: the server's own database on the shared PostgreSQL
+    /// (`db` is then its URL), dropped after the server.
+    pub pg: Option<shared_pg::SharedPgDatabase>,
+}
+
+/// Whether servers run on PostgreSQL (`IMD_TEST_BACKEND=postgres`) instead of a temporary
+/// SQLite file, so that the same tests check both backends.
+pub fn on_postgres() -> bool {
+    std::env::var("IMD_TEST_BACKEND").is_ok_and(|backend| backend == "postgres")
 }
 
 impl Server {
@@ -45,8 +54,23 @@ impl Server {
         Server::start_with(&[]).await
     }
 
-    /// Starts a server with a fresh temporary database and extra command-line options.
+    /// Starts a server with a fresh database and extra command-line options: a temporary
+    /// SQLite file, or a new PostgreSQL database under `IMD_TEST_BACKEND=postgres`.
     pub async fn start_with(extra: &[&str]) -> Server {
+        if on_postgres() {
+            let pg = shared_pg::SharedPgDatabase::create()
+                .await
+                .expect("IMD_TEST_BACKEND=postgres, but the shared PostgreSQL cannot be reached");
+            let mut server = Server::start_on_db(Path::new(&pg.url()), extra).await;
+            server.pg = Some(pg);
+            return server;
+        }
+        Server::start_sqlite_with(extra).await
+    }
+
+    /// Starts a server on a temporary SQLite file whatever the backend under test: for tests
+    /// that open the file themselves (`imd user …`, rusqlite).
+    pub async fn start_sqlite_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("imd.db");
         let mut server = Server::start_on_db(&db, extra).await;
@@ -64,6 +88,7 @@ impl Server {
             db: db.to_path_buf(),
             dir: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            pg: None,
         }
     }
 
@@ -83,10 +108,12 @@ impl Server {
     /// Starts a new server on the same database (after kill9 or terminate).
     pub async fn restart(mut self) -> Server {
         let dir = self.dir.take();
+        let pg = self.pg.take();
         let extra: Vec<String> = self.extra_args.clone();
         let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
         let mut server = Server::start_on_db(&self.db.clone(), &extra).await;
         server.dir = dir;
+        server.pg = pg;
         server
     }
 
