@@ -8,6 +8,7 @@ mod checkpoint;
 mod delivered;
 mod guard;
 pub mod offline;
+mod outcome;
 mod participants;
 mod queries;
 mod rooms;
@@ -27,9 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 // The domain's types, re-exported where callers found them before they moved down.
 pub use crate::domain::{Accepted, Kind, NewMessage, ServiceRoute, StoredMessage, Ticket};
 pub use guard::StoreGuard;
+pub use outcome::{Committed, Outcome, OutcomeSender};
 pub use queries::{ConversationRow, SyncBatch, UserRow};
 pub use rooms::Joined;
-pub use writer::{Committed, Outcome, OutcomeSender};
 
 use crate::metrics::Metrics;
 use crate::supervisor::{Supervisor, Worker};

@@ -13,8 +13,10 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::queries::{MESSAGE_COLUMNS, message_from_row};
-use super::{Command, Job, JobDone, StorageHealth, StoreError, StoreResult, WriterSettings};
-use crate::domain::{Kind, NewMessage, StoredMessage, Ticket};
+use super::{
+    Command, Committed, Job, JobDone, Outcome, OutcomeSender, StorageHealth, StoreError, StoreResult, WriterSettings,
+};
+use crate::domain::{Kind, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
 
 /// The writer's page cache, in KiB as SQLite's negative cache_size wants it: the indexes'
@@ -37,25 +39,6 @@ const SEQ_CACHE_LIMIT: usize = 200_000;
 /// without this, under sustained load the WAL grew by ~75 MB/s (~25 MB/s at 2,000 msg/s), and
 /// every frame write extended the file. See `wants_checkpoint`.
 const CHECKPOINT_FRAMES: u32 = 4096;
-
-/// A message the writer has committed (or found to be a resend), ready for delivery.
-pub struct Committed {
-    pub message: StoredMessage,
-    pub duplicate: bool,
-    pub ticket: Ticket,
-    /// When its batch committed (for `imd_fanout_lag_seconds`).
-    pub committed_at: Instant,
-}
-
-/// What the writer emits after each batch, in commit order: every message's outcome with the
-/// ticket it came with. Whoever reads them (delivery) resolves the tickets; the store does not.
-pub enum Outcome {
-    Committed(Committed),
-    Refused { ticket: Ticket, msg_id: Option<Box<str>>, error: StoreError },
-}
-
-/// Where the writer sends its batches of outcomes; bounded by whoever made the channel.
-pub type OutcomeSender = mpsc::Sender<Vec<Outcome>>;
 
 pub(super) struct Writer {
     conn: Connection,
@@ -750,6 +733,7 @@ fn clone_error(e: &StoreError) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Ticket;
     use tokio::sync::{mpsc, oneshot};
 
     type DeliveryReceiver = mpsc::Receiver<Vec<Outcome>>;
