@@ -457,7 +457,7 @@ impl Writer {
         if unavailable.is_some() {
             self.storage_error = unavailable;
         }
-        // A job that failed is answered with its own error (`Store::write`), whatever happens
+        // A job that failed is answered with its own error (`SqliteStore::write`), whatever happens
         // to the transaction; one that succeeded, with the transaction's outcome.
         let end = if self.conn.is_autocommit() {
             Err(StoreError::Refused("the transaction was rolled back by a job".into()))
@@ -906,7 +906,7 @@ mod tests {
     }
 
     fn writer_on(dir: &tempfile::TempDir) -> (Writer, DeliveryReceiver) {
-        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, deliveries) = delivery_channel();
         (Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap(), deliveries)
     }
@@ -1073,7 +1073,7 @@ mod tests {
     #[test]
     fn a_full_delivery_channel_makes_the_writer_wait_and_drops_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, mut deliveries) = mpsc::channel(1);
         tx.try_send(Vec::new()).unwrap();
         let mut writer =
@@ -1093,7 +1093,7 @@ mod tests {
     #[test]
     fn the_seq_cache_is_bounded_and_seqs_continue_after_it_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, mut deliveries) = delivery_channel();
         let mut writer =
             Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
@@ -1113,7 +1113,7 @@ mod tests {
     #[test]
     fn without_the_store_messages_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("w.db")).unwrap();
         // A conversation row that exists anyway, as a room's does.
         conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 0, 0)", [])
             .unwrap();
@@ -1137,7 +1137,7 @@ mod tests {
     fn the_wal_starts_over_under_sustained_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let conn = crate::store::open_writable(&path).unwrap();
+        let conn = crate::store::sqlite::open_writable(&path).unwrap();
         let (tx, mut deliveries) = delivery_channel();
         let mut writer =
             Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
