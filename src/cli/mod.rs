@@ -177,10 +177,11 @@ pub fn run() -> i32 {
         Err(code) => return code,
     };
     if let Some(db) = cli.command.offline_db()
-        && let DbTarget::Postgres(url) = DbTarget::parse(db)
+        && let DbTarget::Postgres(_) = DbTarget::parse(db)
     {
         // The offline commands open the SQLite file themselves; a server has its own tools.
-        eprintln!("imd: `imd backup` and `imd user` work on a SQLite database file only, not on {url}");
+        // (The URL is not echoed: it may hold a password.)
+        eprintln!("imd: `imd backup` and `imd user` work on a SQLite database file only, not a PostgreSQL URL");
         return 1;
     }
     match cli.command {
