@@ -5,7 +5,7 @@
 pub mod accounts;
 pub mod backup;
 mod checkpoint;
-pub(crate) mod delivered;
+mod delivered;
 mod errors;
 pub mod offline;
 mod participants;
