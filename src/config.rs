@@ -10,7 +10,8 @@ pub struct Config {
     #[arg(long, env = "IMD_HOST", default_value = "0.0.0.0")]
     pub host: String,
 
-    /// SQLite database file.
+    /// SQLite database file; a `postgres://` or `postgresql://` URL names a PostgreSQL
+    /// server instead (read by `store::DbTarget::parse` where the server opens the store).
     #[arg(long, env = "IMD_DB", default_value = "./imd.db")]
     pub db: PathBuf,
 

@@ -19,7 +19,7 @@ use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::progress::{self, Steps};
 use crate::registry::Registry;
-use crate::store::{self, Store, WriterSettings};
+use crate::store::{self, DbTarget, Store, WriterSettings};
 use crate::supervisor::Supervisor;
 use crate::throttle::Throttle;
 
@@ -90,7 +90,7 @@ async fn serve(
     let mut stop_signals = StopSignals::install()?;
     let supervisor = Supervisor::from_env()?;
     let metrics = Arc::new(Metrics::with_routes(crate::http::route_paths()));
-    let db = Store::prepare(&config.db)?;
+    let db = Store::prepare(&DbTarget::parse(&config.db)).await?;
     // Start-up's longest step on a large database, shown on a terminal.
     let mut steps = Steps::default();
     let mut show = |table: &'static str, done: u64, total: u64| match table {
@@ -98,12 +98,12 @@ async fn serve(
         _ => steps.update("start-up: loading room members", "members", done, total),
     };
     let watch: Option<store::snapshot::Watch<'_>> = if progress::on_terminal() { Some(&mut show) } else { None };
-    let snapshot = db.snapshot(watch)?;
+    let snapshot = db.snapshot(watch).await?;
     steps.finish();
     let directory = Arc::new(Directory::load(snapshot));
     let secret = match &config.jwt_secret {
         Some(secret) if !secret.is_empty() => secret.clone(),
-        _ => db.jwt_secret()?,
+        _ => db.jwt_secret().await?,
     };
     let auth = Auth::new(secret.as_bytes(), config.token_ttl, config.bcrypt_cost, config.admin_token.clone())?
         .with_bcrypt_pool(config.bcrypt_threads, config.bcrypt_queue);

@@ -154,6 +154,56 @@ fn no_module_imports_a_layer_above_it() {
     assert!(stale.is_empty(), "fixed: take these out of KNOWN in tests/layers.rs:\n{}", stale.join("\n"));
 }
 
+/// The store's backends (`store/sqlite/`, `store/postgres/`) are internal to it: outside
+/// src/store/ code names no backend path (`sqlite::…`, `postgres::…`), except the CLI's
+/// offline commands, which open the SQLite file themselves (`imd backup`, `imd user`).
+const BACKENDS: &[(&str, &[&str])] = &[("sqlite", &["cli"]), ("postgres", &[])];
+
+/// The backend paths (`sqlite::` and such) named in the code of `source`, with their lines.
+fn backend_paths(source: &str) -> Vec<(usize, &'static str)> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut found = Vec::new();
+    for (line, code) in split(source).code {
+        for (backend, _) in BACKENDS {
+            let path = format!("{backend}::");
+            if code.match_indices(&path).any(|(at, _)| !code[..at].chars().next_back().is_some_and(ident)) {
+                found.push((line, *backend));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn store_backends_are_internal_to_the_store() {
+    let root =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let mut files: Vec<PathBuf> = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    files.sort();
+    let mut wrong = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(&root).unwrap_or(file);
+        let from = module_of(relative);
+        if from == "store" {
+            continue;
+        }
+        let source = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for (line, backend) in backend_paths(&source) {
+            let allowed = BACKENDS.iter().any(|(b, who)| *b == backend && who.contains(&from.as_str()));
+            if !allowed {
+                wrong.push(format!("{}:{line}: names the store's {backend} backend", relative.display()));
+            }
+        }
+    }
+    assert!(files.len() > 20, "src/ not found under {}: {} files", root.display(), files.len());
+    assert!(wrong.is_empty(), "go through `store::Store` instead (tests/layers.rs):\n{}", wrong.join("\n"));
+    let scanned = |s: &str| backend_paths(s).into_iter().map(|(_, b)| b).collect::<Vec<_>>();
+    assert_eq!(scanned("use crate::store::sqlite::offline;"), ["sqlite"]);
+    assert_eq!(scanned("use crate::store::{postgres::PgStore, Store};"), ["postgres"]);
+    assert_eq!(scanned("use rusqlite::params; // store::sqlite::x"), Vec::<&str>::new());
+}
+
 /// The table itself: each module in one layer, and the pairs apart name modules of the table.
 #[test]
 fn the_rule_table_is_consistent() {

@@ -55,3 +55,25 @@ async fn a_start_up_that_fails_after_the_store_started_closes_the_database_clean
 async fn a_panic_in_start_up_after_the_store_started_closes_the_database_cleanly() {
     start_up_failure_closes_the_database_cleanly("start-panic").await;
 }
+
+/// `--db postgres://…` names a server, not a file: until the PostgreSQL backend is built in,
+/// start-up refuses it with that reason and creates no file of that name.
+#[tokio::test]
+async fn a_postgres_url_is_refused_until_the_backend_is_built_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(BIN)
+        .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db", "postgres://postgres@127.0.0.1/imd"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn imd");
+    let output = tokio::time::timeout(WAIT, child.wait_with_output()).await.expect("imd did not exit").expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("PostgreSQL support is not built in yet"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read_dir").collect();
+    assert!(left.is_empty(), "the URL was taken for a path: {left:?}");
+}

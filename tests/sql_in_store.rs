@@ -1,6 +1,7 @@
-//! Layering check: SQL and rusqlite live only in src/store/ (issue 12), so the schema's
-//! invariants have one owner and a second backend replaces one directory. Reads the sources;
-//! starts no daemon.
+//! Layering check: SQL lives only in src/store/ (issue 12), and each database driver only in
+//! its backend's directory (rusqlite in src/store/sqlite/, tokio_postgres in
+//! src/store/postgres/), so the schema's invariants have one owner per backend and the rest of
+//! the store stays backend-neutral. Reads the sources; starts no daemon.
 
 mod common;
 
@@ -14,8 +15,32 @@ const SQL_WORDS: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE", "PRAGMA", "
 
 /// rusqlite's name and the methods of its `Connection` that run SQL, matched in code (not in
 /// comments or strings).
-const DRIVER_WORDS: &[&str] =
+const SQLITE_WORDS: &[&str] =
     &["rusqlite", "query_row", "query_map", "prepare_cached", "execute_batch", "last_insert_rowid", "pragma_update"];
+
+/// The PostgreSQL driver's crates and the `Client` methods that only it has, matched in code.
+const POSTGRES_WORDS: &[&str] =
+    &["tokio_postgres", "deadpool_postgres", "postgres_types", "batch_execute", "query_one", "query_opt"];
+
+/// What a finding is, and so where it may be: SQL anywhere in src/store/, a driver only in
+/// its backend's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Sql,
+    Sqlite,
+    Postgres,
+}
+
+impl Kind {
+    /// The directory under src/ (as path components) that may hold this kind.
+    fn home(self) -> &'static [&'static str] {
+        match self {
+            Kind::Sql => &["store"],
+            Kind::Sqlite => &["store", "sqlite"],
+            Kind::Postgres => &["store", "postgres"],
+        }
+    }
+}
 
 /// Whether `word` occurs in `text` with no identifier character on either side.
 fn has_word(text: &str, word: &str) -> bool {
@@ -25,38 +50,71 @@ fn has_word(text: &str, word: &str) -> bool {
     })
 }
 
-/// Where SQL or the SQLite driver shows in `source`, as `line: what` strings.
-fn findings(source: &str) -> Vec<String> {
+/// Where SQL or a database driver shows in `source`, as (kind, `line: what`).
+fn found(source: &str) -> Vec<(Kind, String)> {
     let split = split(source);
     let mut found = Vec::new();
     for (line, text) in &split.strings {
         for word in SQL_WORDS.iter().filter(|w| has_word(text, w)) {
-            found.push(format!("{line}: SQL {word} in {:?}", text.chars().take(60).collect::<String>()));
+            found.push((Kind::Sql, format!("{line}: SQL {word} in {:?}", text.chars().take(60).collect::<String>())));
         }
     }
     for (line, text) in &split.code {
-        for word in DRIVER_WORDS.iter().filter(|w| has_word(text, w)) {
-            found.push(format!("{line}: {word}: {}", text.trim()));
+        for (kind, words) in [(Kind::Sqlite, SQLITE_WORDS), (Kind::Postgres, POSTGRES_WORDS)] {
+            for word in words.iter().filter(|w| has_word(text, w)) {
+                found.push((kind, format!("{line}: {word}: {}", text.trim())));
+            }
         }
     }
     found
 }
 
+/// Every finding in `source`, as `line: what` strings.
+fn findings(source: &str) -> Vec<String> {
+    found(source).into_iter().map(|(_, what)| what).collect()
+}
+
+/// The findings of the file at `relative` (to src/) that are outside their kind's home.
+fn misplaced(relative: &Path, source: &str) -> Vec<String> {
+    found(source)
+        .into_iter()
+        .filter(|(kind, _)| !relative.starts_with(kind.home().iter().collect::<std::path::PathBuf>()))
+        .map(|(kind, what)| format!("{what} (belongs under src/{}/)", kind.home().join("/")))
+        .collect()
+}
+
 #[test]
-fn no_sql_or_rusqlite_outside_src_store() {
+fn sql_only_in_src_store_and_each_driver_only_in_its_backend() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let store = root.join("src").join("store");
+    let src = root.join("src");
     let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
+    rust_files(&src, &mut files);
     files.sort();
     let mut offences = Vec::new();
-    for file in files.iter().filter(|f| !f.starts_with(&store)) {
+    for file in &files {
         let source = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let relative = file.strip_prefix(&src).unwrap_or(file);
         let shown = file.strip_prefix(root).unwrap_or(file).display().to_string();
-        offences.extend(findings(&source).into_iter().map(|f| format!("{shown}:{f}")));
+        offences.extend(misplaced(relative, &source).into_iter().map(|f| format!("{shown}:{f}")));
     }
     assert!(files.len() > 20, "src/ not found: {} files", files.len());
-    assert!(offences.is_empty(), "SQL belongs in src/store/:\n{}", offences.join("\n"));
+    assert!(offences.is_empty(), "SQL or a driver outside its place:\n{}", offences.join("\n"));
+}
+
+/// The places themselves: SQL is at home anywhere in the store, each driver only in its own
+/// backend's directory, not in the other's nor in the store's backend-neutral files.
+#[test]
+fn each_kind_is_allowed_only_at_home() {
+    let sql = "const Q: &str = \"SELECT 1\";";
+    let sqlite = "use rusqlite::Connection;";
+    let postgres = "use tokio_postgres::Client;";
+    let at = |path: &str, source: &str| misplaced(Path::new(path), source).is_empty();
+    assert!(at("store/mod.rs", sql) && at("store/sqlite/queries.rs", sql) && at("store/postgres/reads.rs", sql));
+    assert!(!at("http/user.rs", sql) && !at("storefront.rs", sql));
+    assert!(at("store/sqlite/mod.rs", sqlite) && at("store/sqlite/deep/x.rs", sqlite));
+    assert!(!at("store/mod.rs", sqlite) && !at("store/postgres/mod.rs", sqlite) && !at("server.rs", sqlite));
+    assert!(at("store/postgres/mod.rs", postgres));
+    assert!(!at("store/facade.rs", postgres) && !at("store/sqlite/mod.rs", postgres) && !at("cli/mod.rs", postgres));
 }
 
 /// The scanner itself: it must see SQL and the driver where they are, and not in comments,
@@ -69,6 +127,9 @@ fn the_scanner_finds_sql_and_the_driver_and_nothing_else() {
         "let q = \"INSERT INTO t\n VALUES (1)\";",
         "use rusqlite::params;",
         "let n = conn.query_row(q, [], |r| r.get(0));",
+        "use tokio_postgres::NoTls;",
+        "let row = client.query_one(&stmt, &[&uid]).await?;",
+        "let pool: deadpool_postgres::Pool = make();",
         "let c = '\"'; let q = \"UPDATE t SET x = 1\";",
     ];
     for source in caught {

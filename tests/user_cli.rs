@@ -159,3 +159,23 @@ async fn a_database_of_another_schema_is_not_written() {
         assert_eq!((users, role.as_str()), (1, "user"), "nothing written");
     }
 }
+
+/// The offline commands open a SQLite file themselves: given a PostgreSQL URL they say so and
+/// exit 1, touching nothing.
+#[tokio::test]
+async fn a_postgres_url_is_refused_by_the_offline_commands() {
+    let url = "postgres://postgres@127.0.0.1/imd";
+    for args in [
+        vec!["user", "list", "--db", url],
+        vec!["user", "add", "eve", "--db", url, "--bcrypt-cost", "4"],
+        vec!["user", "passwd", "eve", "--db", url, "--bcrypt-cost", "4"],
+        vec!["user", "role", "eve", "admin", "--db", url],
+        vec!["user", "revoke", "eve", "--db", url],
+        vec!["backup", "copy.db", "--db", "postgresql://postgres@127.0.0.1/imd"],
+    ] {
+        let out = run_with_stdin(&args, "eve-password\n").await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(text(&out.stderr).contains("SQLite database file only"), "{args:?}: {}", text(&out.stderr));
+    }
+    assert!(!Path::new("copy.db").exists(), "backup wrote a copy");
+}

@@ -4,8 +4,8 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use crate::store::accounts;
-use crate::store::offline::{Access, Database, open_existing};
+use crate::store::sqlite::accounts;
+use crate::store::sqlite::offline::{Access, Database, open_existing};
 use crate::usernames;
 
 pub fn list(db: &Path) -> i32 {

@@ -5,8 +5,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::progress::Progress;
-use crate::store::backup;
-use crate::store::offline::{Access, Database, open_existing};
+use crate::store::sqlite::backup;
+use crate::store::sqlite::offline::{Access, Database, open_existing};
 
 pub fn run(db: &Path, path: &Path, force: bool) -> i32 {
     match take(db, path, force) {

@@ -14,6 +14,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, LogFormat};
 use crate::server;
+use crate::store::DbTarget;
 
 #[derive(Parser)]
 #[command(name = "imd", version, about = "Instant-messaging daemon: HTTP and WebSocket on one port, SQLite underneath")]
@@ -151,6 +152,23 @@ impl Role {
     }
 }
 
+impl Command {
+    /// The database a command opens itself, offline (`backup`, `user`): SQLite only.
+    fn offline_db(&self) -> Option<&Path> {
+        match self {
+            Command::Backup { db, .. } => Some(db),
+            Command::User { command } => Some(match command {
+                UserCommand::List { db }
+                | UserCommand::Add { db, .. }
+                | UserCommand::Passwd { db, .. }
+                | UserCommand::Role { db, .. }
+                | UserCommand::Revoke { db, .. } => db,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Runs the command line; returns the exit code.
 pub fn run() -> i32 {
     private_files();
@@ -158,6 +176,14 @@ pub fn run() -> i32 {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    if let Some(db) = cli.command.offline_db()
+        && let DbTarget::Postgres(_) = DbTarget::parse(db)
+    {
+        // The offline commands open the SQLite file themselves; a server has its own tools.
+        // (The URL is not echoed: it may hold a password.)
+        eprintln!("imd: `imd backup` and `imd user` work on a SQLite database file only, not a PostgreSQL URL");
+        return 1;
+    }
     match cli.command {
         Command::Start { port, daemon, config, .. } => start(port, daemon, *config),
         Command::Config { command: ConfigCommand::Init } => config_file::init(),
@@ -240,8 +266,11 @@ fn start(port: u16, daemon: bool, mut config: Config) -> i32 {
             return 1;
         }
     };
-    // Relative paths are taken from where the command ran, also after detaching.
-    config.db = absolute(&config.db);
+    // Relative paths are taken from where the command ran, also after detaching (a
+    // PostgreSQL URL is not a path).
+    if let DbTarget::Sqlite(path) = DbTarget::parse(&config.db) {
+        config.db = absolute(&path);
+    }
     config.pid_file = config.pid_file.as_deref().map(absolute);
     config.log_file = config.log_file.as_deref().map(absolute);
     if daemon {

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use super::Role;
-use crate::store::accounts;
-use crate::store::offline::{Access, open_existing};
+use crate::store::sqlite::accounts;
+use crate::store::sqlite::offline::{Access, open_existing};
 
 pub fn set_role(db: &Path, name: &str, role: Role) -> i32 {
     let conn = match open_existing(db, Access::Write) {

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreResult};
+use super::{SqliteStore, StoreResult};
 
-impl Store {
+impl SqliteStore {
     /// Saves a device's delivered positions (`advance`) in the writer's next batch.
     pub async fn advance_delivered(
         &self,
@@ -64,7 +64,7 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writable(&dir.path().join("d.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("d.db")).unwrap();
         conn.execute_batch(
             "INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 5, 0);
              INSERT INTO participants (uid, chat_id, read_seq, floor_seq) VALUES (2, '1_1_2', 1, 1);",

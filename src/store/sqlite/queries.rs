@@ -1,14 +1,15 @@
 //! Read queries: sync, history, conversation lists, accounts. They run on read-only
-//! connections (`Store::read`).
+//! connections (`SqliteStore::read`).
 
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::value::RawValue;
 
-use super::{Store, StoreResult};
+use super::{SqliteStore, StoreResult};
+use crate::store::{ConversationRow, SyncBatch, UserRow};
 
-impl Store {
+impl SqliteStore {
     /// What a connecting device has missed (`sync_for`).
     pub async fn sync_for(&self, uid: u64, device: String) -> StoreResult<SyncBatch> {
         self.read(move |conn| sync_for(conn, uid, &device)).await
@@ -71,19 +72,6 @@ pub fn message_from_row(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
         shop_id: row.get(9)?,
         agent_uid: row.get(10)?,
     })
-}
-
-/// What a connecting device missed: per conversation, the newest messages after the device's
-/// position, oldest first; and what had to be left out.
-pub struct SyncBatch {
-    pub messages: Vec<StoredMessage>,
-    /// Conversations not sent whole: chat_id and the oldest seq sent, or last_seq + 1 when the
-    /// total cap left nothing for it. Older messages are in history (`before` = that seq).
-    pub cut: Vec<(Arc<str>, i64)>,
-    /// More than `SYNC_MAX_CONVERSATIONS` conversations had something to sync.
-    pub more: bool,
-    /// Nothing is unread for the user (by read position), on any device.
-    pub all_read: bool,
 }
 
 // SQLite re-prepares a statement at every run when its plan depends on a bound value: a bound
@@ -197,16 +185,6 @@ pub fn history(
     Ok((page, has_more))
 }
 
-pub struct ConversationRow {
-    pub chat_id: String,
-    pub kind: i64,
-    pub last_seq: i64,
-    pub read_seq: i64,
-    /// A room's name, when it was given one.
-    pub name: Option<String>,
-    pub last: Option<StoredMessage>,
-}
-
 /// A page of the conversations a user takes part in, most recently active first: `limit` rows
 /// after the first `offset`, and whether more follow.
 pub fn conversations_of(
@@ -248,14 +226,6 @@ pub fn conversations_of(
     Ok((rows, has_more))
 }
 
-pub struct UserRow {
-    pub uid: u64,
-    pub username: String,
-    pub password_hash: String,
-    pub role: String,
-    pub token_gen: u64,
-}
-
 fn user_from_row(row: &Row<'_>) -> rusqlite::Result<UserRow> {
     Ok(UserRow {
         uid: row.get(0)?,
@@ -288,7 +258,7 @@ mod tests {
     /// A conversation 1_1_2 with `n` messages, unread by user 2.
     fn conversation_of(n: i64) -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writable(&dir.path().join("s.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("s.db")).unwrap();
         conn.execute_batch("INSERT INTO participants (uid, chat_id, read_seq) VALUES (2, '1_1_2', 0)").unwrap();
         conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, ?1, 0)", [n])
             .unwrap();
@@ -316,10 +286,10 @@ mod tests {
         assert_eq!(synced(&batch), (200, Some(2), vec![("1_1_2".into(), 2)]));
         assert!(!batch.all_read && !batch.more);
         // This device's position counts; another device's does not.
-        crate::store::delivered::advance(&conn, 2, "web", &[(Arc::from("1_1_2"), 150)]).unwrap();
+        crate::store::sqlite::delivered::advance(&conn, 2, "web", &[(Arc::from("1_1_2"), 150)]).unwrap();
         assert_eq!(synced(&sync_for(&conn, 2, "web").unwrap()), (51, Some(151), vec![]));
         assert_eq!(synced(&sync_for(&conn, 2, "mobile").unwrap()).0, 200);
-        crate::store::delivered::advance(&conn, 2, "web", &[(Arc::from("1_1_2"), 201)]).unwrap();
+        crate::store::sqlite::delivered::advance(&conn, 2, "web", &[(Arc::from("1_1_2"), 201)]).unwrap();
         let batch = sync_for(&conn, 2, "web").unwrap();
         assert_eq!(synced(&batch), (0, None, vec![]));
         assert!(!batch.all_read, "delivered is not read");
@@ -329,8 +299,8 @@ mod tests {
     fn hot_queries_are_not_reprepared_at_every_run() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
-        let _writer = crate::store::open_writable(&path).unwrap();
-        let reader = crate::store::open_connection(&path, true).unwrap();
+        let _writer = crate::store::sqlite::open_writable(&path).unwrap();
+        let reader = crate::store::sqlite::open_connection(&path, true).unwrap();
         for (sql, params) in [(UNREAD_SQL, 1), (SYNC_SQL, 2), (CONVERSATIONS_SQL, 1)] {
             for run in 1..=3 {
                 let mut statement = reader.prepare_cached(sql).unwrap();

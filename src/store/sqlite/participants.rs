@@ -2,9 +2,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreResult};
+use super::{SqliteStore, StoreResult};
 
-impl Store {
+impl SqliteStore {
     /// Moves `uid`'s read position in `chat_id` to `seq`, never back and never past the
     /// newest message; the position now, or None when `uid` is not a participant.
     pub async fn mark_read(&self, uid: u64, chat_id: String, seq: i64) -> StoreResult<Option<i64>> {

@@ -3,9 +3,9 @@
 
 use rusqlite::{Connection, params};
 
-use super::{Store, StoreResult};
+use super::{SqliteStore, StoreResult};
 
-impl Store {
+impl SqliteStore {
     /// Creates a shop owned by `owner_uid`; its id.
     pub async fn create_shop(&self, name: String, owner_uid: u64) -> StoreResult<u64> {
         self.write(move |conn| create_shop(conn, &name, owner_uid)).await

@@ -3,18 +3,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreResult};
+use super::{SqliteStore, StoreResult};
+use crate::store::Joined;
 
-/// Whether joining what `join_room` was asked to join happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Joined {
-    /// A member now (or already).
-    Yes,
-    /// The room is private and there was no invitation to use up.
-    NotInvited,
-}
-
-impl Store {
+impl SqliteStore {
     /// Creates a room owned (and joined) by `owner_uid`; returns its chat id
     /// `2_<uid>_<yymmddHHMMSS>`, with `_2`, `_3`, … for more rooms of that user in one second.
     /// `history_from_join`: a member sees only messages after their join.

@@ -6,12 +6,12 @@ use rusqlite::Connection;
 use super::StoreResult;
 
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../sql/001_init.sql"),
-    include_str!("../../sql/002_service_by_shop.sql"),
-    include_str!("../../sql/003_delivered.sql"),
-    include_str!("../../sql/004_usernames.sql"),
-    include_str!("../../sql/005_private_rooms.sql"),
-    include_str!("../../sql/006_sync_floor.sql"),
+    include_str!("../../../sql/001_init.sql"),
+    include_str!("../../../sql/002_service_by_shop.sql"),
+    include_str!("../../../sql/003_delivered.sql"),
+    include_str!("../../../sql/004_usernames.sql"),
+    include_str!("../../../sql/005_private_rooms.sql"),
+    include_str!("../../../sql/006_sync_floor.sql"),
 ];
 
 /// The schema version (`PRAGMA user_version`) this binary writes: every migration applied.

@@ -13,8 +13,10 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::queries::{MESSAGE_COLUMNS, message_from_row};
-use super::{Command, Job, JobDone, StorageHealth, StoreError, StoreResult, WriterSettings};
-use crate::domain::{Kind, NewMessage, StoredMessage, Ticket};
+use super::{
+    Command, Committed, Job, JobDone, Outcome, OutcomeSender, StorageHealth, StoreError, StoreResult, WriterSettings,
+};
+use crate::domain::{Kind, NewMessage, StoredMessage};
 use crate::metrics::Metrics;
 
 /// The writer's page cache, in KiB as SQLite's negative cache_size wants it: the indexes'
@@ -37,25 +39,6 @@ const SEQ_CACHE_LIMIT: usize = 200_000;
 /// without this, under sustained load the WAL grew by ~75 MB/s (~25 MB/s at 2,000 msg/s), and
 /// every frame write extended the file. See `wants_checkpoint`.
 const CHECKPOINT_FRAMES: u32 = 4096;
-
-/// A message the writer has committed (or found to be a resend), ready for delivery.
-pub struct Committed {
-    pub message: StoredMessage,
-    pub duplicate: bool,
-    pub ticket: Ticket,
-    /// When its batch committed (for `imd_fanout_lag_seconds`).
-    pub committed_at: Instant,
-}
-
-/// What the writer emits after each batch, in commit order: every message's outcome with the
-/// ticket it came with. Whoever reads them (delivery) resolves the tickets; the store does not.
-pub enum Outcome {
-    Committed(Committed),
-    Refused { ticket: Ticket, msg_id: Option<Box<str>>, error: StoreError },
-}
-
-/// Where the writer sends its batches of outcomes; bounded by whoever made the channel.
-pub type OutcomeSender = mpsc::Sender<Vec<Outcome>>;
 
 pub(super) struct Writer {
     conn: Connection,
@@ -474,7 +457,7 @@ impl Writer {
         if unavailable.is_some() {
             self.storage_error = unavailable;
         }
-        // A job that failed is answered with its own error (`Store::write`), whatever happens
+        // A job that failed is answered with its own error (`SqliteStore::write`), whatever happens
         // to the transaction; one that succeeded, with the transaction's outcome.
         let end = if self.conn.is_autocommit() {
             Err(StoreError::Refused("the transaction was rolled back by a job".into()))
@@ -750,6 +733,7 @@ fn clone_error(e: &StoreError) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Ticket;
     use tokio::sync::{mpsc, oneshot};
 
     type DeliveryReceiver = mpsc::Receiver<Vec<Outcome>>;
@@ -922,7 +906,7 @@ mod tests {
     }
 
     fn writer_on(dir: &tempfile::TempDir) -> (Writer, DeliveryReceiver) {
-        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, deliveries) = delivery_channel();
         (Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap(), deliveries)
     }
@@ -1089,7 +1073,7 @@ mod tests {
     #[test]
     fn a_full_delivery_channel_makes_the_writer_wait_and_drops_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, mut deliveries) = mpsc::channel(1);
         tx.try_send(Vec::new()).unwrap();
         let mut writer =
@@ -1109,7 +1093,7 @@ mod tests {
     #[test]
     fn the_seq_cache_is_bounded_and_seqs_continue_after_it_is_emptied() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("w.db")).unwrap();
         let (tx, mut deliveries) = delivery_channel();
         let mut writer =
             Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();
@@ -1129,7 +1113,7 @@ mod tests {
     #[test]
     fn without_the_store_messages_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::store::open_writable(&dir.path().join("w.db")).unwrap();
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("w.db")).unwrap();
         // A conversation row that exists anyway, as a room's does.
         conn.execute("INSERT INTO conversations (chat_id, kind, last_seq, created_at) VALUES ('1_1_2', 1, 0, 0)", [])
             .unwrap();
@@ -1153,7 +1137,7 @@ mod tests {
     fn the_wal_starts_over_under_sustained_writes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.db");
-        let conn = crate::store::open_writable(&path).unwrap();
+        let conn = crate::store::sqlite::open_writable(&path).unwrap();
         let (tx, mut deliveries) = delivery_channel();
         let mut writer =
             Writer::new(conn, SETTINGS, tx, Arc::new(Metrics::new()), Arc::default(), Arc::default()).unwrap();

@@ -4,15 +4,16 @@
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
-use super::queries::{UserRow, user_by_name};
-use super::{Store, StoreError, StoreResult};
+use super::queries::user_by_name;
+use super::{SqliteStore, StoreError, StoreResult};
+use crate::store::UserRow;
 use crate::usernames;
 
 /// The `meta` key that `imd user revoke` counts up, so that a running daemon notices
 /// revocations made by another process (see `revocations`).
 const REVOCATIONS_KEY: &str = "token_revocations";
 
-impl Store {
+impl SqliteStore {
     /// Whether a user holds the name key `key` (`usernames::key`).
     pub async fn name_taken(&self, key: String) -> StoreResult<bool> {
         self.read(move |conn| Ok(name_holder(conn, &key)?.is_some())).await
@@ -182,7 +183,7 @@ mod tests {
     #[test]
     fn revocations_move_the_generation_and_the_count() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let conn = crate::store::open_writable(&dir.path().join("imd.db")).expect("database");
+        let conn = crate::store::sqlite::open_writable(&dir.path().join("imd.db")).expect("database");
         for name in ["alice", "bob"] {
             insert_user(&conn, name, &usernames::key(name), "x").expect("user");
         }
