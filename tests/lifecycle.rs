@@ -56,13 +56,15 @@ async fn a_panic_in_start_up_after_the_store_started_closes_the_database_cleanly
     start_up_failure_closes_the_database_cleanly("start-panic").await;
 }
 
-/// `--db postgres://…` names a server, not a file: until the PostgreSQL backend is built in,
-/// start-up refuses it with that reason and creates no file of that name.
+/// `--db postgres://…` names a server, not a file: with no server there, start-up fails
+/// saying PostgreSQL cannot be reached, and creates no file of that name.
 #[tokio::test]
-async fn a_postgres_url_is_refused_until_the_backend_is_built_in() {
+async fn a_postgres_url_names_a_server_not_a_file() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let url = format!("postgres://postgres@127.0.0.1:{closed}/imd");
     let child = Command::new(BIN)
-        .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db", "postgres://postgres@127.0.0.1/imd"])
+        .args(["start", "0", "--host", "127.0.0.1", "--bcrypt-cost", "4", "--db", &url])
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -73,7 +75,7 @@ async fn a_postgres_url_is_refused_until_the_backend_is_built_in() {
     let output = tokio::time::timeout(WAIT, child.wait_with_output()).await.expect("imd did not exit").expect("wait");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("PostgreSQL support is not built in yet"), "{stderr}");
+    assert!(stderr.contains("storage unavailable: PostgreSQL"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read_dir").collect();
     assert!(left.is_empty(), "the URL was taken for a path: {left:?}");
 }

@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
+use super::postgres::{PgPrepared, PgStore};
 use super::snapshot::{Snapshot, Watch};
 use super::sqlite::{SqlitePrepared, SqliteStore};
 use super::{
-    ConversationRow, DbTarget, Joined, NewMessage, OutcomeSender, StoreError, StoreGuard, StoreResult, StoredMessage,
-    SyncBatch, UserRow, WriterSettings,
+    ConversationRow, DbTarget, Joined, NewMessage, OutcomeSender, StoreGuard, StoreResult, StoredMessage, SyncBatch,
+    UserRow, WriterSettings,
 };
 use crate::metrics::Metrics;
 use crate::supervisor::Supervisor;
@@ -17,14 +18,17 @@ use crate::supervisor::Supervisor;
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
-    // A second backend is one more variant here (e.g. `Postgres(postgres::PgStore)`), one more
-    // in `Prepared` and in the guard's `Stopper`, and an arm in `forward!` below.
+    /// Several nodes may share the database (cluster mode).
+    Postgres(PgStore),
+    // A further backend is one more variant here, one more in `Prepared` and in the guard's
+    // `Stopper`, and an arm in `forward!` below.
 }
 
 /// A database opened and migrated, not yet started: start-up reads its state from it, then
 /// `start` hands it to the backend's writer.
 pub enum Prepared {
     Sqlite(SqlitePrepared),
+    Postgres(PgPrepared),
 }
 
 impl Store {
@@ -32,7 +36,7 @@ impl Store {
     pub async fn prepare(target: &DbTarget) -> StoreResult<Prepared> {
         match target {
             DbTarget::Sqlite(path) => Ok(Prepared::Sqlite(SqlitePrepared::open(path)?)),
-            DbTarget::Postgres(_) => Err(StoreError::Refused("PostgreSQL support is not built in yet".into())),
+            DbTarget::Postgres(url) => Ok(Prepared::Postgres(PgStore::prepare(url).await?)),
         }
     }
 }
@@ -42,6 +46,7 @@ impl Prepared {
     pub async fn snapshot(&self, watch: Option<Watch<'_>>) -> StoreResult<Snapshot> {
         match self {
             Prepared::Sqlite(db) => db.snapshot(watch),
+            Prepared::Postgres(db) => db.snapshot(watch).await,
         }
     }
 
@@ -49,6 +54,7 @@ impl Prepared {
     pub async fn jwt_secret(&self) -> StoreResult<String> {
         match self {
             Prepared::Sqlite(db) => db.jwt_secret(),
+            Prepared::Postgres(db) => db.jwt_secret().await,
         }
     }
 
@@ -69,6 +75,12 @@ impl Prepared {
                 let guard = StoreGuard::new(store.clone(), super::guard::Stopper::Sqlite(threads), supervisor.clone());
                 Ok((store, guard))
             }
+            Prepared::Postgres(db) => {
+                let (store, tasks) = db.start(settings, outcomes, metrics, supervisor)?;
+                let store = Store::Postgres(store);
+                let guard = StoreGuard::new(store.clone(), super::guard::Stopper::Postgres(tasks), supervisor.clone());
+                Ok((store, guard))
+            }
         }
     }
 }
@@ -78,6 +90,7 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(store) => store.close().await,
+            Store::Postgres(store) => store.close().await,
         }
     }
 
@@ -85,6 +98,7 @@ impl Store {
     pub fn degraded(&self) -> Option<String> {
         match self {
             Store::Sqlite(store) => store.degraded(),
+            Store::Postgres(store) => store.degraded(),
         }
     }
 
@@ -92,6 +106,16 @@ impl Store {
     pub fn queue_depth(&self) -> usize {
         match self {
             Store::Sqlite(store) => store.queue_depth(),
+            Store::Postgres(store) => store.queue_depth(),
+        }
+    }
+
+    /// The PostgreSQL backend, for what only it offers (a cluster node's catch-up reads);
+    /// None on SQLite.
+    pub fn postgres(&self) -> Option<&PgStore> {
+        match self {
+            Store::Postgres(store) => Some(store),
+            Store::Sqlite(_) => None,
         }
     }
 }
@@ -105,6 +129,7 @@ macro_rules! forward {
                 pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     match self {
                         Store::Sqlite(store) => store.$name($($arg),*).await,
+                        Store::Postgres(store) => store.$name($($arg),*).await,
                     }
                 }
             )*

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::Store;
+use super::postgres::PgTasks;
 use super::sqlite::StoreThreads;
 use crate::supervisor::Supervisor;
 
@@ -15,6 +16,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) enum Stopper {
     /// The writer and checkpoint threads, and the read connections.
     Sqlite(StoreThreads),
+    /// The PostgreSQL writer task.
+    Postgres(PgTasks),
 }
 
 impl Stopper {
@@ -22,6 +25,8 @@ impl Stopper {
     fn close_reads(&self) {
         match self {
             Stopper::Sqlite(threads) => threads.close_readers(),
+            // Reads go on over the pool until the writer has stopped; then it is closed.
+            Stopper::Postgres(_) => {}
         }
     }
 
@@ -29,6 +34,7 @@ impl Stopper {
     fn join(self) {
         match self {
             Stopper::Sqlite(threads) => threads.join(),
+            Stopper::Postgres(tasks) => tasks.join_blocking(),
         }
     }
 
@@ -36,6 +42,7 @@ impl Stopper {
     fn close_and_join(self) {
         match self {
             Stopper::Sqlite(threads) => threads.close_and_join(),
+            Stopper::Postgres(tasks) => tasks.close_and_join_blocking(),
         }
     }
 }
