@@ -16,11 +16,15 @@ const SQL_WORDS: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE", "PRAGMA", "
 /// rusqlite's name and the methods of its `Connection` that run SQL, matched in code (not in
 /// comments or strings).
 const SQLITE_WORDS: &[&str] =
-    &["rusqlite", "query_row", "query_map", "prepare_cached", "execute_batch", "last_insert_rowid", "pragma_update"];
+    &["rusqlite", "query_row", "query_map", "execute_batch", "last_insert_rowid", "pragma_update"];
 
 /// The PostgreSQL driver's crates and the `Client` methods that only it has, matched in code.
 const POSTGRES_WORDS: &[&str] =
     &["tokio_postgres", "deadpool_postgres", "postgres_types", "batch_execute", "query_one", "query_opt"];
+
+/// Methods both drivers name (rusqlite's and deadpool-postgres's statement caches), matched
+/// in code: at home in either backend's directory.
+const DRIVER_WORDS: &[&str] = &["prepare_cached"];
 
 /// What a finding is, and so where it may be: SQL anywhere in src/store/, a driver only in
 /// its backend's directory.
@@ -29,15 +33,18 @@ enum Kind {
     Sql,
     Sqlite,
     Postgres,
+    /// A method of either driver.
+    Driver,
 }
 
 impl Kind {
-    /// The directory under src/ (as path components) that may hold this kind.
-    fn home(self) -> &'static [&'static str] {
+    /// The directories under src/ (as path components) that may hold this kind.
+    fn homes(self) -> &'static [&'static [&'static str]] {
         match self {
-            Kind::Sql => &["store"],
-            Kind::Sqlite => &["store", "sqlite"],
-            Kind::Postgres => &["store", "postgres"],
+            Kind::Sql => &[&["store"]],
+            Kind::Sqlite => &[&["store", "sqlite"]],
+            Kind::Postgres => &[&["store", "postgres"]],
+            Kind::Driver => &[&["store", "sqlite"], &["store", "postgres"]],
         }
     }
 }
@@ -60,7 +67,9 @@ fn found(source: &str) -> Vec<(Kind, String)> {
         }
     }
     for (line, text) in &split.code {
-        for (kind, words) in [(Kind::Sqlite, SQLITE_WORDS), (Kind::Postgres, POSTGRES_WORDS)] {
+        for (kind, words) in
+            [(Kind::Sqlite, SQLITE_WORDS), (Kind::Postgres, POSTGRES_WORDS), (Kind::Driver, DRIVER_WORDS)]
+        {
             for word in words.iter().filter(|w| has_word(text, w)) {
                 found.push((kind, format!("{line}: {word}: {}", text.trim())));
             }
@@ -78,8 +87,13 @@ fn findings(source: &str) -> Vec<String> {
 fn misplaced(relative: &Path, source: &str) -> Vec<String> {
     found(source)
         .into_iter()
-        .filter(|(kind, _)| !relative.starts_with(kind.home().iter().collect::<std::path::PathBuf>()))
-        .map(|(kind, what)| format!("{what} (belongs under src/{}/)", kind.home().join("/")))
+        .filter(|(kind, _)| {
+            !kind.homes().iter().any(|home| relative.starts_with(home.iter().collect::<std::path::PathBuf>()))
+        })
+        .map(|(kind, what)| {
+            let homes: Vec<String> = kind.homes().iter().map(|home| format!("src/{}/", home.join("/"))).collect();
+            format!("{what} (belongs under {})", homes.join(" or "))
+        })
         .collect()
 }
 
@@ -115,6 +129,9 @@ fn each_kind_is_allowed_only_at_home() {
     assert!(!at("store/mod.rs", sqlite) && !at("store/postgres/mod.rs", sqlite) && !at("server.rs", sqlite));
     assert!(at("store/postgres/mod.rs", postgres));
     assert!(!at("store/facade.rs", postgres) && !at("store/sqlite/mod.rs", postgres) && !at("cli/mod.rs", postgres));
+    let either = "let statement = client.prepare_cached(SQL).await?;";
+    assert!(at("store/sqlite/writer.rs", either) && at("store/postgres/reads.rs", either));
+    assert!(!at("store/facade.rs", either) && !at("store/mod.rs", either) && !at("http/user.rs", either));
 }
 
 /// The scanner itself: it must see SQL and the driver where they are, and not in comments,
