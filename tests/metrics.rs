@@ -24,8 +24,10 @@ fn requests(route: &str, code: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_load_moves_every_operator_metric() {
+    // Holds SQLite's write lock itself (rusqlite): SQLite whatever the backend under test.
     let server =
-        Server::start_with(&["--rate-limit", "0", "--outbox-bytes", "16384", "--max-connections-per-user", "2"]).await;
+        Server::start_sqlite_with(&["--rate-limit", "0", "--outbox-bytes", "16384", "--max-connections-per-user", "2"])
+            .await;
     let (_, alice) = server.register("alice").await;
     let (_, bob) = server.register("bob").await;
     let (_, carol) = server.register("carol").await;

@@ -125,7 +125,8 @@ async fn sigterm_with_no_clients_exits_0() {
 
 #[tokio::test]
 async fn a_clean_stop_leaves_the_database_in_one_file() {
-    let mut server = Server::start().await;
+    // About SQLite's WAL file: SQLite whatever the backend under test.
+    let mut server = Server::start_sqlite_with(&[]).await;
     let (_, token) = server.register("alice").await;
     // Reads open the read-only connections, which must not be the last to close.
     let (status, _) = server.get("/message/conversations", Some(&token)).await;
