@@ -1,5 +1,7 @@
 //! `imd backup PATH`: an online copy of a database a running daemon is writing, which holds
 //! every message acked before the backup began.
+//! Copies SQLite files: every server here runs on SQLite
+//! whatever IMD_TEST_BACKEND says.
 
 mod common;
 
@@ -38,7 +40,7 @@ async fn all_history(server: &Server, token: &str, chat_id: &str) -> HashMap<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_messages_flow_has_every_message_acked_before_it() {
     // No rate limit: the sender writes as fast as the daemon acks.
-    let server = Server::start_with(&["--rate-limit", "0"]).await;
+    let server = Server::start_sqlite_with(&["--rate-limit", "0"]).await;
     let (alice, alice_token) = server.register("alice").await;
     let (bob, _) = server.register("bob").await;
     let (mut ws, _) = server.connect(&alice_token).await;

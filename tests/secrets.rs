@@ -50,7 +50,8 @@ async fn database_wal_shm_and_pid_file_are_private() {
 
 #[tokio::test]
 async fn an_existing_world_readable_database_is_made_private_at_start() {
-    let server = Server::start().await;
+    // About the SQLite file's mode: SQLite whatever the backend under test.
+    let server = Server::start_sqlite_with(&[]).await;
     server.register("alice").await;
     let db = server.db.clone();
     let mut server = server;

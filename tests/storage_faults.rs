@@ -3,6 +3,9 @@
 //! full filesystem. Whatever fails, every acked
 //! message is stored once, nothing answered with an error is stored, seqs have no gaps, and
 //! the daemon serves again once the cause is gone (BEHAVIOUR.md "Messages", "Running").
+//! Works on SQLite's files (triggers, locks, a full disk): every server here runs on SQLite
+//! whatever IMD_TEST_BACKEND says.
+
 mod common;
 
 use std::collections::HashMap;
@@ -75,7 +78,7 @@ async fn send_all(ws: &mut Ws, frames: &[Value]) -> HashMap<String, Value> {
 
 #[tokio::test]
 async fn a_failure_after_the_row_is_written_stores_nothing_and_the_writer_goes_on() {
-    let server = Server::start().await;
+    let server = Server::start_sqlite_with(&[]).await;
     let setup = shop_with_agents(&server, "tea", ["agent"]).await;
     let (agent, _) = setup.agents[0];
     let (customer, customer_token) = server.register("customer").await;
@@ -116,7 +119,7 @@ async fn a_failure_after_the_row_is_written_stores_nothing_and_the_writer_goes_o
 
 #[tokio::test]
 async fn messages_around_a_rolled_back_transaction_are_each_acked_or_refused_exactly() {
-    let server = Server::start().await;
+    let server = Server::start_sqlite_with(&[]).await;
     let (alice, alice_token) = server.register("alice").await;
     let (bob, _) = server.register("bob").await;
     let chat = single_chat_id(alice, bob);
@@ -159,7 +162,7 @@ async fn messages_around_a_rolled_back_transaction_are_each_acked_or_refused_exa
 
 #[tokio::test]
 async fn a_locked_database_is_answered_503_over_websocket_and_http() {
-    let server = Server::start().await;
+    let server = Server::start_sqlite_with(&[]).await;
     let (alice, alice_token) = server.register("alice").await;
     let (bob, _) = server.register("bob").await;
     let chat = single_chat_id(alice, bob);

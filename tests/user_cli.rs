@@ -1,5 +1,7 @@
 //! `imd user list|add|passwd|role` on the database directly, also while a daemon runs; they
 //! refuse a missing database and one of another schema version.
+//! Opens SQLite files (the CLI): every server here runs on SQLite
+//! whatever IMD_TEST_BACKEND says.
 
 mod common;
 
@@ -38,7 +40,7 @@ fn path(p: &Path) -> &str {
 
 #[tokio::test]
 async fn add_creates_an_account_a_running_daemon_logs_in_and_list_shows_it() {
-    let server = Server::start().await;
+    let server = Server::start_sqlite_with(&[]).await;
     server.register("alice").await;
     let db = path(&server.db);
     let out = run_with_stdin(&["user", "add", "carol", "--db", db, "--bcrypt-cost", "4"], "carol-pw-1\n").await;
@@ -61,7 +63,7 @@ async fn add_creates_an_account_a_running_daemon_logs_in_and_list_shows_it() {
 
 #[tokio::test]
 async fn add_refuses_what_register_refuses() {
-    let server = Server::start().await;
+    let server = Server::start_sqlite_with(&[]).await;
     server.register("alice").await;
     let db = path(&server.db);
     for (name, password, why) in [
@@ -86,7 +88,7 @@ async fn add_refuses_what_register_refuses() {
 
 #[tokio::test]
 async fn passwd_sets_a_new_password_and_ends_the_old_tokens() {
-    let server = Server::start().await;
+    let server = Server::start_sqlite_with(&[]).await;
     let (_, token) = server.register("bob").await;
     let db = path(&server.db);
     let out = run_with_stdin(&["user", "passwd", "bob", "--db", db, "--bcrypt-cost", "4"], "new-secret\r\n").await;
@@ -131,7 +133,7 @@ async fn a_missing_database_is_not_created() {
 /// unmigrated. Nothing is written to it.
 #[tokio::test]
 async fn a_database_of_another_schema_is_not_written() {
-    let mut server = Server::start().await;
+    let mut server = Server::start_sqlite_with(&[]).await;
     server.register("alice").await;
     server.terminate().await;
     let db = server.db.clone();

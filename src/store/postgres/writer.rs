@@ -27,7 +27,7 @@ const ATTEMPTS: usize = 3;
 /// How long the writer idles before it checks that the database answers (`probe`).
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long a probe may wait for the database (messages queued meanwhile wait as long).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Claims msg_ids; returns the ones this transaction claimed (the rest were sent before).
 const CLAIM_SQL: &str = "INSERT INTO client_ids (from_uid, msg_id)
