@@ -1,0 +1,61 @@
+//! Cluster mode's bus (issue 13): NATS carries committed messages, cache invalidations and
+//! presence between the imd nodes that share one PostgreSQL.
+//!
+//! - `bus`: the connection, its subjects (`<prefix>.msg`, `<prefix>.inval`,
+//!   `<prefix>.presence`), bounded non-blocking publishing and the receiving tasks.
+//! - `wire`: committed messages as they travel, one NATS message per committed batch.
+//! - `reorder` and `sequencer`: one order per conversation on this node, whichever node
+//!   committed; gaps are held briefly, then fetched from the store.
+//! - `catchup`: the periodic poll of the store that repairs what NATS lost.
+//! - `invalidation`: "reload this" notices for the directory's caches.
+//! - `presence`: which users are online on any node.
+//!
+//! Without `--nats` none of this runs: a single node needs no bus.
+
+pub mod bus;
+pub mod catchup;
+pub mod invalidation;
+pub mod presence;
+pub mod reorder;
+pub mod sequencer;
+pub mod wire;
+
+pub use bus::{Cluster, ClusterError, ClusterState, ClusterStats, Hooks};
+pub use catchup::{CatchUp, CatchUpSettings, ClusterStore};
+pub use invalidation::Invalidation;
+pub use presence::{LocalPresence, Presence};
+pub use reorder::{Gap, Limits, Reorderer};
+pub use sequencer::Sequencer;
+
+use crate::config::Config;
+
+/// What a node needs to join the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `nats://HOST:PORT`.
+    pub nats_url: String,
+    /// First token(s) of every subject; the nodes of one cluster share it, and tests use a
+    /// unique one so that runs never see each other.
+    pub prefix: String,
+    /// This node's name, carried in everything it publishes so that it can skip its own.
+    pub node_id: String,
+}
+
+impl ClusterSettings {
+    /// The settings `--nats`, `--node-id` and `--cluster-prefix` give, or None without
+    /// `--nats` (a single node). A missing node id is made up (see `random_node_id`).
+    pub fn from_config(config: &Config) -> Option<ClusterSettings> {
+        let nats_url = config.nats.as_deref().filter(|url| !url.is_empty())?;
+        Some(ClusterSettings {
+            nats_url: nats_url.to_string(),
+            prefix: config.cluster_prefix.clone(),
+            node_id: config.node_id.clone().unwrap_or_else(random_node_id),
+        })
+    }
+}
+
+/// A node id for a node started without `--node-id`: unique enough among a cluster's nodes
+/// (64 random bits), and logged at start so that an operator can match /health to a node.
+pub fn random_node_id() -> String {
+    format!("node-{:016x}", rand::random::<u64>())
+}
