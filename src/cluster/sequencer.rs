@@ -59,7 +59,8 @@ impl Sequencer {
     }
 
     /// The order's lock. A panic while it was held (in `deliver`) leaves the reorderer
-    /// consistent, as each of its calls finishes before `deliver` runs.
+    /// consistent, as each of its calls finishes before `deliver` runs; that call's messages
+    /// count as delivered, so they are not fetched again.
     fn lock(&self) -> MutexGuard<'_, Reorderer> {
         self.order.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
