@@ -278,8 +278,11 @@ impl ClusterStore for FakeStore {
     }
 }
 
+/// What a node delivered, in order: (conversation, seq).
+type Delivered = Arc<Mutex<Vec<(String, i64)>>>;
+
 /// Node b's delivery: the sequencer fed by the bus, with the catch-up on the store.
-fn delivery(store: &Arc<FakeStore>) -> (Arc<Sequencer>, Arc<Mutex<Vec<(String, i64)>>>, CatchUp) {
+fn delivery(store: &Arc<FakeStore>) -> (Arc<Sequencer>, Delivered, CatchUp) {
     let delivered = Arc::new(Mutex::new(Vec::new()));
     let sink = delivered.clone();
     let sequencer = Sequencer::new(

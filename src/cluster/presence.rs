@@ -126,10 +126,10 @@ impl PresenceTable {
                 let Some((_, expected, received, set)) = node.pending.as_mut() else { return };
                 set.extend(users);
                 *received += 1;
-                if *received >= *expected {
-                    if let Some((_, _, _, set)) = node.pending.take() {
-                        node.users = set;
-                    }
+                if *received >= *expected
+                    && let Some((_, _, _, set)) = node.pending.take()
+                {
+                    node.users = set;
                 }
             }
         }
