@@ -218,6 +218,7 @@ async fn nats_restarted_on_its_port_the_nodes_reconnect_by_themselves() {
     let (a, b) = (node(&nats, &prefix, "a").await, node(&nats, &prefix, "b").await);
     a.cluster.publish_batch(&[message("g", 1)]);
     wait_for("before the outage", WAIT, || b.seen.seqs().len() == 1).await;
+    assert_eq!(a.cluster.stats().reconnects, 0, "the first connection is no reconnection");
     nats.stop();
     wait_for("a sees the outage", WAIT, || a.cluster.state() == ClusterState::Reconnecting).await;
     // Publishing while NATS is away never makes the caller wait.

@@ -28,6 +28,8 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 const SUBSCRIPTION_DEPTH: usize = 8192;
 /// Commands the client buffers, notably while it reconnects.
 const CLIENT_DEPTH: usize = 2048;
+/// How long `connect` waits for the server to confirm the subscriptions.
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 
 /// What the node does with what other nodes publish. Each is called on a receiving task and
 /// must only queue or update memory, never wait.
@@ -126,6 +128,9 @@ impl Cluster {
         let ClusterSettings { nats_url, prefix, node_id } = settings;
         let counters = Arc::new(Counters::default());
         let events = counters.clone();
+        // Set when the connection is lost: the next `Connected` is a reconnection (the first
+        // one, at start, is not).
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let events_node = node_id.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("imd {node_id}"))
@@ -138,14 +143,18 @@ impl Cluster {
             // Back soon after NATS returns: at most a second between attempts.
             .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
             .event_callback(move |event| {
-                let (counters, node) = (events.clone(), events_node.clone());
+                let (counters, node, lost) = (events.clone(), events_node.clone(), lost.clone());
                 async move {
                     match event {
-                        async_nats::Event::Connected => {
+                        async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
                             counters.reconnects.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(%node, "NATS connection back");
                         }
-                        async_nats::Event::Disconnected => tracing::warn!(%node, "NATS connection lost; reconnecting"),
+                        async_nats::Event::Connected => {}
+                        async_nats::Event::Disconnected => {
+                            lost.store(true, Ordering::Relaxed);
+                            tracing::warn!(%node, "NATS connection lost; reconnecting");
+                        }
                         other => tracing::info!(%node, "NATS: {other}"),
                     }
                 }
@@ -163,12 +172,7 @@ impl Cluster {
         let batches = subscribe(&client, &subjects.msg).await?;
         let invalidations = subscribe(&client, &subjects.inval).await?;
         let notices = subscribe(&client, &subjects.presence).await?;
-        // The server has the subscriptions once it answered a flush: from here on nothing
-        // published to them is missed.
-        client
-            .flush()
-            .await
-            .map_err(|e| ClusterError::Subscribe { subject: format!("{prefix}.*"), reason: e.to_string() })?;
+        confirm_subscriptions(&client, &prefix).await?;
         let (outbound, queue) = mpsc::channel(OUTBOUND_DEPTH);
         let mut cluster = Cluster { client, node_id, subjects, outbound, counters, presence, tasks: Vec::new() };
         cluster.tasks = vec![
@@ -276,6 +280,22 @@ async fn subscribe(client: &Client, subject: &Subject) -> Result<Subscriber, Clu
         .subscribe(subject.clone())
         .await
         .map_err(|e| ClusterError::Subscribe { subject: subject.to_string(), reason: e.to_string() })
+}
+
+/// Waits until the server has the subscriptions, so that nothing published after `connect`
+/// returns is missed. Flushing only writes them out, and the server reads each connection
+/// apart: another node's publish could still overtake them. A request sent after them is
+/// handled after them, so its answer ("no responders": nobody listens on its subject)
+/// proves they are in place.
+async fn confirm_subscriptions(client: &Client, prefix: &str) -> Result<(), ClusterError> {
+    let subject = format!("{prefix}.confirm");
+    let failed = |reason: String| ClusterError::Subscribe { subject: format!("{prefix}.*"), reason };
+    match tokio::time::timeout(CONFIRM_WAIT, client.request(subject, Bytes::new())).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) => Err(failed(format!("the server did not confirm them: {e}"))),
+        Err(_) => Err(failed(format!("the server did not confirm them within {CONFIRM_WAIT:?}"))),
+    }
 }
 
 fn enqueue(outbound: &mpsc::Sender<(Subject, Bytes)>, subject: &Subject, counters: &Counters, payload: Vec<u8>) {
