@@ -11,6 +11,20 @@
 //! - `presence`: which users are online on any node.
 //!
 //! Without `--nats` none of this runs: a single node needs no bus.
+//!
+//! Wiring, for a node started with `--nats` (`ClusterSettings::from_config`):
+//! - one `Sequencer` whose `deliver` queues to the connections (what `fanout` does for a
+//!   committed message today, minus the ack); `Hooks::on_batch` offers remote batches to it;
+//! - after a local batch commits: its new (not duplicate) messages are offered to the same
+//!   sequencer, then `Cluster::publish_batch`; acks go out at once as now, whatever the
+//!   sequencer holds back;
+//! - `CatchUp::spawn` with the store's `ClusterStore` reads and that sequencer;
+//! - the registry's 0->1 and 1->0 per user call `user_online` / `user_offline`, and
+//!   `Presence::is_online` answers "online" for rooms, shops and routing;
+//! - `Hooks::on_invalidation` reloads the directory's entry; a node that changes shared
+//!   state calls `publish_invalidation` after the change commits;
+//! - /health and /metrics: `node_id`, `state`, `Presence::online_nodes`, `ClusterStats`,
+//!   `Sequencer::held` and its `ReorderStats`.
 
 pub mod bus;
 pub mod catchup;
@@ -24,8 +38,8 @@ pub use bus::{Cluster, ClusterError, ClusterState, ClusterStats, Hooks};
 pub use catchup::{CatchUp, CatchUpSettings, ClusterStore};
 pub use invalidation::Invalidation;
 pub use presence::{LocalPresence, Presence};
-pub use reorder::{Gap, Limits, Reorderer};
-pub use sequencer::Sequencer;
+pub use reorder::{Gap, Limits, ReorderStats, Reorderer};
+pub use sequencer::{Deliver, Sequencer};
 
 use crate::config::Config;
 
