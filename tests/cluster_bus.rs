@@ -163,6 +163,19 @@ async fn a_batch_published_by_one_node_reaches_the_other_and_not_itself() {
 }
 
 #[tokio::test]
+async fn a_node_that_closes_publishes_what_it_queued_first() {
+    let nats = Nats::start();
+    let prefix = prefix();
+    let (a, b) = (node(&nats, &prefix, "a").await, node(&nats, &prefix, "b").await);
+    for seq in 1..=1000 {
+        a.cluster.publish_batch(&[message("g", seq)]);
+    }
+    a.cluster.close(WAIT).await;
+    wait_for("all 1000 on b", WAIT, || b.seen.seqs().len() == 1000).await;
+    assert_eq!(b.seen.seqs(), expected("g", 1..=1000), "in order, once each");
+}
+
+#[tokio::test]
 async fn invalidations_reach_the_other_node() {
     let nats = Nats::start();
     let prefix = prefix();

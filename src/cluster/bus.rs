@@ -28,7 +28,7 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 const SUBSCRIPTION_DEPTH: usize = 8192;
 /// Commands the client buffers, notably while it reconnects.
 const CLIENT_DEPTH: usize = 2048;
-/// How long `connect` waits for the server to confirm the subscriptions.
+/// How long a round trip through the server may take (`connect`, `close`).
 const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 
 /// What the node does with what other nodes publish. Each is called on a receiving task and
@@ -100,6 +100,8 @@ struct Subjects {
     msg: Subject,
     inval: Subject,
     presence: Subject,
+    /// Nobody subscribes to it: requests to it make round trips through the server.
+    confirm: Subject,
 }
 
 /// This node on the bus; its tasks stop when it is dropped (and so does its heartbeat, so
@@ -111,12 +113,15 @@ pub struct Cluster {
     outbound: mpsc::Sender<(Subject, Bytes)>,
     counters: Arc<Counters>,
     presence: Arc<Presence>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Hands the queued payloads to the client.
+    publisher: Option<JoinHandle<()>>,
+    heartbeat: Option<JoinHandle<()>>,
+    receivers: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.tasks.iter().for_each(JoinHandle::abort);
+        self.publisher.iter().chain(&self.heartbeat).chain(&self.receivers).for_each(JoinHandle::abort);
     }
 }
 
@@ -162,21 +167,38 @@ impl Cluster {
             .connect(nats_url.as_str())
             .await
             .map_err(|e| ClusterError::Connect { url: nats_url.clone(), reason: e.to_string() })?;
+        let node_id: Arc<str> = Arc::from(node_id);
+        let presence = Arc::new(Presence::new(&node_id, hooks.local.clone()));
         let subjects = Arc::new(Subjects {
             msg: Subject::from(format!("{prefix}.msg")),
             inval: Subject::from(format!("{prefix}.inval")),
             presence: Subject::from(format!("{prefix}.presence")),
+            confirm: Subject::from(format!("{prefix}.confirm")),
         });
-        let node_id: Arc<str> = Arc::from(node_id);
-        let presence = Arc::new(Presence::new(&node_id, hooks.local.clone()));
         let batches = subscribe(&client, &subjects.msg).await?;
         let invalidations = subscribe(&client, &subjects.inval).await?;
         let notices = subscribe(&client, &subjects.presence).await?;
-        confirm_subscriptions(&client, &prefix).await?;
+        // Flushing only writes the subscriptions out, and the server reads each connection
+        // apart: another node's publish could still overtake them. Once the server answered a
+        // round trip sent after them, they are in place and nothing published is missed.
+        round_trip(&client, &subjects.confirm)
+            .await
+            .map_err(|reason| ClusterError::Subscribe { subject: format!("{prefix}.*"), reason })?;
         let (outbound, queue) = mpsc::channel(OUTBOUND_DEPTH);
-        let mut cluster = Cluster { client, node_id, subjects, outbound, counters, presence, tasks: Vec::new() };
-        cluster.tasks = vec![
-            tokio::spawn(publish_loop(cluster.client.clone(), queue, cluster.counters.clone())),
+        let mut cluster = Cluster {
+            client,
+            node_id,
+            subjects,
+            outbound,
+            counters,
+            presence,
+            publisher: None,
+            heartbeat: None,
+            receivers: Vec::new(),
+        };
+        cluster.publisher = Some(tokio::spawn(publish_loop(cluster.client.clone(), queue, cluster.counters.clone())));
+        cluster.heartbeat = Some(tokio::spawn(heartbeat_loop(cluster.heartbeat_handle())));
+        cluster.receivers = vec![
             tokio::spawn(receive_batches(batches, cluster.node_id.clone(), cluster.counters.clone(), hooks.on_batch)),
             tokio::spawn(receive_invalidations(
                 invalidations,
@@ -190,10 +212,37 @@ impl Cluster {
                 cluster.counters.clone(),
                 cluster.presence.clone(),
             )),
-            tokio::spawn(heartbeat_loop(cluster.heartbeat_handle())),
         ];
         tracing::info!(node = %cluster.node_id, nats = %nats_url, %prefix, "joined the cluster bus");
         Ok(cluster)
+    }
+
+    /// Leaves the bus for a graceful stop: the heartbeat stops, and what is queued is handed
+    /// to NATS and flushed, waiting at most `limit` (what is left then is dropped; the other
+    /// nodes' catch-up finds it in the store). Dropping a `Cluster` leaves at once instead.
+    pub async fn close(mut self, limit: Duration) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.abort();
+            // Its end of the queue is dropped with it.
+            let _ = heartbeat.await;
+        }
+        // With the last sender gone the publisher ends once the queue is empty.
+        self.outbound = mpsc::channel(1).0;
+        let drained = async {
+            // Borrowed, not taken: past the limit, the drop aborts it.
+            if let Some(publisher) = self.publisher.as_mut() {
+                let _ = publisher.await;
+            }
+            // A flush is not enough: closing the socket with unread input resets it, and the
+            // server may lose what it had not read yet. Once it answered a round trip sent
+            // after the publishes, it has handled them.
+            if let Err(e) = round_trip(&self.client, &self.subjects.confirm).await {
+                tracing::warn!(node = %self.node_id, "leaving the cluster bus: {e}");
+            }
+        };
+        if tokio::time::timeout(limit, drained).await.is_err() {
+            tracing::warn!(node = %self.node_id, "left the cluster bus with publishes still queued");
+        }
     }
 
     pub fn node_id(&self) -> &str {
@@ -282,19 +331,15 @@ async fn subscribe(client: &Client, subject: &Subject) -> Result<Subscriber, Clu
         .map_err(|e| ClusterError::Subscribe { subject: subject.to_string(), reason: e.to_string() })
 }
 
-/// Waits until the server has the subscriptions, so that nothing published after `connect`
-/// returns is missed. Flushing only writes them out, and the server reads each connection
-/// apart: another node's publish could still overtake them. A request sent after them is
-/// handled after them, so its answer ("no responders": nobody listens on its subject)
-/// proves they are in place.
-async fn confirm_subscriptions(client: &Client, prefix: &str) -> Result<(), ClusterError> {
-    let subject = format!("{prefix}.confirm");
-    let failed = |reason: String| ClusterError::Subscribe { subject: format!("{prefix}.*"), reason };
-    match tokio::time::timeout(CONFIRM_WAIT, client.request(subject, Bytes::new())).await {
+/// Waits until the server has handled everything this connection sent before: the server
+/// handles one connection's operations in order, so its answer to a request sent after them
+/// ("no responders": nobody listens on `subject`) comes after them.
+async fn round_trip(client: &Client, subject: &Subject) -> Result<(), String> {
+    match tokio::time::timeout(CONFIRM_WAIT, client.request(subject.clone(), Bytes::new())).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-        Ok(Err(e)) => Err(failed(format!("the server did not confirm them: {e}"))),
-        Err(_) => Err(failed(format!("the server did not confirm them within {CONFIRM_WAIT:?}"))),
+        Ok(Err(e)) => Err(format!("no round trip through the server: {e}")),
+        Err(_) => Err(format!("no round trip through the server within {CONFIRM_WAIT:?}")),
     }
 }
 
