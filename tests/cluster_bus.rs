@@ -1,7 +1,8 @@
 //! The cluster bus (issue 13) on a real NATS: each test starts its own `nats-server` on a free
 //! loopback port and connects two `Cluster`s with a unique subject prefix. No daemon: the bus
 //! is a library part, so the tests drive it directly. The store behind the catch-up is a fake
-//! of the shared PostgreSQL (an external store), kept in memory here.
+//! of the shared PostgreSQL (an external store), kept in memory here. Without `nats-server`
+//! on PATH each test says so loudly and skips.
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -27,11 +28,16 @@ struct Nats {
 }
 
 impl Nats {
-    fn start() -> Nats {
+    /// A server of the test's own, or None (said loudly) where `nats-server` is not installed.
+    fn start() -> Option<Nats> {
+        if Command::new("nats-server").arg("--version").stdout(Stdio::null()).status().is_err() {
+            eprintln!("\n!!! SKIPPED a cluster bus test: `nats-server` is not on PATH (Debian: nats-server) !!!\n");
+            return None;
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let mut nats = Nats { child: None, port };
         nats.spawn();
-        nats
+        Some(nats)
     }
 
     fn url(&self) -> String {
@@ -138,7 +144,7 @@ fn message(chat_id: &str, seq: i64) -> StoredMessage {
 
 #[tokio::test]
 async fn a_batch_published_by_one_node_reaches_the_other_and_not_itself() {
-    let nats = Nats::start();
+    let Some(nats) = Nats::start() else { return };
     let prefix = prefix();
     let (a, b) = (node(&nats, &prefix, "a").await, node(&nats, &prefix, "b").await);
     assert_eq!((a.cluster.state(), a.cluster.node_id()), (ClusterState::Connected, "a"));
@@ -164,7 +170,7 @@ async fn a_batch_published_by_one_node_reaches_the_other_and_not_itself() {
 
 #[tokio::test]
 async fn a_node_that_closes_publishes_what_it_queued_first() {
-    let nats = Nats::start();
+    let Some(nats) = Nats::start() else { return };
     let prefix = prefix();
     let (a, b) = (node(&nats, &prefix, "a").await, node(&nats, &prefix, "b").await);
     for seq in 1..=1000 {
@@ -177,7 +183,7 @@ async fn a_node_that_closes_publishes_what_it_queued_first() {
 
 #[tokio::test]
 async fn invalidations_reach_the_other_node() {
-    let nats = Nats::start();
+    let Some(nats) = Nats::start() else { return };
     let prefix = prefix();
     let (a, b) = (node(&nats, &prefix, "a").await, node(&nats, &prefix, "b").await);
     let sent = [
@@ -195,7 +201,7 @@ async fn invalidations_reach_the_other_node() {
 
 #[tokio::test]
 async fn presence_spreads_by_deltas_and_heartbeats_and_a_silent_node_expires() {
-    let nats = Nats::start();
+    let Some(nats) = Nats::start() else { return };
     let prefix = prefix();
     let (a, b) = (node(&nats, &prefix, "a").await, node(&nats, &prefix, "b").await);
     let presence = b.cluster.presence().clone();
@@ -226,7 +232,7 @@ async fn presence_spreads_by_deltas_and_heartbeats_and_a_silent_node_expires() {
 
 #[tokio::test]
 async fn nats_restarted_on_its_port_the_nodes_reconnect_by_themselves() {
-    let mut nats = Nats::start();
+    let Some(mut nats) = Nats::start() else { return };
     let prefix = prefix();
     let (a, b) = (node(&nats, &prefix, "a").await, node(&nats, &prefix, "b").await);
     a.cluster.publish_batch(&[message("g", 1)]);
@@ -319,7 +325,7 @@ fn expected(chat: &str, seqs: std::ops::RangeInclusive<i64>) -> Vec<(String, i64
 /// periodic catch-up.
 #[tokio::test]
 async fn what_nats_lost_is_fetched_from_the_store_in_order() {
-    let nats = Nats::start();
+    let Some(nats) = Nats::start() else { return };
     let prefix = prefix();
     let store = Arc::new(FakeStore::default());
     let (sequencer, delivered, _catchup) = delivery(&store);
