@@ -369,5 +369,6 @@ async fn what_nats_lost_is_fetched_from_the_store_in_order() {
     let got = delivered.lock().unwrap().clone();
     assert_eq!(got.iter().filter(|(c, _)| c == "g").cloned().collect::<Vec<_>>(), expected("g", 1..=6));
     assert_eq!(sequencer.held(), 0);
+    assert_eq!(sequencer.lag(), Duration::ZERO, "caught up");
     drop(b);
 }

@@ -24,7 +24,7 @@
 //! - `Hooks::on_invalidation` reloads the directory's entry; a node that changes shared
 //!   state calls `publish_invalidation` after the change commits;
 //! - /health and /metrics: `node_id`, `state`, `Presence::online_nodes`, `ClusterStats`,
-//!   `Sequencer::held` and its `ReorderStats`.
+//!   `Sequencer::lag`, `Sequencer::held` and its `ReorderStats`.
 
 pub mod bus;
 pub mod catchup;
@@ -72,4 +72,36 @@ impl ClusterSettings {
 /// (64 random bits), and logged at start so that an operator can match /health to a node.
 pub fn random_node_id() -> String {
     format!("node-{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn settings(args: &[&str]) -> Option<ClusterSettings> {
+        let cli = Cli::try_parse_from(std::iter::once("imd").chain(args.iter().copied())).unwrap();
+        ClusterSettings::from_config(&cli.config)
+    }
+
+    #[test]
+    fn only_nats_makes_a_cluster_node() {
+        assert_eq!(settings(&[]), None, "a single node");
+        assert_eq!(settings(&["--nats", ""]), None, "an empty IMD_NATS= is none");
+        let named = settings(&["--nats", "nats://127.0.0.1:4222", "--node-id", "n1", "--cluster-prefix", "p.q"]);
+        let expected =
+            ClusterSettings { nats_url: "nats://127.0.0.1:4222".into(), prefix: "p.q".into(), node_id: "n1".into() };
+        assert_eq!(named, Some(expected));
+        let first = settings(&["--nats", "nats://h:4222"]).unwrap();
+        let second = settings(&["--nats", "nats://h:4222"]).unwrap();
+        assert_eq!(first.prefix, "imd");
+        assert!(first.node_id.starts_with("node-") && first.node_id != second.node_id, "random: {first:?}");
+    }
 }

@@ -65,6 +65,8 @@ struct Conversation {
     waiting_since: Option<Instant>,
     /// A message was dropped for want of room: report the gap without waiting.
     urgent: bool,
+    /// Since when this node has been behind in this conversation (for the lag).
+    behind_since: Option<Instant>,
     /// Use counter, for the least-recently-used eviction.
     used: u64,
 }
@@ -113,6 +115,7 @@ impl Reorderer {
                 held: BTreeMap::new(),
                 waiting_since: None,
                 urgent: false,
+                behind_since: None,
                 used: clock,
             };
             self.conversations.insert(message.chat_id.clone(), fresh);
@@ -134,6 +137,7 @@ impl Reorderer {
                 self.stats.overflowed += 1;
             }
             conv.waiting_since.get_or_insert(now);
+            conv.behind_since.get_or_insert(now);
             return Vec::new();
         }
         let mut out = vec![message];
@@ -147,6 +151,7 @@ impl Reorderer {
         conv.waiting_since = if conv.behind() { Some(now) } else { None };
         if !conv.behind() {
             conv.urgent = false;
+            conv.behind_since = None;
         }
         self.stats.delivered += out.len() as u64;
         out
@@ -160,6 +165,7 @@ impl Reorderer {
         if up_to_seq > conv.known {
             conv.known = up_to_seq;
             conv.waiting_since.get_or_insert(now);
+            conv.behind_since.get_or_insert(now);
         }
         true
     }
@@ -194,6 +200,13 @@ impl Reorderer {
     /// The last seq delivered of `chat_id`, if it is tracked.
     pub fn delivered(&self, chat_id: &str) -> Option<i64> {
         self.conversations.get(chat_id).map(|conv| conv.last)
+    }
+
+    /// How long the conversation furthest behind has been behind (zero when none is): the
+    /// node's delivery lag, for /health and /metrics. One pass over the conversations.
+    pub fn lag(&self, now: Instant) -> Duration {
+        let oldest = self.conversations.values().filter_map(|conv| conv.behind_since).min();
+        oldest.map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
     /// Messages held behind gaps, in all.
@@ -285,8 +298,10 @@ mod tests {
         assert_eq!(gaps.len(), 1);
         assert!(!order.due_gaps(later + Duration::from_millis(151)).is_empty(), "reported again if not filled");
         assert_eq!(seqs(&order.offer(message("g", 2), later)), [2]);
+        assert_eq!(order.lag(later), Duration::from_millis(151), "behind since 4 came");
         assert_eq!(seqs(&order.offer(message("g", 3), later)), [3, 4], "the held one follows its gap");
         assert_eq!(order.held(), 0);
+        assert_eq!(order.lag(later), Duration::ZERO, "caught up");
         assert!(order.due_gaps(later + Duration::from_secs(1)).is_empty());
     }
 

@@ -49,6 +49,11 @@ impl Sequencer {
         self.lock().delivered(chat_id)
     }
 
+    /// See `Reorderer::lag`.
+    pub fn lag(&self) -> std::time::Duration {
+        self.lock().lag(Instant::now())
+    }
+
     /// Messages waiting behind gaps (for /metrics).
     pub fn held(&self) -> usize {
         self.lock().held()
