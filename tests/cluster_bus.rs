@@ -268,6 +268,10 @@ async fn nats_restarted_on_its_port_the_nodes_reconnect_by_themselves() {
 #[derive(Default)]
 struct FakeStore {
     messages: Mutex<BTreeMap<(String, i64), StoredMessage>>,
+    /// While set, every read fails as an unreachable database would.
+    down: std::sync::atomic::AtomicBool,
+    /// Reads refused while down.
+    refused: AtomicU64,
 }
 
 impl FakeStore {
@@ -275,11 +279,20 @@ impl FakeStore {
         self.messages.lock().unwrap().insert((message.chat_id.to_string(), message.seq), message.clone());
         message
     }
+
+    fn check(&self) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(imd::store::StoreError::Unavailable("connection refused".into()));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]
 impl ClusterStore for FakeStore {
     async fn messages_between(&self, chat_id: &str, after_seq: i64, up_to_seq: i64) -> StoreResult<Vec<StoredMessage>> {
+        self.check()?;
         let messages = self.messages.lock().unwrap();
         Ok(messages
             .range((chat_id.to_string(), after_seq + 1)..=(chat_id.to_string(), up_to_seq))
@@ -288,6 +301,7 @@ impl ClusterStore for FakeStore {
     }
 
     async fn conversations_changed_since(&self, ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        self.check()?;
         let mut last: BTreeMap<String, i64> = BTreeMap::new();
         for ((chat, seq), m) in self.messages.lock().unwrap().iter() {
             if m.ts >= ms {
@@ -371,4 +385,41 @@ async fn what_nats_lost_is_fetched_from_the_store_in_order() {
     assert_eq!(sequencer.held(), 0);
     assert_eq!(sequencer.lag(), Duration::ZERO, "caught up");
     drop(b);
+}
+
+/// The store away for a while: the catch-up keeps trying, and once the store is back it
+/// delivers what was committed meanwhile, also in a conversation this node never saw (its
+/// window was kept although several polls failed).
+#[tokio::test]
+async fn the_catch_up_outlasts_a_store_outage() {
+    let store = Arc::new(FakeStore::default());
+    let delivered: Delivered = Arc::default();
+    let sink = delivered.clone();
+    let sequencer = Sequencer::new(
+        Limits::default(),
+        Arc::new(move |messages: Vec<StoredMessage>| {
+            sink.lock().unwrap().extend(messages.iter().map(|m| (m.chat_id.to_string(), m.seq)))
+        }),
+    );
+    let settings = CatchUpSettings {
+        poll: Duration::from_millis(100),
+        margin: Duration::from_millis(50),
+        ..CatchUpSettings::default()
+    };
+    let _catchup = CatchUp::spawn(store.clone(), sequencer.clone(), settings);
+    sequencer.offer([store.commit(message("g", 1))]);
+    store.down.store(true, Ordering::SeqCst);
+    store.commit(message("g", 2));
+    store.commit(message("h", 1));
+    // Ten failed polls: a second, far past poll + margin, so a poll that moved its window on
+    // failure would no longer look at h.
+    wait_for("ten refused reads", WAIT, || store.refused.load(Ordering::SeqCst) >= 10).await;
+    assert_eq!(*delivered.lock().unwrap(), expected("g", 1..=1), "nothing while the store is away");
+    store.down.store(false, Ordering::SeqCst);
+    wait_for("g 2 and h 1 once it is back", WAIT, || delivered.lock().unwrap().len() == 3).await;
+    // One order per conversation; none between them.
+    let got = delivered.lock().unwrap().clone();
+    let of = |chat: &str| got.iter().filter(|(c, _)| c == chat).cloned().collect::<Vec<_>>();
+    assert_eq!(of("g"), expected("g", 1..=2));
+    assert_eq!(of("h"), expected("h", 1..=1));
 }
