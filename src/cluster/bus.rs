@@ -217,9 +217,10 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Leaves the bus for a graceful stop: the heartbeat stops, and what is queued is handed
-    /// to NATS and flushed, waiting at most `limit` (what is left then is dropped; the other
-    /// nodes' catch-up finds it in the store). Dropping a `Cluster` leaves at once instead.
+    /// Leaves the bus for a graceful stop: the heartbeat stops, and what is queued is
+    /// published and handled by the server, waiting at most `limit` (what is left then is
+    /// dropped; the other nodes' catch-up finds it in the store). Dropping a `Cluster` leaves
+    /// at once instead.
     pub async fn close(mut self, limit: Duration) {
         if let Some(heartbeat) = self.heartbeat.take() {
             heartbeat.abort();
@@ -249,6 +250,7 @@ impl Cluster {
         &self.node_id
     }
 
+    /// Whether the connection is up now (the client reconnects by itself when it is not).
     pub fn state(&self) -> ClusterState {
         match self.client.connection_state() {
             async_nats::connection::State::Connected => ClusterState::Connected,
@@ -256,6 +258,7 @@ impl Cluster {
         }
     }
 
+    /// Who is online on this node or any live one.
     pub fn presence(&self) -> &Arc<Presence> {
         &self.presence
     }
