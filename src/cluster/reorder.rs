@@ -2,7 +2,7 @@
 //! N+2 (committed here) may come before N+1 (committed elsewhere). Pure: no I/O, no clock of
 //! its own; `sequencer` drives it and `catchup` fetches the gaps it reports.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,9 @@ impl Conversation {
 pub struct Reorderer {
     limits: Limits,
     conversations: HashMap<Arc<str>, Conversation>,
+    /// The conversations behind (those with `behind_since`): what `due_gaps` and `lag` look
+    /// at, so that they need not pass over every conversation.
+    behind: HashSet<Arc<str>>,
     held: usize,
     clock: u64,
     stats: ReorderStats,
@@ -97,7 +100,14 @@ impl Reorderer {
             max_fetch: limits.max_fetch.max(1),
             ..limits
         };
-        Reorderer { limits, conversations: HashMap::new(), held: 0, clock: 0, stats: ReorderStats::default() }
+        Reorderer {
+            limits,
+            conversations: HashMap::new(),
+            behind: HashSet::new(),
+            held: 0,
+            clock: 0,
+            stats: ReorderStats::default(),
+        }
     }
 
     /// Takes one committed message (local or remote, in any order) and returns those now
@@ -129,6 +139,10 @@ impl Reorderer {
         }
         conv.known = conv.known.max(seq);
         if seq > conv.last + 1 {
+            if conv.behind_since.is_none() {
+                conv.behind_since = Some(now);
+                self.behind.insert(message.chat_id.clone());
+            }
             if conv.held.len() < self.limits.max_held_per_conversation && self.held < self.limits.max_held {
                 conv.held.insert(seq, message);
                 self.held += 1;
@@ -137,7 +151,6 @@ impl Reorderer {
                 self.stats.overflowed += 1;
             }
             conv.waiting_since.get_or_insert(now);
-            conv.behind_since.get_or_insert(now);
             return Vec::new();
         }
         let mut out = vec![message];
@@ -151,7 +164,9 @@ impl Reorderer {
         conv.waiting_since = if conv.behind() { Some(now) } else { None };
         if !conv.behind() {
             conv.urgent = false;
-            conv.behind_since = None;
+            if conv.behind_since.take().is_some() {
+                self.behind.remove(&out[0].chat_id);
+            }
         }
         self.stats.delivered += out.len() as u64;
         out
@@ -165,7 +180,10 @@ impl Reorderer {
         if up_to_seq > conv.known {
             conv.known = up_to_seq;
             conv.waiting_since.get_or_insert(now);
-            conv.behind_since.get_or_insert(now);
+            if conv.behind_since.is_none() {
+                conv.behind_since = Some(now);
+                self.behind.insert(Arc::from(chat_id));
+            }
         }
         true
     }
@@ -176,7 +194,8 @@ impl Reorderer {
     pub fn due_gaps(&mut self, now: Instant) -> Vec<Gap> {
         let (hold, max_fetch) = (self.limits.hold, self.limits.max_fetch);
         let mut gaps = Vec::new();
-        for (chat_id, conv) in &mut self.conversations {
+        for chat_id in &self.behind {
+            let Some(conv) = self.conversations.get_mut(chat_id) else { continue };
             let Some(since) = conv.waiting_since else { continue };
             if !conv.behind() || (!conv.urgent && now.saturating_duration_since(since) < hold) {
                 continue;
@@ -203,9 +222,9 @@ impl Reorderer {
     }
 
     /// How long the conversation furthest behind has been behind (zero when none is): the
-    /// node's delivery lag, for /health and /metrics. One pass over the conversations.
+    /// node's delivery lag, for /health and /metrics.
     pub fn lag(&self, now: Instant) -> Duration {
-        let oldest = self.conversations.values().filter_map(|conv| conv.behind_since).min();
+        let oldest = self.behind.iter().filter_map(|chat_id| self.conversations.get(chat_id)?.behind_since).min();
         oldest.map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
@@ -251,6 +270,7 @@ impl Reorderer {
         }
         for (_, chat_id) in idle {
             self.conversations.remove(&chat_id);
+            self.behind.remove(&chat_id);
             self.stats.evicted += 1;
         }
     }
@@ -437,6 +457,8 @@ mod tests {
             }
             assert_eq!(out, (1..=500).collect::<Vec<_>>(), "round {round}");
             assert_eq!(order.held(), 0);
+            assert_eq!(order.lag(now), Duration::ZERO, "caught up, round {round}");
+            assert!(order.behind.is_empty());
         }
     }
 }
