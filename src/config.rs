@@ -130,6 +130,40 @@ pub struct Config {
     /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
     #[arg(long, env = "IMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// NATS server that joins this node to a cluster (`nats://HOST:4222`); without it the
+    /// node runs alone.
+    #[arg(long, env = "IMD_NATS")]
+    pub nats: Option<String>,
+
+    /// This node's name in the cluster (letters, digits, `-`, `_`, `.`; at most 64); default:
+    /// random, and logged at start.
+    #[arg(long, env = "IMD_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+
+    /// First token(s) of the cluster's NATS subjects (`PREFIX.msg`, ...); every node of one
+    /// cluster uses the same.
+    #[arg(long, env = "IMD_CLUSTER_PREFIX", default_value = "imd", value_parser = parse_cluster_prefix)]
+    pub cluster_prefix: String,
+}
+
+/// `--node-id`: a name that reads well in logs and /health.
+fn parse_node_id(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(text.to_string()) } else { Err("letters, digits, `-`, `_` or `.`, 1 to 64 of them".into()) }
+}
+
+/// `--cluster-prefix`: dot-separated NATS tokens without wildcards, so that `PREFIX.msg` is a
+/// literal subject.
+fn parse_cluster_prefix(text: &str) -> Result<String, String> {
+    let token_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if text.len() <= 128 && text.split('.').all(token_ok) {
+        Ok(text.to_string())
+    } else {
+        Err("dot-separated tokens of letters, digits, `-` or `_` (no wildcards), like `imd` or `prod.imd`".into())
+    }
 }
 
 /// How log lines are written.
@@ -209,6 +243,18 @@ mod tests {
         assert!(error.contains("--admin-token-file") && error.contains("32 bytes"), "{error}");
         let error = check_secret("--jwt-secret", false, Some(&long[1..])).unwrap_err();
         assert!(error.contains("--jwt-secret") && error.contains("has 31"), "{error}");
+    }
+
+    #[test]
+    fn cluster_names_are_checked() {
+        assert_eq!(parse_node_id("node-1.eu_west").as_deref(), Ok("node-1.eu_west"));
+        for bad in ["", "a b", "n*", &"x".repeat(65)] {
+            assert!(parse_node_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_cluster_prefix("prod.imd-2").as_deref(), Ok("prod.imd-2"));
+        for bad in ["", "a..b", "imd.", "imd.*", "imd.>", "a b"] {
+            assert!(parse_cluster_prefix(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

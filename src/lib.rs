@@ -11,6 +11,7 @@ pub mod auth;
 pub mod bcrypt_pool;
 pub mod chat_id;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod conn_limits;
 pub mod delivery;

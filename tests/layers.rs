@@ -19,7 +19,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     // `app` is the context the transports and services share (the issue's next step narrows
     // what each action takes from it).
     ("services", &["app", "actions", "service", "rooms", "revocations", "auth", "access"]),
-    ("store and delivery", &["store", "fanout", "registry", "delivery", "directory", "unread"]),
+    // `cluster`: the NATS bus between nodes (issue 13), beside the delivery it feeds.
+    ("store and delivery", &["store", "fanout", "registry", "delivery", "directory", "unread", "cluster"]),
     // `rules`: pure functions (a valid message, which agent, who may read).
     ("domain", &["domain", "chat_id", "frames", "usernames", "passwords", "rules"]),
     // `now_ms` is a function of lib.rs.

@@ -1,0 +1,471 @@
+//! The connection to NATS: subjects, bounded publishing that never makes the caller wait,
+//! and the tasks that hand what other nodes publish to the hooks. async-nats reconnects by
+//! itself and subscribes again; what is lost meanwhile the catch-up repairs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::{Client, Subject, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cluster::ClusterSettings;
+use crate::cluster::invalidation::{self, Invalidation};
+use crate::cluster::presence::{self, LocalPresence, Presence, PresenceNotice};
+use crate::cluster::wire;
+use crate::domain::StoredMessage;
+
+/// Payloads that may wait to be handed to the NATS client; past that they are dropped (and
+/// counted): a publish must never hold up a commit's delivery.
+pub const OUTBOUND_DEPTH: usize = 4096;
+/// How long the publishing task waits for the client to take one payload (it waits while
+/// reconnecting, once the client's own buffer is full) before dropping it.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
+/// Messages a subscription buffers for its receiving task; past that the client drops them.
+const SUBSCRIPTION_DEPTH: usize = 8192;
+/// Commands the client buffers, notably while it reconnects.
+const CLIENT_DEPTH: usize = 2048;
+/// How long a round trip through the server may take (`connect`, `close`).
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
+
+/// What the node does with what other nodes publish. Each is called on a receiving task and
+/// must only queue or update memory, never wait.
+#[derive(Clone)]
+pub struct Hooks {
+    /// This node's online users (the registry), for its heartbeat and `Presence`.
+    pub local: Arc<dyn LocalPresence>,
+    /// Committed messages of another node (one batch, in its commit order): for the sequencer.
+    pub on_batch: Arc<dyn Fn(Vec<StoredMessage>) + Send + Sync>,
+    /// Shared state another node changed: for the directory.
+    pub on_invalidation: Arc<dyn Fn(Invalidation) + Send + Sync>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("cannot subscribe to {subject}: {reason}")]
+    Subscribe { subject: String, reason: String },
+}
+
+/// The connection's state, for /health and /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    Connected,
+    /// Lost (or not yet made): the client is trying again by itself.
+    Reconnecting,
+}
+
+impl ClusterState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterState::Connected => "connected",
+            ClusterState::Reconnecting => "reconnecting",
+        }
+    }
+}
+
+/// Counters of the bus (for /metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Payloads handed to NATS.
+    pub published: u64,
+    /// Payloads dropped: the queue was full, NATS did not take them in time, or they could
+    /// not be encoded.
+    pub dropped: u64,
+    /// Batches of other nodes received.
+    pub batches_received: u64,
+    /// Payloads received that this node published itself (skipped).
+    pub own_skipped: u64,
+    /// Payloads received that could not be read (skipped).
+    pub undecodable: u64,
+    /// Times the connection came back after it was lost.
+    pub reconnects: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    dropped: AtomicU64,
+    batches_received: AtomicU64,
+    own_skipped: AtomicU64,
+    undecodable: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+struct Subjects {
+    msg: Subject,
+    inval: Subject,
+    presence: Subject,
+    /// Nobody subscribes to it: requests to it make round trips through the server.
+    confirm: Subject,
+}
+
+/// This node on the bus; its tasks stop when it is dropped (and so does its heartbeat, so
+/// that the other nodes soon count its users offline).
+pub struct Cluster {
+    client: Client,
+    node_id: Arc<str>,
+    subjects: Arc<Subjects>,
+    outbound: mpsc::Sender<(Subject, Bytes)>,
+    counters: Arc<Counters>,
+    presence: Arc<Presence>,
+    /// Hands the queued payloads to the client.
+    publisher: Option<JoinHandle<()>>,
+    heartbeat: Option<JoinHandle<()>>,
+    receivers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.publisher.iter().chain(&self.heartbeat).chain(&self.receivers).for_each(JoinHandle::abort);
+    }
+}
+
+impl Cluster {
+    /// Connects, subscribes to the three subjects and starts publishing and receiving. Fails
+    /// when NATS cannot be reached now; once connected, losing it only makes the client
+    /// reconnect.
+    pub async fn connect(settings: ClusterSettings, hooks: Hooks) -> Result<Cluster, ClusterError> {
+        let ClusterSettings { nats_url, prefix, node_id } = settings;
+        let counters = Arc::new(Counters::default());
+        let events = counters.clone();
+        // Set when the connection is lost: the next `Connected` is a reconnection (the first
+        // one, at start, is not).
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let events_node = node_id.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("imd {node_id}"))
+            // Our own publishes are of no use to us; the node id check stays as the rule.
+            .no_echo()
+            .client_capacity(CLIENT_DEPTH)
+            .subscription_capacity(SUBSCRIPTION_DEPTH)
+            .ping_interval(Duration::from_secs(10))
+            .max_reconnects(None)
+            // Back soon after NATS returns: at most a second between attempts.
+            .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
+            .event_callback(move |event| {
+                let (counters, node, lost) = (events.clone(), events_node.clone(), lost.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
+                            counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(%node, "NATS connection back");
+                        }
+                        async_nats::Event::Connected => {}
+                        async_nats::Event::Disconnected => {
+                            lost.store(true, Ordering::Relaxed);
+                            tracing::warn!(%node, "NATS connection lost; reconnecting");
+                        }
+                        other => tracing::info!(%node, "NATS: {other}"),
+                    }
+                }
+            })
+            .connect(nats_url.as_str())
+            .await
+            .map_err(|e| ClusterError::Connect { url: nats_url.clone(), reason: e.to_string() })?;
+        let node_id: Arc<str> = Arc::from(node_id);
+        let presence = Arc::new(Presence::new(&node_id, hooks.local.clone()));
+        let subjects = Arc::new(Subjects {
+            msg: Subject::from(format!("{prefix}.msg")),
+            inval: Subject::from(format!("{prefix}.inval")),
+            presence: Subject::from(format!("{prefix}.presence")),
+            confirm: Subject::from(format!("{prefix}.confirm")),
+        });
+        let batches = subscribe(&client, &subjects.msg).await?;
+        let invalidations = subscribe(&client, &subjects.inval).await?;
+        let notices = subscribe(&client, &subjects.presence).await?;
+        // Flushing only writes the subscriptions out, and the server reads each connection
+        // apart: another node's publish could still overtake them. Once the server answered a
+        // round trip sent after them, they are in place and nothing published is missed.
+        round_trip(&client, &subjects.confirm)
+            .await
+            .map_err(|reason| ClusterError::Subscribe { subject: format!("{prefix}.*"), reason })?;
+        let (outbound, queue) = mpsc::channel(OUTBOUND_DEPTH);
+        let mut cluster = Cluster {
+            client,
+            node_id,
+            subjects,
+            outbound,
+            counters,
+            presence,
+            publisher: None,
+            heartbeat: None,
+            receivers: Vec::new(),
+        };
+        cluster.publisher = Some(tokio::spawn(publish_loop(cluster.client.clone(), queue, cluster.counters.clone())));
+        cluster.heartbeat = Some(tokio::spawn(heartbeat_loop(cluster.heartbeat_handle())));
+        cluster.receivers = vec![
+            tokio::spawn(receive_batches(batches, cluster.node_id.clone(), cluster.counters.clone(), hooks.on_batch)),
+            tokio::spawn(receive_invalidations(
+                invalidations,
+                cluster.node_id.clone(),
+                cluster.counters.clone(),
+                hooks.on_invalidation,
+            )),
+            tokio::spawn(receive_presence(
+                notices,
+                cluster.node_id.clone(),
+                cluster.counters.clone(),
+                cluster.presence.clone(),
+            )),
+        ];
+        tracing::info!(node = %cluster.node_id, nats = %nats_url, %prefix, "joined the cluster bus");
+        Ok(cluster)
+    }
+
+    /// Leaves the bus for a graceful stop: the heartbeat stops, and what is queued is
+    /// published and handled by the server, waiting at most `limit` (what is left then is
+    /// dropped; the other nodes' catch-up finds it in the store). Dropping a `Cluster` leaves
+    /// at once instead.
+    pub async fn close(mut self, limit: Duration) {
+        if let Some(heartbeat) = self.heartbeat.take() {
+            heartbeat.abort();
+            // Its end of the queue is dropped with it.
+            let _ = heartbeat.await;
+        }
+        // With the last sender gone the publisher ends once the queue is empty.
+        self.outbound = mpsc::channel(1).0;
+        let drained = async {
+            // Borrowed, not taken: past the limit, the drop aborts it.
+            if let Some(publisher) = self.publisher.as_mut() {
+                let _ = publisher.await;
+            }
+            // A flush is not enough: closing the socket with unread input resets it, and the
+            // server may lose what it had not read yet. Once it answered a round trip sent
+            // after the publishes, it has handled them.
+            if let Err(e) = round_trip(&self.client, &self.subjects.confirm).await {
+                tracing::warn!(node = %self.node_id, "leaving the cluster bus: {e}");
+            }
+        };
+        if tokio::time::timeout(limit, drained).await.is_err() {
+            tracing::warn!(node = %self.node_id, "left the cluster bus with publishes still queued");
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Whether the connection is up now (the client reconnects by itself when it is not).
+    pub fn state(&self) -> ClusterState {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => ClusterState::Connected,
+            _ => ClusterState::Reconnecting,
+        }
+    }
+
+    /// Who is online on this node or any live one.
+    pub fn presence(&self) -> &Arc<Presence> {
+        &self.presence
+    }
+
+    pub fn stats(&self) -> ClusterStats {
+        let c = &self.counters;
+        ClusterStats {
+            published: c.published.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            batches_received: c.batches_received.load(Ordering::Relaxed),
+            own_skipped: c.own_skipped.load(Ordering::Relaxed),
+            undecodable: c.undecodable.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Publishes a committed batch (one NATS message, more only past `wire::MAX_PAYLOAD`).
+    /// Never waits: when the queue is full it is dropped and counted.
+    pub fn publish_batch(&self, messages: &[StoredMessage]) {
+        match wire::encode_batch(&self.node_id, messages) {
+            Ok(parts) => parts.into_iter().for_each(|part| self.enqueue(&self.subjects.msg, part)),
+            Err(e) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("cannot encode a committed batch for the cluster: {e}");
+            }
+        }
+    }
+
+    /// Tells the other nodes that `what` changed. Never waits (see `publish_batch`).
+    pub fn publish_invalidation(&self, what: &Invalidation) {
+        match invalidation::encode(&self.node_id, what) {
+            Ok(payload) => self.enqueue(&self.subjects.inval, payload),
+            Err(e) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("cannot encode an invalidation: {e}");
+            }
+        }
+    }
+
+    /// `uid`'s first connection on this node opened.
+    pub fn user_online(&self, uid: u64) {
+        self.publish_presence(&PresenceNotice::Delta { node: self.node_id.to_string(), uid, online: true });
+    }
+
+    /// `uid`'s last connection on this node closed.
+    pub fn user_offline(&self, uid: u64) {
+        self.publish_presence(&PresenceNotice::Delta { node: self.node_id.to_string(), uid, online: false });
+    }
+
+    fn publish_presence(&self, notice: &PresenceNotice) {
+        publish_notice(&self.outbound, &self.subjects.presence, &self.counters, notice);
+    }
+
+    fn enqueue(&self, subject: &Subject, payload: Vec<u8>) {
+        enqueue(&self.outbound, subject, &self.counters, payload);
+    }
+
+    fn heartbeat_handle(&self) -> Heartbeat {
+        Heartbeat {
+            node_id: self.node_id.clone(),
+            outbound: self.outbound.clone(),
+            subject: self.subjects.presence.clone(),
+            counters: self.counters.clone(),
+            presence: self.presence.clone(),
+        }
+    }
+}
+
+async fn subscribe(client: &Client, subject: &Subject) -> Result<Subscriber, ClusterError> {
+    client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| ClusterError::Subscribe { subject: subject.to_string(), reason: e.to_string() })
+}
+
+/// Waits until the server has handled everything this connection sent before: the server
+/// handles one connection's operations in order, so its answer to a request sent after them
+/// ("no responders": nobody listens on `subject`) comes after them.
+async fn round_trip(client: &Client, subject: &Subject) -> Result<(), String> {
+    match tokio::time::timeout(CONFIRM_WAIT, client.request(subject.clone(), Bytes::new())).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) => Err(format!("no round trip through the server: {e}")),
+        Err(_) => Err(format!("no round trip through the server within {CONFIRM_WAIT:?}")),
+    }
+}
+
+fn enqueue(outbound: &mpsc::Sender<(Subject, Bytes)>, subject: &Subject, counters: &Counters, payload: Vec<u8>) {
+    if outbound.try_send((subject.clone(), Bytes::from(payload))).is_err() {
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn publish_notice(
+    outbound: &mpsc::Sender<(Subject, Bytes)>,
+    subject: &Subject,
+    counters: &Counters,
+    notice: &PresenceNotice,
+) {
+    match serde_json::to_vec(notice) {
+        Ok(payload) => enqueue(outbound, subject, counters, payload),
+        Err(e) => {
+            counters.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("cannot encode a presence notice: {e}");
+        }
+    }
+}
+
+/// Hands the queued payloads to the client, in order.
+async fn publish_loop(client: Client, mut queue: mpsc::Receiver<(Subject, Bytes)>, counters: Arc<Counters>) {
+    while let Some((subject, payload)) = queue.recv().await {
+        match tokio::time::timeout(PUBLISH_WAIT, client.publish(subject, payload)).await {
+            Ok(Ok(())) => {
+                counters.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("cannot publish to NATS: {e}");
+            }
+            Err(_) => {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Whether a payload came from this node (skipped, and counted).
+fn own(node: &str, this: &str, counters: &Counters) -> bool {
+    let own = node == this;
+    if own {
+        counters.own_skipped.fetch_add(1, Ordering::Relaxed);
+    }
+    own
+}
+
+fn undecodable(counters: &Counters, what: &str, error: &dyn std::fmt::Display) {
+    counters.undecodable.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!("unreadable {what} from the cluster: {error}");
+}
+
+async fn receive_batches(
+    mut subscriber: Subscriber,
+    this: Arc<str>,
+    counters: Arc<Counters>,
+    on_batch: Arc<dyn Fn(Vec<StoredMessage>) + Send + Sync>,
+) {
+    while let Some(message) = subscriber.next().await {
+        match wire::decode_batch(&message.payload) {
+            Ok(batch) if own(&batch.node, &this, &counters) => {}
+            Ok(batch) => {
+                counters.batches_received.fetch_add(1, Ordering::Relaxed);
+                on_batch(batch.messages);
+            }
+            Err(e) => undecodable(&counters, "batch", &e),
+        }
+    }
+}
+
+async fn receive_invalidations(
+    mut subscriber: Subscriber,
+    this: Arc<str>,
+    counters: Arc<Counters>,
+    on_invalidation: Arc<dyn Fn(Invalidation) + Send + Sync>,
+) {
+    while let Some(message) = subscriber.next().await {
+        match invalidation::decode(&message.payload) {
+            Ok((node, _)) if own(&node, &this, &counters) => {}
+            Ok((_, what)) => on_invalidation(what),
+            Err(e) => undecodable(&counters, "invalidation", &e),
+        }
+    }
+}
+
+async fn receive_presence(
+    mut subscriber: Subscriber,
+    this: Arc<str>,
+    counters: Arc<Counters>,
+    presence: Arc<Presence>,
+) {
+    while let Some(message) = subscriber.next().await {
+        match serde_json::from_slice::<PresenceNotice>(&message.payload) {
+            Ok(notice) if own(notice.node(), &this, &counters) => {}
+            Ok(notice) => presence.apply(notice),
+            Err(e) => undecodable(&counters, "presence notice", &e),
+        }
+    }
+}
+
+/// What the heartbeat task needs of the `Cluster` (which it must not keep alive).
+struct Heartbeat {
+    node_id: Arc<str>,
+    outbound: mpsc::Sender<(Subject, Bytes)>,
+    subject: Subject,
+    counters: Arc<Counters>,
+    presence: Arc<Presence>,
+}
+
+/// Every `HEARTBEAT`: this node's whole online set, and the dead nodes forgotten.
+async fn heartbeat_loop(beat: Heartbeat) {
+    let mut ticks = tokio::time::interval(presence::HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for round in 1u64.. {
+        ticks.tick().await;
+        let users = beat.presence.local_users();
+        for notice in PresenceNotice::heartbeat(&beat.node_id, round, &users) {
+            publish_notice(&beat.outbound, &beat.subject, &beat.counters, &notice);
+        }
+        beat.presence.expire();
+    }
+}

@@ -1,0 +1,62 @@
+//! Invalidations: a node that changed shared state (a user, a room, a shop, a handler) tells
+//! the others, whose caches reload it from the store. Serde-tagged JSON on `<prefix>.inval`.
+
+use serde::{Deserialize, Serialize};
+
+/// What changed; the receiver reloads it (the notice carries no state of its own, except
+/// where the new value is all there is to know).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Invalidation {
+    /// A user was added or changed (name, password).
+    User { uid: u64 },
+    /// A user's tokens were revoked: those of older generations are void.
+    TokenGeneration { uid: u64, generation: u64 },
+    /// A room's policy or members changed.
+    Room { chat_id: String },
+    /// A shop's owner, agents or invitations changed.
+    Shop { shop_id: u64 },
+    /// A service conversation got its handling agent.
+    Handler { chat_id: String, agent_uid: u64 },
+}
+
+/// An invalidation with the node that published it.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    node: String,
+    #[serde(flatten)]
+    what: Invalidation,
+}
+
+pub fn encode(node: &str, what: &Invalidation) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&Envelope { node: node.to_string(), what: what.clone() })
+}
+
+/// The publishing node and the invalidation.
+pub fn decode(payload: &[u8]) -> Result<(String, Invalidation), serde_json::Error> {
+    let envelope: Envelope = serde_json::from_slice(payload)?;
+    Ok((envelope.node, envelope.what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidations_are_tagged_json_and_come_back() {
+        let all = [
+            Invalidation::User { uid: 1 },
+            Invalidation::TokenGeneration { uid: 2, generation: 5 },
+            Invalidation::Room { chat_id: "g_9".into() },
+            Invalidation::Shop { shop_id: 4 },
+            Invalidation::Handler { chat_id: "s_4_1".into(), agent_uid: 8 },
+        ];
+        for what in all {
+            let payload = encode("n1", &what).unwrap();
+            assert_eq!(decode(&payload).unwrap(), ("n1".to_string(), what));
+        }
+        let text = String::from_utf8(encode("n1", &Invalidation::TokenGeneration { uid: 2, generation: 5 }).unwrap());
+        assert_eq!(text.unwrap(), r#"{"node":"n1","kind":"token_generation","uid":2,"generation":5}"#);
+        assert!(decode(br#"{"node":"n1","kind":"planet","uid":1}"#).is_err());
+    }
+}
