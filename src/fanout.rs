@@ -286,6 +286,14 @@ pub fn sequenced_delivery(
 ) -> Deliver {
     Arc::new(move |messages: Vec<StoredMessage>| {
         for message in messages {
+            // The handler the store settled on (see `ServiceRoute::seen_handler`), whichever
+            // node routed the message.
+            if message.kind == Kind::Service
+                && let Some(agent) = message.agent_uid
+                && directory.handler(&message.chat_id) != Some(agent)
+            {
+                directory.set_handler(&message.chat_id, agent);
+            }
             let (conn, counter) = origins.take(message.id);
             let delivered = to_connections(&registry, &directory, &metrics, &message, conn);
             if let Some(counter) = counter {
