@@ -90,6 +90,12 @@ fn agent_reply(directory: &Directory, shop_id: u64, customer_uid: u64, agent_uid
     Ok(Routed {
         chat_id,
         to_uid: Some(customer_uid),
-        route: ServiceRoute { shop_id, customer_uid, agent_uid: Some(agent_uid), all_agents: Vec::new(), seen_handler: None },
+        route: ServiceRoute {
+            shop_id,
+            customer_uid,
+            agent_uid: Some(agent_uid),
+            all_agents: Vec::new(),
+            seen_handler: None,
+        },
     })
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 struct Cluster {
     nodes: Vec<Server>,
     // Dropped after the nodes (fields drop in order).
-    _nats: NatsServer,
+    nats: NatsServer,
     _db: SharedPgDatabase,
 }
 
@@ -31,7 +31,7 @@ async fn cluster(n: usize) -> Option<Cluster> {
         let args = ["--nats", &nats.url(), "--cluster-prefix", &prefix, "--node-id", &node_id, "--admin-token", ADMIN];
         nodes.push(Server::start_on_db(Path::new(&db.url()), &args).await);
     }
-    let cluster = Cluster { nodes, _nats: nats, _db: db };
+    let cluster = Cluster { nodes, nats, _db: db };
     // Every node has seen every other one (their subscriptions are up, their heartbeats in).
     for node in &cluster.nodes {
         wait_for(node, "/health", |data| data["cluster"]["nodes"].as_array().is_some_and(|a| a.len() == n)).await;
@@ -295,5 +295,24 @@ async fn concurrent_customers_on_two_nodes_get_one_handler() {
             .collect();
         assert_eq!(agents.len(), 2, "{data}");
         assert_eq!(agents[0], agents[1], "customer {i}: one handler for the conversation: {data}");
+    }
+}
+
+#[tokio::test]
+async fn without_nats_messages_between_nodes_come_through_the_catch_up() {
+    let Some(mut c) = cluster(2).await else { return };
+    let (alice, alice_token) = c.nodes[0].register("alice").await;
+    let (bob, bob_token) = c.nodes[0].register("bob").await;
+    wait_known(&c.nodes[1], &bob_token).await;
+    let (mut alice_ws, _) = c.nodes[0].connect(&alice_token).await;
+    let (mut bob_ws, _) = c.nodes[1].connect(&bob_token).await;
+    c.nats.kill9().await;
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        acks.push(send_text(&mut alice_ws, bob, &format!("m{i}"), &format!("text {i}")).await);
+    }
+    for (i, ack) in acks.iter().enumerate() {
+        let f = next_of(&mut bob_ws, "single_chat").await;
+        assert_delivered_text(&f, ack, alice, "alice", &format!("text {i}"));
     }
 }

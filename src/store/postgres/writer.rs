@@ -45,8 +45,7 @@ const CREATE_SQL: &str = "WITH created AS (
     ON CONFLICT DO NOTHING";
 /// Locks the batch's conversations, always in chat_id order, and reads their newest seq and
 /// handling agent.
-const LOCK_SQL: &str =
-    "SELECT chat_id, last_seq, handler_uid FROM conversations WHERE chat_id = ANY($1::text[]) ORDER BY chat_id FOR UPDATE";
+const LOCK_SQL: &str = "SELECT chat_id, last_seq, handler_uid FROM conversations WHERE chat_id = ANY($1::text[]) ORDER BY chat_id FOR UPDATE";
 const IDS_SQL: &str = "SELECT nextval('messages_id_seq') FROM generate_series(1, $1::bigint)";
 const INSERT_SQL: &str =
     "INSERT INTO messages (id, chat_id, seq, from_uid, to_uid, msg_id, msg_type, body, ts, shop_id, agent_uid)
