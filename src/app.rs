@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, Claims};
+use crate::cluster::{Cluster, Invalidation, Sequencer};
 use crate::config::Config;
 use crate::conn_limits::ConnLimits;
 use crate::directory::Directory;
@@ -34,6 +35,14 @@ pub struct App {
     pub conns: Arc<ConnLimits>,
     /// Failed logins and registrations, per username and per client IP.
     pub throttle: Throttle,
+    /// Cluster mode (`--nats`): the bus and this node's sequencer; None on a single node.
+    pub cluster: Option<ClusterNode>,
+}
+
+/// A node's part of the cluster.
+pub struct ClusterNode {
+    pub bus: Arc<Cluster>,
+    pub sequencer: Arc<Sequencer>,
 }
 
 impl App {
@@ -41,6 +50,22 @@ impl App {
     pub fn authenticate(&self, token: &str) -> Option<Claims> {
         let claims = self.auth.decode(token)?;
         self.token_still_valid(&claims).then_some(claims)
+    }
+
+    /// Whether `uid` has a connection open: on any node in cluster mode, on this one otherwise.
+    pub fn is_online(&self, uid: u64) -> bool {
+        match &self.cluster {
+            Some(node) => node.bus.presence().is_online(uid),
+            None => self.registry.is_online(uid),
+        }
+    }
+
+    /// Tells the other nodes (cluster mode) that shared state changed and committed; nothing
+    /// on a single node.
+    pub fn invalidate(&self, what: Invalidation) {
+        if let Some(node) = &self.cluster {
+            node.bus.publish_invalidation(&what);
+        }
     }
 
     /// False once the token has expired or its user logged out since it was issued.

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+use crate::store::postgres::{RoomInfo, ShopInfo};
 use crate::store::snapshot::Snapshot;
 use crate::unread::UnreadHints;
 
@@ -179,10 +180,29 @@ impl Directory {
         }
     }
 
+    /// Replaces a room's policy and members with what the store holds (cluster mode: another
+    /// node changed it).
+    pub fn replace_room(&self, room: &RoomInfo) {
+        let policy = RoomPolicy { private: room.private, history_from_join: room.history_from_join };
+        if policy != RoomPolicy::default() {
+            self.room_policies.insert(Arc::from(room.chat_id.as_str()), policy);
+        } else {
+            self.room_policies.remove(room.chat_id.as_str());
+        }
+        self.rooms.insert(Arc::from(room.chat_id.as_str()), Arc::new(room.members.iter().copied().collect()));
+    }
+
     // Shops and service conversations.
 
     pub fn add_shop(&self, shop_id: u64, owner_uid: u64) {
         self.shops.insert(shop_id, Shop { owner_uid, agents: Arc::new(Vec::new()), invited: Vec::new() });
+    }
+
+    /// Replaces a shop's owner, agents and invitations with what the store holds (cluster mode).
+    pub fn replace_shop(&self, shop: &ShopInfo) {
+        let entry =
+            Shop { owner_uid: shop.owner_uid, agents: Arc::new(shop.agents.clone()), invited: shop.invited.clone() };
+        self.shops.insert(shop.shop_id, entry);
     }
 
     pub fn shop_owner(&self, shop_id: u64) -> Option<u64> {

@@ -4,9 +4,13 @@
 //! sees a conversation's messages in seq order. Being on the runtime, waking the sessions it
 //! queues to costs no thread switch: the writer wakes it once per batch, not once per socket.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::{Cluster, Deliver, Sequencer};
 
 use crate::delivery::inflight::Unacked;
 use crate::directory::Directory;
@@ -14,7 +18,7 @@ use crate::domain::{Accepted, Kind, Ticket};
 use crate::frames;
 use crate::metrics::Metrics;
 use crate::registry::{Connection, Registry};
-use crate::store::{Committed, Outcome, OutcomeSender, StoreError, StoreResult};
+use crate::store::{Committed, Outcome, OutcomeSender, StoreError, StoreResult, StoredMessage};
 use crate::supervisor::{Supervisor, Worker};
 
 /// Who is waiting for the outcome of a message; it travels through the store as its `Ticket`.
@@ -50,6 +54,8 @@ pub struct Fanout {
     pub directory: Arc<Directory>,
     pub metrics: Arc<Metrics>,
     pub supervisor: Supervisor,
+    /// Cluster mode; None on a single node, whose path stays as it was.
+    pub cluster: Option<ClusterDelivery>,
 }
 
 impl Fanout {
@@ -66,7 +72,10 @@ impl Fanout {
                     Outcome::Committed(committed) => Some(committed.committed_at),
                     Outcome::Refused { .. } => None,
                 });
-                batch.into_iter().for_each(|delivery| self.apply(delivery));
+                match &self.cluster {
+                    Some(cluster) => self.deliver_clustered(cluster, batch),
+                    None => batch.into_iter().for_each(|delivery| self.apply(delivery)),
+                }
                 if let Some(at) = committed_at {
                     self.metrics.fanout_lag_seconds.observe(at.elapsed().as_secs_f64());
                 }
@@ -94,56 +103,52 @@ impl Fanout {
             Some(Origin::Connection(conn)) => Some(conn.id),
             _ => None,
         };
-        let mut delivered = 0usize;
-        if !duplicate {
-            let from_name = match self.directory.username(message.from_uid) {
-                Some(name) => name,
-                None => Arc::from("system"),
-            };
-            let frame = frames::message(&message, &from_name);
-            let mut send = |conn: &Arc<Connection>| {
-                if Some(conn.id) != origin_conn && conn.send_message(&frame, &message.chat_id, message.seq) {
-                    delivered += 1;
+        let delivered = if duplicate {
+            0
+        } else {
+            to_connections(&self.registry, &self.directory, &self.metrics, &message, origin_conn)
+        };
+        answer(origin, &message, duplicate, delivered);
+    }
+
+    /// Cluster mode: the batch's new messages go through the node's sequencer (which delivers
+    /// them in each conversation's order, interleaved with other nodes' messages) and out to
+    /// the bus; the origins are answered at once, whatever the sequencer holds back.
+    fn deliver_clustered(&self, cluster: &ClusterDelivery, batch: Vec<Outcome>) {
+        let mut fresh = Vec::new();
+        let mut answers = Vec::new();
+        for outcome in batch {
+            match outcome {
+                Outcome::Committed(Committed { message, duplicate, ticket, .. }) => {
+                    let origin = Origin::resolve(ticket);
+                    let counter = if duplicate {
+                        None
+                    } else {
+                        let conn = match &origin {
+                            Some(Origin::Connection(conn)) => Some(conn.id),
+                            _ => None,
+                        };
+                        let counter = matches!(origin, Some(Origin::Http(_))).then(|| Arc::new(AtomicUsize::new(0)));
+                        cluster.origins.note(message.id, conn, counter.clone());
+                        fresh.push(message.clone());
+                        counter
+                    };
+                    answers.push((origin, message, duplicate, counter));
                 }
-            };
-            // Hints before the registry lookups (see `unread`). The sender has read what it sent.
-            let unread = &self.directory.unread;
-            match message.kind {
-                Kind::System => {
-                    unread.note_everyone();
-                    self.registry.for_each(&mut send);
-                }
-                Kind::Group => {
-                    if let Some(members) = self.directory.room_members(&message.chat_id) {
-                        unread.note(members.iter().copied().filter(|&uid| uid != message.from_uid));
-                        for &uid in members.iter().filter(|&&uid| uid != message.from_uid) {
-                            self.registry.for_each_of(uid, &mut send);
-                        }
-                    }
-                    self.registry.for_each_of(message.from_uid, &mut send);
-                }
-                Kind::Single | Kind::Service => {
-                    if message.kind == Kind::Service {
-                        // Handlers and agents come and go: who may read it is the store's to say.
-                        unread.note_everyone();
-                    }
-                    if let Some(to) = message.to_uid.filter(|&to| to != message.from_uid) {
-                        unread.note([to]);
-                        self.registry.for_each_of(to, &mut send);
-                    }
-                    self.registry.for_each_of(message.from_uid, &mut send);
-                }
+                Outcome::Refused { ticket, msg_id, error } => match Origin::resolve(ticket) {
+                    Some(origin) => self.refuse(origin, msg_id.as_deref(), error),
+                    None => tracing::error!("message not stored, and its ticket names no origin: {error}"),
+                },
             }
-            self.metrics.frames_delivered.inc_by(delivered as u64);
         }
-        match origin {
-            Some(Origin::Connection(conn)) => {
-                conn.send(&frames::ack(&message, duplicate));
-            }
-            Some(Origin::Http(reply)) => {
-                let _ = reply.send(Ok(Accepted { id: message.id, seq: message.seq, delivered }));
-            }
-            None => tracing::error!(id = message.id, "message stored, but its ticket names no origin"),
+        if !fresh.is_empty() {
+            cluster.cluster.publish_batch(&fresh);
+            cluster.sequencer.offer(fresh);
+        }
+        for (origin, message, duplicate, counter) in answers {
+            // What the sequencer delivered by now: this node's connections (see PROTOCOL.md).
+            let delivered = counter.map_or(0, |c| c.load(Ordering::Relaxed));
+            answer(origin, &message, duplicate, delivered);
         }
     }
 
@@ -167,4 +172,125 @@ impl Fanout {
             }
         }
     }
+}
+
+/// Queues `message`'s frame, encoded once, to every local connection of every recipient but
+/// `origin_conn` (the connection that sent it, answered with its ack); returns how many.
+pub fn to_connections(
+    registry: &Registry,
+    directory: &Directory,
+    metrics: &Metrics,
+    message: &StoredMessage,
+    origin_conn: Option<u64>,
+) -> usize {
+    let mut delivered = 0usize;
+    let from_name = match directory.username(message.from_uid) {
+        Some(name) => name,
+        None => Arc::from("system"),
+    };
+    let frame = frames::message(message, &from_name);
+    let mut send = |conn: &Arc<Connection>| {
+        if Some(conn.id) != origin_conn && conn.send_message(&frame, &message.chat_id, message.seq) {
+            delivered += 1;
+        }
+    };
+    // Hints before the registry lookups (see `unread`). The sender has read what it sent.
+    let unread = &directory.unread;
+    match message.kind {
+        Kind::System => {
+            unread.note_everyone();
+            registry.for_each(&mut send);
+        }
+        Kind::Group => {
+            if let Some(members) = directory.room_members(&message.chat_id) {
+                unread.note(members.iter().copied().filter(|&uid| uid != message.from_uid));
+                for &uid in members.iter().filter(|&&uid| uid != message.from_uid) {
+                    registry.for_each_of(uid, &mut send);
+                }
+            }
+            registry.for_each_of(message.from_uid, &mut send);
+        }
+        Kind::Single | Kind::Service => {
+            if message.kind == Kind::Service {
+                // Handlers and agents come and go: who may read it is the store's to say.
+                unread.note_everyone();
+            }
+            if let Some(to) = message.to_uid.filter(|&to| to != message.from_uid) {
+                unread.note([to]);
+                registry.for_each_of(to, &mut send);
+            }
+            registry.for_each_of(message.from_uid, &mut send);
+        }
+    }
+    metrics.frames_delivered.inc_by(delivered as u64);
+    delivered
+}
+
+/// The ack to a connection, or the reply to an HTTP request.
+fn answer(origin: Option<Origin>, message: &StoredMessage, duplicate: bool, delivered: usize) {
+    match origin {
+        Some(Origin::Connection(conn)) => {
+            conn.send(&frames::ack(message, duplicate));
+        }
+        Some(Origin::Http(reply)) => {
+            let _ = reply.send(Ok(Accepted { id: message.id, seq: message.seq, delivered }));
+        }
+        None => tracing::error!(id = message.id, "message stored, but its ticket names no origin"),
+    }
+}
+
+/// What the delivery task needs in cluster mode.
+#[derive(Clone)]
+pub struct ClusterDelivery {
+    pub cluster: Arc<Cluster>,
+    pub sequencer: Arc<Sequencer>,
+    pub origins: Arc<LocalOrigins>,
+}
+
+/// Local messages on their way through the sequencer: which connection sent each (it gets
+/// the ack, not the message) and, for a broadcast, where to count the connections reached.
+/// Bounded: past `MAX_ORIGINS` a message is not noted (its sender then gets it echoed once).
+#[derive(Default)]
+pub struct LocalOrigins {
+    pending: Mutex<HashMap<i64, (Option<u64>, Option<Arc<AtomicUsize>>)>>,
+}
+
+/// Local messages the sequencer may hold at once, noted with their origin.
+pub const MAX_ORIGINS: usize = 65_536;
+
+impl LocalOrigins {
+    fn note(&self, id: i64, conn: Option<u64>, counter: Option<Arc<AtomicUsize>>) {
+        if conn.is_none() && counter.is_none() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pending.len() < MAX_ORIGINS {
+            pending.insert(id, (conn, counter));
+        }
+    }
+
+    /// The origin noted for message `id`, forgotten as it is delivered.
+    fn take(&self, id: i64) -> (Option<u64>, Option<Arc<AtomicUsize>>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pending.remove(&id).unwrap_or((None, None))
+    }
+}
+
+/// The sequencer's `deliver` for this node: `to_connections` for each message, minus the ack
+/// (the delivery task answered the origin already).
+pub fn sequenced_delivery(
+    registry: Arc<Registry>,
+    directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
+    origins: Arc<LocalOrigins>,
+) -> Deliver {
+    Arc::new(move |messages: Vec<StoredMessage>| {
+        for message in messages {
+            let (conn, counter) = origins.take(message.id);
+            let delivered = to_connections(&registry, &directory, &metrics, &message, conn);
+            if let Some(counter) = counter {
+                counter.store(delivered, Ordering::Relaxed);
+            }
+        }
+    })
 }

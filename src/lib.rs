@@ -23,6 +23,7 @@ pub mod fuzzing;
 pub mod handoff;
 pub mod http;
 pub mod metrics;
+pub mod node;
 pub mod notify;
 pub mod passwords;
 pub mod progress;

@@ -1,7 +1,8 @@
 //! Who is online: every open WebSocket connection, by user.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
@@ -11,6 +12,10 @@ use crate::metrics::Metrics;
 /// Close code of a connection whose token was revoked (logout, an admin) or expired.
 pub const TOKEN_CLOSE: u16 = 4001;
 
+/// Told when a user's first connection opens (`true`) or their last one closes (`false`):
+/// cluster mode's presence. Called right after the change; it must only queue.
+pub type PresenceListener = Arc<dyn Fn(u64, bool) + Send + Sync>;
+
 pub struct Registry {
     by_uid: DashMap<u64, Vec<Arc<Connection>>>,
     next_id: AtomicU64,
@@ -18,6 +23,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// WebSocket sessions per user, counted from the upgrade (before `add`) to the session's end.
     sessions_of: DashMap<u64, usize>,
+    /// Set once in cluster mode.
+    presence: OnceLock<PresenceListener>,
 }
 
 /// One user's place among their capped sessions; given back when dropped.
@@ -43,6 +50,7 @@ impl Registry {
             outbox_bytes,
             metrics,
             sessions_of: DashMap::new(),
+            presence: OnceLock::new(),
         }
     }
 
@@ -59,23 +67,39 @@ impl Registry {
     pub fn add(&self, uid: u64, device: &str) -> Arc<Connection> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Connection::new(id, uid, device, self.outbox_bytes));
-        self.by_uid.entry(uid).or_default().push(conn.clone());
+        let first = {
+            let mut conns = self.by_uid.entry(uid).or_default();
+            conns.push(conn.clone());
+            conns.len() == 1
+        };
         self.metrics.online_connections.inc();
+        if first && let Some(listener) = self.presence.get() {
+            listener(uid, true);
+        }
         conn
     }
 
     pub fn remove(&self, conn: &Connection) {
         conn.outbox.close();
-        let mut removed = false;
+        let (mut removed, mut last) = (false, false);
         self.by_uid.remove_if_mut(&conn.uid, |_, conns| {
             let before = conns.len();
             conns.retain(|c| c.id != conn.id);
             removed = conns.len() != before;
-            conns.is_empty()
+            last = conns.is_empty();
+            last
         });
         if removed {
             self.metrics.online_connections.dec();
+            if last && let Some(listener) = self.presence.get() {
+                listener(conn.uid, false);
+            }
         }
+    }
+
+    /// Sets who hears of users coming online and going offline (once; later calls are ignored).
+    pub fn set_presence_listener(&self, listener: PresenceListener) {
+        let _ = self.presence.set(listener);
     }
 
     pub fn is_online(&self, uid: u64) -> bool {

@@ -10,8 +10,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::App;
+use crate::app::{App, ClusterNode};
 use crate::auth::Auth;
+use crate::cluster::ClusterSettings;
 use crate::config::Config;
 use crate::conn_limits::ConnLimits;
 use crate::directory::Directory;
@@ -90,7 +91,14 @@ async fn serve(
     let mut stop_signals = StopSignals::install()?;
     let supervisor = Supervisor::from_env()?;
     let metrics = Arc::new(Metrics::with_routes(crate::http::route_paths()));
-    let db = Store::prepare(&DbTarget::parse(&config.db)).await?;
+    let target = DbTarget::parse(&config.db);
+    let cluster_settings = ClusterSettings::from_config(&config);
+    if cluster_settings.is_some() && !matches!(target, DbTarget::Postgres(_)) {
+        return Err("--nats (cluster mode) needs a shared PostgreSQL database: --db postgres://USER@HOST:PORT/DB; \
+                    a SQLite file cannot be shared between nodes"
+            .into());
+    }
+    let db = Store::prepare(&target).await?;
     // Start-up's longest step on a large database, shown on a terminal.
     let mut steps = Steps::default();
     let mut show = |table: &'static str, done: u64, total: u64| match table {
@@ -115,11 +123,22 @@ async fn serve(
     let conns = ConnLimits::new(max_connections, config.max_connections_per_ip);
     let throttle = Throttle::new(config.login_failures_per_user, config.login_failures_per_ip);
     let registry = Arc::new(Registry::new(config.outbox_bytes, metrics.clone()));
+    let joined = match cluster_settings {
+        Some(settings) => Some(crate::node::join(settings, &registry, &directory, &metrics).await?),
+        None => None,
+    };
     let fanout = Fanout {
         registry: registry.clone(),
         directory: directory.clone(),
         metrics: metrics.clone(),
         supervisor: supervisor.clone(),
+        cluster: joined.as_ref().map(|joined| joined.delivery.clone()),
+    };
+    let (cluster, invalidations) = match joined {
+        Some(joined) => {
+            (Some(ClusterNode { bus: joined.bus, sequencer: joined.sequencer }), Some(joined.invalidations))
+        }
+        None => (None, None),
     };
     let settings = WriterSettings { durable: !config.no_store, sync: config.sync };
     // From here on the guard closes the store on every path out of this function, before
@@ -141,7 +160,10 @@ async fn serve(
         supervisor,
         conns,
         throttle,
+        cluster,
     });
+    // Kept to the end of `serve`: the catch-up and the invalidations stop when it is dropped.
+    let _cluster_tasks = invalidations.and_then(|rx| crate::node::spawn(app.clone(), rx));
 
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;

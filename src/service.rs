@@ -4,7 +4,6 @@
 
 use crate::chat_id::{self, ChatId};
 use crate::directory::Directory;
-use crate::registry::Registry;
 use crate::rules::agent;
 use crate::store::ServiceRoute;
 
@@ -31,7 +30,7 @@ pub struct Routed {
 /// An agent may also name the customer with `to_uid` and `shop_id` (`service_review_chat`).
 pub fn route(
     directory: &Directory,
-    registry: &Registry,
+    is_online: &dyn Fn(u64) -> bool,
     sender: u64,
     shop_id: Option<u64>,
     chat_id: Option<&str>,
@@ -55,7 +54,7 @@ pub fn route(
     // Otherwise the sender is the customer: the shop comes from shop_id, or from the sender's
     // own conversation.
     match shop_id.or_else(|| named.filter(|&(_, customer)| customer == sender).map(|(shop, _)| shop)) {
-        Some(shop) => customer_message(directory, registry, shop, sender),
+        Some(shop) => customer_message(directory, is_online, shop, sender),
         None => match chat_id {
             Some(chat_id) => Err(RouteError::NotAnAgent(chat_id.to_string())),
             None => Err(RouteError::NothingNamed),
@@ -65,18 +64,13 @@ pub fn route(
 
 fn customer_message(
     directory: &Directory,
-    registry: &Registry,
+    is_online: &dyn Fn(u64) -> bool,
     shop_id: u64,
     customer_uid: u64,
 ) -> Result<Routed, RouteError> {
     let agents = directory.shop_agents(shop_id).ok_or(RouteError::UnknownShop(shop_id))?;
     let chat_id = chat_id::service(shop_id, customer_uid);
-    let choice = agent::choose(
-        directory.handler(&chat_id),
-        &agents,
-        |uid| registry.is_online(uid),
-        |n| rand::random_range(0..n),
-    );
+    let choice = agent::choose(directory.handler(&chat_id), &agents, is_online, |n| rand::random_range(0..n));
     if let Some(agent) = choice.agent {
         // Set now, not after the commit, so the customer's next message sticks to this agent.
         directory.set_handler(&chat_id, agent);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::cluster::{Cluster, Invalidation};
 use crate::delivery::inflight::Unacked;
 use crate::directory::Directory;
 use crate::fanout::Origin;
@@ -24,9 +25,29 @@ pub struct Ctx<'a> {
     pub metrics: &'a Arc<Metrics>,
     pub conn: &'a Arc<Connection>,
     pub uid: u64,
+    /// Cluster mode's bus; None on a single node.
+    pub cluster: Option<&'a Arc<Cluster>>,
 }
 
 impl Ctx<'_> {
+    /// Whether `uid` is online: on any node in cluster mode, on this one otherwise.
+    pub fn is_online(&self, uid: u64) -> bool {
+        match self.cluster {
+            Some(cluster) => cluster.presence().is_online(uid),
+            None => self.registry.is_online(uid),
+        }
+    }
+
+    /// A function that tells the other nodes (cluster mode) of a committed change.
+    pub fn invalidator(&self) -> impl Fn(Invalidation) + Send + 'static {
+        let cluster = self.cluster.cloned();
+        move |what| {
+            if let Some(cluster) = &cluster {
+                cluster.publish_invalidation(&what);
+            }
+        }
+    }
+
     /// A checked message from this connection's user, acked to this connection once stored.
     pub fn message(&self, kind: Kind, chat_id: String, to_uid: Option<u64>, content: Content) -> NewMessage {
         NewMessage {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::cluster::Invalidation;
+
 use super::{ClientFrame, Ctx, Refusal, Step, not_stored};
 use crate::directory::Directory;
 use crate::frames;
@@ -48,8 +50,12 @@ where
     }
     let (metrics, action, chat_id) = (ctx.metrics.clone(), action.to_string(), chat_id.to_string());
     let committed = change(ctx.store.clone(), ctx.directory.clone(), chat_id.clone());
+    let invalidate = ctx.invalidator();
     Ok(Step::Later(Box::pin(async move {
         let result = committed.await;
+        if result.is_ok() {
+            invalidate(Invalidation::Room { chat_id: chat_id.clone() });
+        }
         room_reply(&metrics, action, chat_id, result)
     })))
 }

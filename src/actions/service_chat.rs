@@ -20,8 +20,9 @@ impl<'f> ServiceChat<'f> {
     }
 
     pub fn apply(self, ctx: &Ctx<'_>) -> Result<Step, Refusal> {
-        let routed = service::route(ctx.directory, ctx.registry, ctx.uid, self.shop_id, self.chat_id, self.to_uid)
-            .map_err(refusal)?;
+        let routed =
+            service::route(ctx.directory, &|uid| ctx.is_online(uid), ctx.uid, self.shop_id, self.chat_id, self.to_uid)
+                .map_err(refusal)?;
         let mut message = ctx.message(Kind::Service, routed.chat_id, routed.to_uid, self.content);
         message.service = Some(routed.route);
         Ok(Step::Store(message))

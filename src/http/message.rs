@@ -39,7 +39,12 @@ pub async fn broadcast(app: &App, params: Params) -> ApiResult {
         })
         .await?;
     let accepted = accepted.await.map_err(|_| ApiError::new(503, "the server is shutting down"))??;
-    Ok(json!({"id": accepted.id, "seq": accepted.seq, "delivered": accepted.delivered}))
+    let mut data = json!({"id": accepted.id, "seq": accepted.seq, "delivered": accepted.delivered});
+    if app.cluster.is_some() {
+        // Each node delivers to its own connections: `delivered` counts this node's.
+        data["delivered_scope"] = json!("node");
+    }
+    Ok(data)
 }
 
 /// The uid behind an admin credential (0 for the `--admin-token` secret), or 401/403.

@@ -168,7 +168,9 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, peer: Peer, start: Start
     match path.as_str() {
         "/metrics" => {
             app.metrics.writer_queue_depth.set(i64::try_from(app.store.queue_depth()).unwrap_or(i64::MAX));
-            with_body(200, "text/plain; version=0.0.4", app.metrics.render())
+            let mut text = app.metrics.render();
+            text.push_str(&crate::node::metrics(&app));
+            with_body(200, "text/plain; version=0.0.4", text)
         }
         "/openapi.json" => with_body(200, "application/json", OPENAPI.to_string()),
         "/health" => match app.store.degraded() {
@@ -308,12 +310,16 @@ fn failed(app: &App, worker: &str) -> Response<Body> {
 }
 
 fn health(app: &App) -> serde_json::Value {
-    json!({
+    let mut data = json!({
         "status": "ok",
         "pid": std::process::id(),
         "uptime_secs": app.started.elapsed().as_secs(),
         "online": app.registry.online_connections(),
-    })
+    });
+    if let Some(cluster) = crate::node::health(app) {
+        data["cluster"] = cluster;
+    }
+    data
 }
 
 /// `/health` while the writer's last attempt to store failed for the storage's own reasons

@@ -1,5 +1,6 @@
 //! Rooms over HTTP: create, invite, join, leave, members.
 
+use crate::cluster::Invalidation;
 use serde_json::{Value, json};
 
 use super::envelope::{ApiError, ApiResult};
@@ -23,6 +24,7 @@ pub async fn create(app: &App, params: Params) -> ApiResult {
     let name = params.get("name").map(str::to_string);
     let policy = policy(&params)?;
     let chat_id = rooms::create(&app.store, &app.directory, claims.uid, name, policy).await?;
+    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
     let history = if policy.history_from_join { "joined" } else { "shared" };
     Ok(json!({"chat_id": chat_id, "private": policy.private, "history": history}))
 }
@@ -50,6 +52,7 @@ pub async fn invite(app: &App, params: Params) -> ApiResult {
     let chat_id = params.require("chat_id")?;
     let uid = params.require_number("uid")?;
     rooms::invite(&app.store, &app.directory, chat_id, claims.uid, uid).await?;
+    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
     Ok(json!({"chat_id": chat_id, "uid": uid}))
 }
 
@@ -57,6 +60,7 @@ pub async fn join(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
     rooms::join(&app.store, &app.directory, chat_id, claims.uid).await?;
+    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
     Ok(json!({"chat_id": chat_id}))
 }
 
@@ -64,6 +68,7 @@ pub async fn leave(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
     rooms::leave(&app.store, &app.directory, chat_id, claims.uid).await?;
+    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
     Ok(json!({"chat_id": chat_id}))
 }
 
@@ -86,7 +91,7 @@ pub fn user_list(app: &App, uids: &[u64]) -> Vec<Value> {
             json!({
                 "uid": uid,
                 "username": app.directory.username(uid).as_deref().unwrap_or(""),
-                "online": app.registry.is_online(uid),
+                "online": app.is_online(uid),
             })
         })
         .collect()

@@ -1,6 +1,7 @@
 //! Shops and their customer-service agents. An agent the owner adds is only invited until
 //! they accept; only accepted agents get customers.
 
+use crate::cluster::Invalidation;
 use serde_json::json;
 
 use super::envelope::{ApiError, ApiResult};
@@ -17,6 +18,7 @@ pub async fn create(app: &App, params: Params) -> ApiResult {
     let owner = claims.uid;
     let shop_id = app.store.create_shop(name, owner).await?;
     app.directory.add_shop(shop_id, owner);
+    app.invalidate(Invalidation::Shop { shop_id });
     Ok(json!({"shop_id": shop_id}))
 }
 
@@ -46,6 +48,7 @@ pub async fn add_agent(app: &App, params: Params) -> ApiResult {
     } else {
         app.directory.invite_agent(shop_id, uid);
     }
+    app.invalidate(Invalidation::Shop { shop_id });
     Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": accepted}))
 }
 
@@ -66,6 +69,7 @@ pub async fn accept_agent(app: &App, params: Params) -> ApiResult {
         return Err(ApiError::not_found(format!("no invitation to be an agent of shop {shop_id}")));
     }
     app.directory.accept_agent(shop_id, uid);
+    app.invalidate(Invalidation::Shop { shop_id });
     Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": true}))
 }
 
@@ -74,6 +78,7 @@ pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
     app.directory.remove_agent(shop_id, uid);
     app.store.remove_agent(shop_id, uid).await?;
     app.directory.forget_handler(shop_id, uid);
+    app.invalidate(Invalidation::Shop { shop_id });
     // Every agent of the shop may now have those conversations unread.
     app.directory.unread.note_everyone();
     Ok(json!({"shop_id": shop_id, "uid": uid}))

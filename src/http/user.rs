@@ -1,5 +1,6 @@
 //! Accounts: register, login, logout, me.
 
+use crate::cluster::Invalidation;
 use serde_json::json;
 
 use super::envelope::{ApiError, ApiResult};
@@ -39,6 +40,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
     };
     app.directory.unread.registered(uid, shared_mark);
     app.directory.add_user(uid, &username, 0);
+    app.invalidate(Invalidation::User { uid });
     let (token, expires_in) = app.auth.issue(uid, &username, 0);
     Ok(json!({"uid": uid, "username": username, "access_token": token, "expires_in": expires_in}))
 }
@@ -88,6 +90,7 @@ pub(super) async fn revoke(app: &App, uid: u64, reason: &'static str) -> Result<
     };
     // The generation first: a socket joining the registry meanwhile checks it (`ws::session`).
     app.directory.set_token_gen(uid, token_gen);
+    app.invalidate(Invalidation::TokenGeneration { uid, generation: token_gen });
     app.registry.close_user(uid, crate::registry::TOKEN_CLOSE, reason);
     Ok(true)
 }

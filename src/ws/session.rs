@@ -392,6 +392,7 @@ where
             metrics: &app.metrics,
             conn: &self.conn,
             uid: self.claims.uid,
+            cluster: app.cluster.as_ref().map(|node| &node.bus),
         };
         match actions::handle(&ctx, text) {
             Step::Reply(frame) => self.reply(frame).await,
