@@ -252,8 +252,11 @@ pub struct ClusterDelivery {
 /// Bounded: past `MAX_ORIGINS` a message is not noted (its sender then gets it echoed once).
 #[derive(Default)]
 pub struct LocalOrigins {
-    pending: Mutex<HashMap<i64, (Option<u64>, Option<Arc<AtomicUsize>>)>>,
+    pending: Mutex<HashMap<i64, LocalOrigin>>,
 }
+
+/// The sending connection of a local message, and the counter of a broadcast's deliveries.
+type LocalOrigin = (Option<u64>, Option<Arc<AtomicUsize>>);
 
 /// Local messages the sequencer may hold at once, noted with their origin.
 pub const MAX_ORIGINS: usize = 65_536;
@@ -270,7 +273,7 @@ impl LocalOrigins {
     }
 
     /// The origin noted for message `id`, forgotten as it is delivered.
-    fn take(&self, id: i64) -> (Option<u64>, Option<Arc<AtomicUsize>>) {
+    fn take(&self, id: i64) -> LocalOrigin {
         let mut pending = self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         pending.remove(&id).unwrap_or((None, None))
     }
@@ -286,6 +289,14 @@ pub fn sequenced_delivery(
 ) -> Deliver {
     Arc::new(move |messages: Vec<StoredMessage>| {
         for message in messages {
+            // The handler the store settled on (see `ServiceRoute::seen_handler`), whichever
+            // node routed the message.
+            if message.kind == Kind::Service
+                && let Some(agent) = message.agent_uid
+                && directory.handler(&message.chat_id) != Some(agent)
+            {
+                directory.set_handler(&message.chat_id, agent);
+            }
             let (conn, counter) = origins.take(message.id);
             let delivered = to_connections(&registry, &directory, &metrics, &message, conn);
             if let Some(counter) = counter {

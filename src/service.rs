@@ -70,13 +70,14 @@ fn customer_message(
 ) -> Result<Routed, RouteError> {
     let agents = directory.shop_agents(shop_id).ok_or(RouteError::UnknownShop(shop_id))?;
     let chat_id = chat_id::service(shop_id, customer_uid);
-    let choice = agent::choose(directory.handler(&chat_id), &agents, is_online, |n| rand::random_range(0..n));
+    let seen_handler = directory.handler(&chat_id);
+    let choice = agent::choose(seen_handler, &agents, is_online, |n| rand::random_range(0..n));
     if let Some(agent) = choice.agent {
         // Set now, not after the commit, so the customer's next message sticks to this agent.
         directory.set_handler(&chat_id, agent);
     }
     let all_agents = if choice.all_agents { agents.to_vec() } else { Vec::new() };
-    let route = ServiceRoute { shop_id, customer_uid, agent_uid: choice.agent, all_agents };
+    let route = ServiceRoute { shop_id, customer_uid, agent_uid: choice.agent, all_agents, seen_handler };
     Ok(Routed { chat_id, to_uid: choice.agent, route })
 }
 
@@ -89,6 +90,12 @@ fn agent_reply(directory: &Directory, shop_id: u64, customer_uid: u64, agent_uid
     Ok(Routed {
         chat_id,
         to_uid: Some(customer_uid),
-        route: ServiceRoute { shop_id, customer_uid, agent_uid: Some(agent_uid), all_agents: Vec::new() },
+        route: ServiceRoute {
+            shop_id,
+            customer_uid,
+            agent_uid: Some(agent_uid),
+            all_agents: Vec::new(),
+            seen_handler: None,
+        },
     })
 }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use serde_json::{Value, json};
 struct Cluster {
     nodes: Vec<Server>,
     // Dropped after the nodes (fields drop in order).
-    _nats: NatsServer,
+    nats: NatsServer,
     _db: SharedPgDatabase,
 }
 
@@ -32,7 +31,7 @@ async fn cluster(n: usize) -> Option<Cluster> {
         let args = ["--nats", &nats.url(), "--cluster-prefix", &prefix, "--node-id", &node_id, "--admin-token", ADMIN];
         nodes.push(Server::start_on_db(Path::new(&db.url()), &args).await);
     }
-    let cluster = Cluster { nodes, _nats: nats, _db: db };
+    let cluster = Cluster { nodes, nats, _db: db };
     // Every node has seen every other one (their subscriptions are up, their heartbeats in).
     for node in &cluster.nodes {
         wait_for(node, "/health", |data| data["cluster"]["nodes"].as_array().is_some_and(|a| a.len() == n)).await;
@@ -256,38 +255,64 @@ async fn concurrent_customers_on_two_nodes_get_one_handler() {
     let Some(c) = cluster(2).await else { return };
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
     let setup = shop_with_agents(a, "shop", ["agent1", "agent2"]).await;
-    let (customer, customer_token) = a.register("customer").await;
     let owner_token = &setup.owner.1;
-    for token in [&customer_token, owner_token, &setup.agents[0].1, &setup.agents[1].1] {
+    for token in [owner_token, &setup.agents[0].1, &setup.agents[1].1] {
         wait_known(b, token).await;
     }
-    // Agent 1 online on A only, agent 2 on B only: each node alone would pick its own.
-    let mut agents = Vec::new();
+    // Agent 1 online on A only, agent 2 on B only; each node sees both online and picks one
+    // at random, so unsettled routing would give about half the conversations two agents.
+    let mut agent_sockets = Vec::new();
     for (i, node) in [a, b].into_iter().enumerate() {
-        agents.push(node.connect(&setup.agents[i].1).await.0);
+        agent_sockets.push(node.connect(&setup.agents[i].1).await.0);
     }
     for node in [a, b] {
         for (agent, _) in &setup.agents {
-            wait_online_in(node, owner_token, &format!("/shop/agents?shop_id={}", setup.shop), "agents", *agent, true)
-                .await;
+            let path = format!("/shop/agents?shop_id={}", setup.shop);
+            wait_online_in(node, owner_token, &path, "agents", *agent, true).await;
         }
     }
-    let (mut on_a, _) = a.connect_device(&customer_token, "a").await;
-    let (mut on_b, _) = b.connect_device(&customer_token, "b").await;
-    let frame = |i: usize| {
-        json!({"action": "service_chat", "chat_type": 3, "msg_type": "text",
-                                  "msg_id": format!("c{i}"), "shop_id": setup.shop, "msg": "help"})
-    };
-    let (ack_a, ack_b) = tokio::join!(on_a.request(frame(1)), on_b.request(frame(2)));
-    assert_eq!((ack_a["action"].as_str(), ack_b["action"].as_str()), (Some("ack"), Some("ack")));
-    let chat = service_chat_id(setup.shop, customer);
-    // What the store holds: every message of the conversation to one agent.
-    let (status, body) = history(a, &customer_token, &chat).await;
-    let data = ok(status, &body, "history");
-    let handlers: HashMap<String, usize> =
-        data["messages"].as_array().expect("messages").iter().fold(HashMap::new(), |mut seen, m| {
-            *seen.entry(m["agent_uid"].to_string()).or_default() += 1;
-            seen
-        });
-    assert_eq!(handlers.len(), 1, "one handler for the conversation: {data}");
+    const CUSTOMERS: usize = 8;
+    for i in 0..CUSTOMERS {
+        let (customer, customer_token) = a.register(&format!("customer{i}")).await;
+        wait_known(b, &customer_token).await;
+        let (mut on_a, _) = a.connect_device(&customer_token, "a").await;
+        let (mut on_b, _) = b.connect_device(&customer_token, "b").await;
+        let frame = |n: usize| {
+            json!({"action": "service_chat", "chat_type": 3, "msg_type": "text",
+                   "msg_id": format!("c{n}"), "shop_id": setup.shop, "msg": "help"})
+        };
+        let (ack_a, ack_b) = tokio::join!(on_a.request(frame(1)), on_b.request(frame(2)));
+        assert_eq!((ack_a["action"].as_str(), ack_b["action"].as_str()), (Some("ack"), Some("ack")), "{ack_a} {ack_b}");
+        let chat = service_chat_id(setup.shop, customer);
+        // What the store holds: both messages of the conversation to one agent.
+        let (status, body) = history(a, &customer_token, &chat).await;
+        let data = ok(status, &body, "history");
+        let agents: Vec<u64> = data["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["agent_uid"].as_u64().unwrap_or_else(|| panic!("an agent for each message: {m}")))
+            .collect();
+        assert_eq!(agents.len(), 2, "{data}");
+        assert_eq!(agents[0], agents[1], "customer {i}: one handler for the conversation: {data}");
+    }
+}
+
+#[tokio::test]
+async fn without_nats_messages_between_nodes_come_through_the_catch_up() {
+    let Some(mut c) = cluster(2).await else { return };
+    let (alice, alice_token) = c.nodes[0].register("alice").await;
+    let (bob, bob_token) = c.nodes[0].register("bob").await;
+    wait_known(&c.nodes[1], &bob_token).await;
+    let (mut alice_ws, _) = c.nodes[0].connect(&alice_token).await;
+    let (mut bob_ws, _) = c.nodes[1].connect(&bob_token).await;
+    c.nats.kill9().await;
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        acks.push(send_text(&mut alice_ws, bob, &format!("m{i}"), &format!("text {i}")).await);
+    }
+    for (i, ack) in acks.iter().enumerate() {
+        let f = next_of(&mut bob_ws, "single_chat").await;
+        assert_delivered_text(&f, ack, alice, "alice", &format!("text {i}"));
+    }
 }

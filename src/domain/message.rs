@@ -36,6 +36,10 @@ pub struct ServiceRoute {
     /// With no agent handling the conversation yet: every agent of the shop, who all get it
     /// through sync.
     pub all_agents: Vec<u64>,
+    /// The handler the routing node knew when it chose `agent_uid` (customer messages). A
+    /// store shared by several nodes keeps the handler it holds when another node changed it
+    /// meanwhile, so that one conversation never gets two agents.
+    pub seen_handler: Option<u64>,
 }
 
 /// Who waits for a message's outcome, opaque to the store: delivery makes it (from a

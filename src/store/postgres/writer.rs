@@ -43,9 +43,9 @@ const CREATE_SQL: &str = "WITH created AS (
     SELECT p.uid, p.chat_id FROM unnest($6::bigint[], $7::text[]) AS p(uid, chat_id)
     JOIN created c ON c.chat_id = p.chat_id
     ON CONFLICT DO NOTHING";
-/// Locks the batch's conversations, always in chat_id order, and reads their newest seq.
-const LOCK_SQL: &str =
-    "SELECT chat_id, last_seq FROM conversations WHERE chat_id = ANY($1::text[]) ORDER BY chat_id FOR UPDATE";
+/// Locks the batch's conversations, always in chat_id order, and reads their newest seq and
+/// handling agent.
+const LOCK_SQL: &str = "SELECT chat_id, last_seq, handler_uid FROM conversations WHERE chat_id = ANY($1::text[]) ORDER BY chat_id FOR UPDATE";
 const IDS_SQL: &str = "SELECT nextval('messages_id_seq') FROM generate_series(1, $1::bigint)";
 const INSERT_SQL: &str =
     "INSERT INTO messages (id, chat_id, seq, from_uid, to_uid, msg_id, msg_type, body, ts, shop_id, agent_uid)
@@ -409,8 +409,11 @@ async fn number(
     let (_, locked, id_rows) =
         try_join!(tx.execute(&create, &create_params), tx.query(&lock, &lock_params), tx.query(&ids, &ids_params))?;
     let mut last_seq: HashMap<String, i64> = HashMap::with_capacity(locked.len());
+    let mut handlers: HashMap<String, Option<i64>> = HashMap::new();
     for row in &locked {
-        last_seq.insert(row.try_get(0)?, row.try_get(1)?);
+        let chat_id: String = row.try_get(0)?;
+        handlers.insert(chat_id.clone(), row.try_get(2)?);
+        last_seq.insert(chat_id, row.try_get(1)?);
     }
     let mut ids: Vec<i64> = id_rows.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?;
     ids.sort_unstable();
@@ -421,25 +424,44 @@ async fn number(
             return Err(StoreError::Backend(format!("conversation {} vanished while committing", m.chat_id)).into());
         };
         *seq += 1;
+        let (to_uid, agent_uid) = settle_handler(m, handlers.get_mut(&*m.chat_id));
         numbered.push(StoredMessage {
             id,
             kind: m.kind,
             chat_id: m.chat_id.clone(),
             seq: *seq,
             from_uid: m.from_uid,
-            to_uid: m.to_uid,
+            to_uid,
             msg_id: m.msg_id.clone(),
             msg_type: m.msg_type.clone(),
             body: m.body.clone(),
             ts: now,
             shop_id: m.service.as_ref().map(|s| s.shop_id),
-            agent_uid: m.service.as_ref().and_then(|s| s.agent_uid),
+            agent_uid,
         });
     }
     if numbered.len() != fresh.len() {
         return Err(StoreError::Backend("PostgreSQL gave fewer message ids than asked".into()).into());
     }
     Ok(numbered)
+}
+
+/// The recipient and agent of a message, decided under the conversation's row lock: a
+/// customer's message keeps the handler the database holds when another node set it after the
+/// routing node looked (`seen_handler`), so that two nodes never give one conversation two
+/// agents; otherwise its chosen agent becomes the handler. `handler` is the conversation's,
+/// kept up to date through the batch.
+fn settle_handler(m: &Entry, handler: Option<&mut Option<i64>>) -> (Option<u64>, Option<u64>) {
+    let Some(route) = m.service.as_ref() else { return (m.to_uid, None) };
+    let (Some(chosen), Some(handler)) = (route.agent_uid, handler) else { return (m.to_uid, route.agent_uid) };
+    let stored = handler.map(|h| h as u64);
+    if m.from_uid == route.customer_uid
+        && let Some(stored) = stored.filter(|&h| h != chosen && Some(h) != route.seen_handler)
+    {
+        return (Some(stored), Some(stored));
+    }
+    *handler = Some(chosen as i64);
+    (m.to_uid, Some(chosen))
 }
 
 /// Writes the numbered messages and what they move (newest seqs, the senders' read positions,
@@ -484,7 +506,8 @@ async fn write(
         newest.insert(&m.chat_id, m.seq);
         read.insert((m.from_uid as i64, &m.chat_id), m.seq);
         if let Some(route) = &messages[i].service {
-            if let Some(agent) = route.agent_uid {
+            // As settled under the lock (`settle_handler`).
+            if let Some(agent) = m.agent_uid {
                 handler.insert(&m.chat_id, agent as i64);
                 joining.insert((agent as i64, &m.chat_id));
             }

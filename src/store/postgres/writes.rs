@@ -516,6 +516,7 @@ mod tests {
             customer_uid: alice,
             agent_uid: agent,
             all_agents: vec![bob, carol],
+            seen_handler: None,
         };
         assert_eq!(node.send(Kind::Service, &service, alice, None, Some(route(None))).await, 1);
         assert_eq!(store.sync_for(bob, "x".into()).await.unwrap().messages.len(), 1);

@@ -799,6 +799,7 @@ mod tests {
                 customer_uid: 1,
                 agent_uid: None,
                 all_agents: agents,
+                seen_handler: None,
             }),
             ticket: Ticket::new(()),
         }))
