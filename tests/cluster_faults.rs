@@ -152,6 +152,7 @@ struct User {
 /// unanswered, `pace` apart, counting acks in `acks`; stops early when `stop` is set, and
 /// returns (the socket if it is still up, the traffic) when all are answered or the node is
 /// gone.
+#[allow(clippy::too_many_arguments)] // one client's whole load, as plain values for a task
 async fn exchange(
     mut ws: Ws,
     user: User,
