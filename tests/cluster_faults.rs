@@ -304,7 +304,7 @@ async fn one_live_message(
     receive_all(to_ws, to, to_t, &want, "warm-up across nodes").await;
 }
 
-// Fails on the wiring merged from `wire` (6940242), 3 runs of 3: after node 1 is killed, a
+// Fails on the wiring merged from `wire` (6940242, 4b9f8e0), every run: after node 1 is killed, a
 // message of the pair's conversation committed on one surviving node is never delivered live
 // to the peer connected to the other surviving node (a's message on node 0 to b on node 2, or
 // b's resends on node 2 to a on node 0), although /health shows nothing held and no lag.
