@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
-use crate::store::postgres::{RoomInfo, ShopInfo};
 use crate::store::snapshot::Snapshot;
+use crate::store::{RoomInfo, ShopInfo};
 use crate::unread::UnreadHints;
 
 pub struct UserEntry {

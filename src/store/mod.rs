@@ -20,6 +20,8 @@ pub use crate::domain::{Accepted, Kind, NewMessage, ServiceRoute, StoredMessage,
 pub use facade::{Prepared, Store};
 pub use guard::StoreGuard;
 pub use outcome::{Committed, Outcome, OutcomeSender};
+/// What a cluster node reloads when another node changed a room or a shop.
+pub use postgres::{RoomInfo, ShopInfo};
 pub use rows::{ConversationRow, Joined, SyncBatch, UserRow};
 pub use target::DbTarget;
 
