@@ -45,6 +45,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same error for one more waiter (an error answers every command of a failed
+    /// batch): the text, and whether the storage or a constraint was the cause, carry over.
+    pub(crate) fn for_another(&self) -> StoreError {
+        match self {
+            StoreError::Closed => StoreError::Closed,
+            StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
+            StoreError::Conflict(reason) => StoreError::Conflict(reason.clone()),
+            other => StoreError::Refused(other.to_string()),
+        }
+    }
+
     /// "storage unavailable: …" when the storage failed rather than the command (clients get
     /// 503 for these, 500 for the rest).
     pub fn unavailable(&self) -> Option<String> {

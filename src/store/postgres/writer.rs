@@ -227,7 +227,7 @@ impl Writer {
             Ok(answers) => answers,
             Err(error) if error.unavailable().is_some() || messages.len() == 1 => {
                 tracing::error!("store batch of {} failed: {error}", messages.len());
-                messages.iter().map(|_| Err(clone_error(&error))).collect()
+                messages.iter().map(|_| Err(error.for_another())).collect()
             }
             Err(error) => {
                 tracing::warn!("store batch of {} failed ({error}): committing one by one", messages.len());
@@ -547,16 +547,6 @@ async fn write(
         tx.execute(&set_read, &read_params),
     )?;
     Ok(())
-}
-
-/// Errors are answered to many waiters; keep the text, and whether the storage failed.
-fn clone_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Closed => StoreError::Closed,
-        StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
-        StoreError::Conflict(reason) => StoreError::Conflict(reason.clone()),
-        other => StoreError::Refused(other.to_string()),
-    }
 }
 
 #[cfg(test)]

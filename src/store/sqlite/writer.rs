@@ -276,7 +276,7 @@ impl Writer {
             result = self.control("COMMIT");
         }
         let Err(error) = result else { return (steps, Ok(())) };
-        let error = clone_error(&error);
+        let error = error.for_another();
         self.note_failure(&error);
         if !self.conn.is_autocommit()
             && let Err(e) = self.conn.execute_batch("ROLLBACK")
@@ -417,17 +417,17 @@ impl Writer {
         restore_seq(&mut self.last_seq, message.chat_id.clone(), before);
         self.note_failure(&error);
         let transaction = if self.conn.is_autocommit() {
-            Err(clone_error(&error))
+            Err(error.for_another())
         } else if self.durable && guarded {
             self.control("ROLLBACK TO message").and_then(|()| self.control("RELEASE message"))
         } else if self.durable {
             // `attempt` sees the transaction gone and runs the rest again.
             let rolled_back = self.control("ROLLBACK");
-            Err(rolled_back.err().unwrap_or_else(|| clone_error(&error)))
+            Err(rolled_back.err().unwrap_or_else(|| error.for_another()))
         } else {
             Ok(())
         };
-        (Step::Refused(message, clone_error(&error)), transaction)
+        (Step::Refused(message, error.for_another()), transaction)
     }
 
     /// Records a message that was written and released: its id and seq are taken for good
@@ -449,8 +449,8 @@ impl Writer {
     fn run_job(&mut self, job: Job) -> (Step, StoreResult<()>) {
         if let Err(error) = self.control("SAVEPOINT job") {
             self.note_failure(&error);
-            let JobDone { complete, .. } = job(Err(clone_error(&error)));
-            let transaction = if self.conn.is_autocommit() { Err(clone_error(&error)) } else { Ok(()) };
+            let JobDone { complete, .. } = job(Err(error.for_another()));
+            let transaction = if self.conn.is_autocommit() { Err(error.for_another()) } else { Ok(()) };
             return (Step::Done(complete, Err(error)), transaction);
         }
         let JobDone { ok, unavailable, complete } = job(Ok(&self.conn));
@@ -471,7 +471,7 @@ impl Writer {
             Ok(()) => (Step::Done(complete, Ok(())), Ok(())),
             Err(error) => {
                 self.note_failure(&error);
-                let answer = if ok { Err(clone_error(&error)) } else { Ok(()) };
+                let answer = if ok { Err(error.for_another()) } else { Ok(()) };
                 (Step::Done(complete, answer), Err(error))
             }
         }
@@ -591,7 +591,7 @@ impl Step {
     fn lose(self, error: &StoreError) -> Step {
         match self {
             Step::Written(message, _, _) => Step::Pending(message),
-            Step::Ran(complete) => Step::Done(complete, Err(clone_error(error))),
+            Step::Ran(complete) => Step::Done(complete, Err(error.for_another())),
             other => other,
         }
     }
@@ -601,10 +601,10 @@ impl Step {
     /// written were committed, alone, by `one_by_one`.)
     fn give_up(self, error: &StoreError) -> Step {
         match self {
-            Step::Pending(message) => Step::Refused(message, clone_error(error)),
+            Step::Pending(message) => Step::Refused(message, error.for_another()),
             Step::Job(job) => {
-                let JobDone { complete, .. } = job(Err(clone_error(error)));
-                Step::Done(complete, Err(clone_error(error)))
+                let JobDone { complete, .. } = job(Err(error.for_another()));
+                Step::Done(complete, Err(error.for_another()))
             }
             settled => settled,
         }
@@ -718,16 +718,6 @@ fn max_message_id(conn: &Connection) -> StoreResult<i64> {
 /// constraint failure too, and taking it for a resend would ack a message that is not stored.
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
-}
-
-/// Errors are answered to many waiters; keep the text, and whether the storage failed.
-fn clone_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Closed => StoreError::Closed,
-        StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
-        StoreError::Conflict(reason) => StoreError::Conflict(reason.clone()),
-        other => StoreError::Refused(other.to_string()),
-    }
 }
 
 #[cfg(test)]
