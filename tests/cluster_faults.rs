@@ -367,7 +367,8 @@ async fn a_node_killed_under_load_loses_nothing_acked_and_the_others_carry_on() 
         // What b sent without a reply is resent to node 2: a duplicate if node 1 had
         // committed it (the msg_id is claimed in the shared store), else stored now.
         for msg_id in b_t.unanswered.clone() {
-            let reply = request_noting(&mut b_ws, text_frame(a.uid, &msg_id, "under load"), &mut b_t, a.uid, &chat).await;
+            let reply =
+                request_noting(&mut b_ws, text_frame(a.uid, &msg_id, "under load"), &mut b_t, a.uid, &chat).await;
             b_t.note(&reply, a.uid, &chat);
         }
         // The others carry on: one more message each way across nodes 0 and 2.

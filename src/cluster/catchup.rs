@@ -33,7 +33,8 @@ pub struct CatchUpSettings {
     /// How far back of the previous poll each poll looks: covers the nodes' clock skew and a
     /// commit that became visible after the poll that should have seen it.
     pub margin: Duration,
-    /// How often due gaps are looked for (well under the hold).
+    /// How often due gaps and settled conversations are looked for (well under the hold; a
+    /// conversation first seen past seq 1 waits its settling time plus up to this).
     pub gap_check: Duration,
     /// A conversation this node has not seen at all: at most this many of its last messages,
     /// those committed inside the poll's window, are delivered.
@@ -45,7 +46,7 @@ impl Default for CatchUpSettings {
         CatchUpSettings {
             poll: Duration::from_secs(1),
             margin: Duration::from_secs(2),
-            gap_check: Duration::from_millis(50),
+            gap_check: Duration::from_millis(25),
             unseen_window: 64,
         }
     }
@@ -91,8 +92,9 @@ async fn run(store: Arc<dyn ClusterStore>, sequencer: Arc<Sequencer>, settings: 
     }
 }
 
-/// Fetches and offers every due gap.
+/// Releases the conversations done settling, then fetches and offers every due gap.
 async fn fill_gaps(store: &dyn ClusterStore, sequencer: &Sequencer) {
+    sequencer.settle();
     for gap in sequencer.due_gaps() {
         match store.messages_between(&gap.chat_id, gap.after_seq, gap.up_to_seq).await {
             Ok(messages) => sequencer.offer(messages),

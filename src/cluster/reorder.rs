@@ -22,6 +22,10 @@ pub struct Limits {
     pub max_held: usize,
     /// Most messages one gap asks for; a longer one is fetched in several rounds.
     pub max_fetch: i64,
+    /// A conversation first seen past its seq 1 (after a start, or once forgotten): how long
+    /// its messages wait for earlier ones still on their way from other nodes, before the
+    /// lowest seq that came is taken as its start.
+    pub settle: Duration,
 }
 
 impl Default for Limits {
@@ -32,6 +36,7 @@ impl Default for Limits {
             max_held_per_conversation: 256,
             max_held: 4096,
             max_fetch: 500,
+            settle: Duration::from_millis(40),
         }
     }
 }
@@ -69,6 +74,9 @@ struct Conversation {
     behind_since: Option<Instant>,
     /// Use counter, for the least-recently-used eviction.
     used: u64,
+    /// First seen past seq 1: until then everything offered is held, and `last` follows the
+    /// lowest seq held (see `Limits::settle`).
+    settling_until: Option<Instant>,
 }
 
 impl Conversation {
@@ -112,13 +120,16 @@ impl Reorderer {
 
     /// Takes one committed message (local or remote, in any order) and returns those now
     /// deliverable, in seq order: none when it is a repeat or waits behind a gap. A
-    /// conversation first seen starts at its first message.
+    /// conversation first seen at seq 1 starts there; first seen past it, it settles first
+    /// (`Limits::settle`): an earlier message another node published at the same moment may
+    /// still be on its way, and would otherwise be taken for a repeat and lost.
     pub fn offer(&mut self, message: StoredMessage, now: Instant) -> Vec<StoredMessage> {
         self.clock += 1;
         let clock = self.clock;
         if !self.conversations.contains_key(&message.chat_id) {
             self.make_room();
             let start = message.seq - 1;
+            let settling_until = (message.seq > 1).then(|| now + self.limits.settle);
             let fresh = Conversation {
                 last: start,
                 known: start,
@@ -127,23 +138,33 @@ impl Reorderer {
                 urgent: false,
                 behind_since: None,
                 used: clock,
+                settling_until,
             };
             self.conversations.insert(message.chat_id.clone(), fresh);
         }
         let Some(conv) = self.conversations.get_mut(&message.chat_id) else { return Vec::new() };
         conv.used = clock;
         let seq = message.seq;
+        let room = conv.held.len() < self.limits.max_held_per_conversation && self.held < self.limits.max_held;
+        if conv.settling_until.is_some() && !room {
+            // No room to wait for earlier ones: what is held is the start.
+            conv.settling_until = None;
+        }
+        if conv.settling_until.is_some() && seq <= conv.last && !conv.held.contains_key(&seq) {
+            // Earlier than what came first, while settling: the start moves down to it.
+            conv.last = seq - 1;
+        }
         if seq <= conv.last || conv.held.contains_key(&seq) {
             self.stats.repeats += 1;
             return Vec::new();
         }
         conv.known = conv.known.max(seq);
-        if seq > conv.last + 1 {
+        if seq > conv.last + 1 || conv.settling_until.is_some() {
             if conv.behind_since.is_none() {
                 conv.behind_since = Some(now);
                 self.behind.insert(message.chat_id.clone());
             }
-            if conv.held.len() < self.limits.max_held_per_conversation && self.held < self.limits.max_held {
+            if room {
                 conv.held.insert(seq, message);
                 self.held += 1;
             } else {
@@ -153,8 +174,40 @@ impl Reorderer {
             conv.waiting_since.get_or_insert(now);
             return Vec::new();
         }
-        let mut out = vec![message];
+        let chat_id = message.chat_id.clone();
         conv.last = seq;
+        self.stats.delivered += 1;
+        let mut out = vec![message];
+        self.release(&chat_id, &mut out, now);
+        out
+    }
+
+    /// Conversations whose settling time is over: their held messages from the lowest on are
+    /// deliverable (in order, up to the first gap, which then waits as any gap does).
+    pub fn settle(&mut self, now: Instant) -> Vec<StoredMessage> {
+        let settled: Vec<Arc<str>> = self
+            .behind
+            .iter()
+            .filter(|chat_id| {
+                self.conversations.get(*chat_id).and_then(|conv| conv.settling_until).is_some_and(|until| until <= now)
+            })
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for chat_id in settled {
+            if let Some(conv) = self.conversations.get_mut(&chat_id) {
+                conv.settling_until = None;
+            }
+            self.release(&chat_id, &mut out, now);
+        }
+        out
+    }
+
+    /// Moves the held messages that follow `last` of `chat_id` into `out`, and updates what
+    /// the conversation waits for; `out` may already hold its messages just delivered.
+    fn release(&mut self, chat_id: &Arc<str>, out: &mut Vec<StoredMessage>, now: Instant) {
+        let Some(conv) = self.conversations.get_mut(chat_id) else { return };
+        let before = out.len();
         while let Some(next) = conv.held.remove(&(conv.last + 1)) {
             conv.last += 1;
             self.held -= 1;
@@ -165,11 +218,10 @@ impl Reorderer {
         if !conv.behind() {
             conv.urgent = false;
             if conv.behind_since.take().is_some() {
-                self.behind.remove(&out[0].chat_id);
+                self.behind.remove(chat_id);
             }
         }
-        self.stats.delivered += out.len() as u64;
-        out
+        self.stats.delivered += (out.len() - before) as u64;
     }
 
     /// The store says `chat_id` has messages up to `up_to_seq`: if this node has delivered
@@ -197,6 +249,9 @@ impl Reorderer {
         for chat_id in &self.behind {
             let Some(conv) = self.conversations.get_mut(chat_id) else { continue };
             let Some(since) = conv.waiting_since else { continue };
+            if conv.settling_until.is_some() {
+                continue;
+            }
             if !conv.behind() || (!conv.urgent && now.saturating_duration_since(since) < hold) {
                 continue;
             }
@@ -293,13 +348,58 @@ mod tests {
     fn in_order_messages_pass_and_repeats_are_dropped() {
         let now = Instant::now();
         let mut order = Reorderer::new(limits());
-        assert_eq!(seqs(&order.offer(message("g", 5), now)), [5], "first seen: its first message is the start");
-        assert_eq!(seqs(&order.offer(message("g", 6), now)), [6]);
-        assert!(order.offer(message("g", 6), now).is_empty(), "repeat");
-        assert!(order.offer(message("g", 2), now).is_empty(), "below the start");
-        assert_eq!(order.delivered("g"), Some(6));
-        assert_eq!(order.stats().repeats, 2);
+        assert_eq!(seqs(&order.offer(message("g", 1), now)), [1], "first seen at seq 1: no wait");
+        assert_eq!(seqs(&order.offer(message("g", 2), now)), [2]);
+        assert!(order.offer(message("g", 2), now).is_empty(), "repeat");
+        assert_eq!(order.delivered("g"), Some(2));
+        assert_eq!(order.stats().repeats, 1);
+        assert_eq!(order.stats().delivered, 2);
         assert!(order.due_gaps(now + Duration::from_secs(10)).is_empty(), "no gap");
+    }
+
+    #[test]
+    fn a_conversation_first_seen_past_seq_1_settles_so_an_earlier_late_message_is_not_lost() {
+        let t0 = Instant::now();
+        let mut order = Reorderer::new(limits());
+        assert!(order.offer(message("g", 5), t0).is_empty(), "first seen at 5: it settles");
+        assert!(order.offer(message("g", 6), t0).is_empty(), "held while settling");
+        let early = t0 + Duration::from_millis(10);
+        assert!(order.offer(message("g", 4), early).is_empty(), "4 was on its way: the start moves to it");
+        assert!(order.settle(early).is_empty(), "not settled yet");
+        assert!(order.due_gaps(t0 + Duration::from_millis(39)).is_empty(), "settling is no gap");
+        let settled = t0 + Duration::from_millis(40);
+        assert_eq!(seqs(&order.settle(settled)), [4, 5, 6], "in order, from the lowest that came");
+        assert_eq!(order.held(), 0);
+        assert_eq!(order.lag(settled), Duration::ZERO);
+        assert!(order.offer(message("g", 3), settled).is_empty(), "settled: below the start is old");
+        assert_eq!(seqs(&order.offer(message("g", 7), settled)), [7], "then as usual");
+        assert_eq!(order.stats().delivered, 4);
+    }
+
+    #[test]
+    fn a_gap_left_after_settling_is_fetched_as_any_gap() {
+        let t0 = Instant::now();
+        let mut order = Reorderer::new(limits());
+        order.offer(message("g", 8), t0);
+        order.offer(message("g", 10), t0);
+        let settled = t0 + Duration::from_millis(40);
+        assert_eq!(seqs(&order.settle(settled)), [8]);
+        assert!(order.due_gaps(settled).is_empty(), "9 gets its hold");
+        let gaps = order.due_gaps(settled + Duration::from_millis(150));
+        assert_eq!(gaps, [Gap { chat_id: "g".into(), after_seq: 8, up_to_seq: 9 }]);
+        assert_eq!(seqs(&order.offer(message("g", 9), settled)), [9, 10]);
+    }
+
+    #[test]
+    fn settling_ends_at_once_when_there_is_no_room_to_hold() {
+        let t0 = Instant::now();
+        let mut order = Reorderer::new(Limits { max_held_per_conversation: 1, ..limits() });
+        assert!(order.offer(message("g", 5), t0).is_empty());
+        assert_eq!(seqs(&order.offer(message("g", 6), t0)), Vec::<i64>::new(), "no room: settling ends");
+        assert_eq!(seqs(&order.settle(t0)), Vec::<i64>::new(), "nothing settling any more");
+        assert_eq!(order.held(), 1, "5 is held as the start; 6 overflowed and is fetched");
+        let gaps = order.due_gaps(t0);
+        assert_eq!(gaps, [Gap { chat_id: "g".into(), after_seq: 4, up_to_seq: 6 }]);
     }
 
     #[test]

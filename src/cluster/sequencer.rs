@@ -35,6 +35,15 @@ impl Sequencer {
         }
     }
 
+    /// Delivers what the conversations done settling now release (see `Reorderer::settle`).
+    pub fn settle(&self) {
+        let mut order = self.lock();
+        let out = order.settle(Instant::now());
+        if !out.is_empty() {
+            (self.deliver)(out);
+        }
+    }
+
     /// See `Reorderer::expect`.
     pub fn expect(&self, chat_id: &str, up_to_seq: i64) -> bool {
         self.lock().expect(chat_id, up_to_seq, Instant::now())
