@@ -3,7 +3,8 @@
 //! `/health` says the storage is unavailable; once it is back, without restarting imd,
 //! `/health` is ok, a resend of the refused message is acked and delivered, and everything
 //! acked before is there (history and a new device's sync). Runs on a PostgreSQL of its own
-//! (`PgInstance`), since the shared one is never stopped.
+//! (`PgInstance`), since the shared one is never stopped. The same for two cluster nodes
+//! (with a nats-server of the test's own): both refuse, both say so, both resume.
 
 mod common;
 
@@ -290,4 +291,66 @@ async fn sends_in_flight_when_postgresql_stops_are_acked_only_if_stored() {
         }
     }
     bob_ws.expect_nothing_pending().await;
+}
+
+/// Two nodes of a cluster on one PostgreSQL, alice on the first and bob on the second:
+/// PostgreSQL stopped refuses sends with 503 on both nodes and both say so in `/health`
+/// (the cluster part too); started again, both resume by themselves and messages cross the
+/// nodes live both ways at the next seqs.
+#[tokio::test]
+async fn a_postgresql_outage_under_a_cluster_is_503_on_every_node_and_both_resume() {
+    let Some(mut pg) = PgInstance::start().await else { return };
+    let Some(nats) = common::nats::NatsServer::start().await else { return };
+    pg.create_database("imd").await;
+    let prefix = format!("imdt.pgout{}_{:08x}", std::process::id(), rand::random::<u32>());
+    let mut nodes = Vec::new();
+    for node_id in ["n0", "n1"] {
+        let args = ["--nats", &nats.url(), "--node-id", node_id, "--cluster-prefix", &prefix];
+        nodes.push(Server::start_on_db(Path::new(&pg.url("imd")), &args).await);
+    }
+    let alice = nodes[0].register("alice").await;
+    let bob = nodes[0].register("bob").await;
+    // bob's account reaches the second node by an invalidation, moments later.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while nodes[1].get("/user/me", Some(&bob.1)).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the second node never learned of bob");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut alice_ws, _) = nodes[0].connect(&alice.1).await;
+    let (mut bob_ws, _) = nodes[1].connect(&bob.1).await;
+    let chat = single_chat_id(alice.0, bob.0);
+    let mut acked: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut exchange = async |from_ws: &mut Ws, to_ws: &mut Ws, to: u64, msg_id: &str| {
+        let ack = from_ws.request(text_frame(to, msg_id, "across nodes")).await;
+        assert_ack(&ack, msg_id, &chat);
+        assert_eq!(ack["seq"], json!(acked.len() + 1), "the next seq: {ack}");
+        let frame = recv_message(to_ws, msg_id).await;
+        assert_eq!(frame["id"], ack["id"], "{frame}");
+        acked.insert(msg_id.to_string(), (ack["seq"].as_u64().expect("seq"), ack["id"].as_u64().expect("id")));
+    };
+    exchange(&mut alice_ws, &mut bob_ws, bob.0, "before-a").await;
+    exchange(&mut bob_ws, &mut alice_ws, alice.0, "before-b").await;
+
+    pg.stop().await;
+    for (ws, to, msg_id) in [(&mut alice_ws, bob.0, "away-a"), (&mut bob_ws, alice.0, "away-b")] {
+        let refused = ws.request(text_frame(to, msg_id, "while away")).await;
+        assert_frame_error(&refused, 503, Some(msg_id), "a send while PostgreSQL is away");
+    }
+    for node in &nodes {
+        assert_health_degraded(node).await;
+        let (_, body) = node.get("/health", None).await;
+        assert_eq!(body["data"]["cluster"]["postgres"], "degraded", "{body}");
+    }
+
+    pg.start_again().await;
+    for node in &nodes {
+        wait_healthy(node).await;
+    }
+    exchange(&mut alice_ws, &mut bob_ws, bob.0, "away-a").await;
+    exchange(&mut bob_ws, &mut alice_ws, alice.0, "away-b").await;
+    for node in &nodes {
+        let stored = stored(node, &alice.1, &chat).await;
+        assert_eq!(stored, acked, "the store holds exactly what was acked");
+        assert_gap_free(&stored);
+    }
 }
