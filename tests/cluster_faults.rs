@@ -488,3 +488,68 @@ async fn nats_stopped_and_started_under_load_delays_delivery_but_loses_and_repea
     let total: usize = sent.iter().map(|t| t.acked.len()).sum();
     assert!(total >= at_start + 30 - at_stop, "the load ran through the outage: {total} acked");
 }
+
+/// `from` sends one message (`<tag>-<uid>`) to `to`: acked as new, and received by `to`.
+async fn one_way(
+    from: &User,
+    from_ws: &mut Ws,
+    from_t: &mut Traffic,
+    to: &User,
+    to_ws: &mut Ws,
+    to_t: &mut Traffic,
+    tag: &str,
+) {
+    let chat = single_chat_id(from.uid, to.uid);
+    let msg_id = format!("{tag}-{}", from.uid);
+    let reply = request_noting(from_ws, text_frame(to.uid, &msg_id, tag), from_t, from.peer, &chat).await;
+    from_t.note(&reply, from.peer, &chat);
+    assert_ne!(reply["duplicate"], true, "{reply}");
+    let want: BTreeSet<u64> = [reply["id"].as_u64().expect("id")].into();
+    receive_all(to_ws, to, to_t, &want, tag).await;
+}
+
+/// NATS killed, then a node restarted while it is still away: the node starts anyway and
+/// serves (the store is the truth), chat between it and the other node arrives through the
+/// catch-up meanwhile, and once NATS is back both nodes reconnect by themselves and messages
+/// cross live again; none of those is shown twice.
+#[tokio::test]
+async fn a_node_restarted_while_nats_is_down_serves_and_rejoins_when_it_returns() {
+    let Some(mut cluster) = Cluster::start(2).await else { return };
+    let users = pairs(&cluster.nodes, 1).await;
+    let (a, b) = users[0].clone();
+    let mut conns = warm_up(&users, &cluster.nodes[0], &cluster.nodes[1]).await;
+    let ((mut a_ws, mut a_t), (b_ws, mut b_t)) = conns.remove(0);
+    drop(b_ws);
+    let chat = single_chat_id(a.uid, b.uid);
+
+    cluster.nats.kill9().await;
+    wait_nats(&cluster.nodes[..1], "reconnecting").await;
+    let mut node = cluster.nodes.remove(1);
+    node.kill9().await;
+    let restarted = node.restart().await;
+    let (_, body) = restarted.get("/health", None).await;
+    assert_eq!(body["data"]["cluster"]["nats"], "reconnecting", "started without NATS: {body}");
+    cluster.nodes.push(restarted);
+    let (mut b_ws, synced) = cluster.nodes[1].connect(&b.token).await;
+    for frame in &synced {
+        b_t.note(frame, b.peer, &chat);
+    }
+
+    // Without NATS: both ways through the catch-up.
+    one_way(&a, &mut a_ws, &mut a_t, &b, &mut b_ws, &mut b_t, "nats-down").await;
+    one_way(&b, &mut b_ws, &mut b_t, &a, &mut a_ws, &mut a_t, "nats-down").await;
+
+    cluster.nats.start_again().await;
+    wait_nats(&cluster.nodes, "connected").await;
+    one_way(&a, &mut a_ws, &mut a_t, &b, &mut b_ws, &mut b_t, "nats-back").await;
+    one_way(&b, &mut b_ws, &mut b_t, &a, &mut a_ws, &mut a_t, "nats-back").await;
+    // The node that was killed may send the warm-up again through the sync (at least once
+    // after a crash); the messages of the outage and after it come once each.
+    for (t, who) in [(&a_t, "a"), (&b_t, "b")] {
+        let mut seen = BTreeSet::new();
+        let ids: BTreeSet<u64> =
+            a_t.acked.iter().chain(&b_t.acked).filter(|(m, _)| m.starts_with("nats-")).map(|(_, id)| *id).collect();
+        let twice: Vec<u64> = t.received.iter().copied().filter(|id| ids.contains(id) && !seen.insert(*id)).collect();
+        assert!(twice.is_empty(), "{who} was shown messages twice: {twice:?}");
+    }
+}
