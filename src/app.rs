@@ -1,5 +1,6 @@
 //! The state every part of a running daemon shares.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,10 +13,10 @@ use crate::config::Config;
 use crate::conn_limits::ConnLimits;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{Registry, UserSlot};
 use crate::store::Store;
 use crate::supervisor::Supervisor;
-use crate::throttle::Throttle;
+use crate::throttle::{Outcome, Throttle, Throttled};
 
 pub struct App {
     pub config: Config,
@@ -33,8 +34,9 @@ pub struct App {
     pub supervisor: Supervisor,
     /// Open TCP connections, capped in total and per client IP.
     pub conns: Arc<ConnLimits>,
-    /// Failed logins and registrations, per username and per client IP.
-    pub throttle: Throttle,
+    /// Failed logins and registrations, per username and per client IP; in cluster mode the
+    /// names' failures on other nodes count too (the bus's hook feeds them in).
+    pub throttle: Arc<Throttle>,
     /// Cluster mode (`--nats`): the bus and this node's sequencer; None on a single node.
     pub cluster: Option<ClusterNode>,
 }
@@ -57,6 +59,36 @@ impl App {
         match &self.cluster {
             Some(node) => node.bus.presence().is_online(uid),
             None => self.registry.is_online(uid),
+        }
+    }
+
+    /// A place for one more WebSocket session of `uid` under `--max-connections-per-user`,
+    /// counting their sessions on the other live nodes in cluster mode; None past the cap.
+    pub fn reserve_session(&self, uid: u64) -> Option<UserSlot> {
+        let max = self.config.max_connections_per_user;
+        // A single node, or no cap: nothing to ask of the cluster.
+        let elsewhere = match &self.cluster {
+            Some(node) if max > 0 => node.bus.presence().remote_sessions(uid),
+            _ => 0,
+        };
+        self.registry.reserve_session(uid, max, elsewhere)
+    }
+
+    /// Lets a login or registration go ahead, or Throttled (see `Throttle::begin`).
+    pub fn begin_login(&self, ip: Option<IpAddr>, name: Option<&str>) -> Result<(), Throttled> {
+        self.throttle.begin(ip, name)
+    }
+
+    /// The outcome of a begun login or registration (see `Throttle::settled`); in cluster
+    /// mode the other nodes hear of the name's failure, or of its failures cleared.
+    pub fn settle_login(&self, ip: Option<IpAddr>, name: Option<&str>, outcome: Outcome) {
+        let cleared = self.throttle.settled(ip, name, outcome);
+        let (Some(node), Some(name)) = (&self.cluster, name) else { return };
+        let username = name.to_string();
+        match outcome {
+            Outcome::Failed => node.bus.publish_invalidation(&Invalidation::LoginFailed { username }),
+            Outcome::Succeeded if cleared => node.bus.publish_invalidation(&Invalidation::LoginSucceeded { username }),
+            Outcome::Succeeded | Outcome::Neither => {}
         }
     }
 

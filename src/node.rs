@@ -1,5 +1,7 @@
 //! Cluster mode's wiring (issue 13): joins the bus, feeds the sequencer, the catch-up and the
-//! presence, and keeps the directory in step with what other nodes change.
+//! presence (with each user's session count, for the per-user cap), counts other nodes'
+//! login failures in this node's throttle, and keeps the directory in step with what other
+//! nodes change.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Weak};
@@ -15,6 +17,7 @@ use crate::fanout::{ClusterDelivery, LocalOrigins, sequenced_delivery};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, TOKEN_CLOSE};
 use crate::store::{Store, StoreError, StoreResult, StoredMessage};
+use crate::throttle::Throttle;
 
 /// Invalidations from other nodes waiting to be applied; past that they are dropped (logged).
 const INVALIDATION_DEPTH: usize = 4096;
@@ -36,27 +39,35 @@ pub async fn join(
     registry: &Arc<Registry>,
     directory: &Arc<Directory>,
     metrics: &Arc<Metrics>,
+    throttle: &Arc<Throttle>,
 ) -> Result<Joined, crate::cluster::ClusterError> {
     let origins = Arc::new(LocalOrigins::default());
     let deliver = sequenced_delivery(registry.clone(), directory.clone(), metrics.clone(), origins.clone());
     let sequencer = Sequencer::new(Limits::default(), deliver);
     let (inval_tx, invalidations) = mpsc::channel(INVALIDATION_DEPTH);
     let to_sequencer = sequencer.clone();
+    let throttle = throttle.clone();
     let hooks = Hooks {
         local: registry.clone(),
         on_batch: Arc::new(move |batch: Vec<StoredMessage>| to_sequencer.offer(batch)),
-        on_invalidation: Arc::new(move |what: Invalidation| {
-            if inval_tx.try_send(what).is_err() {
-                tracing::warn!("too many invalidations waiting: one dropped");
+        // Login notices are counted here at once (memory only): queued with the reloads, a
+        // spray of failed logins could crowd out the invalidations of real changes.
+        on_invalidation: Arc::new(move |what: Invalidation| match what {
+            Invalidation::LoginFailed { username } => throttle.failed_elsewhere(&username),
+            Invalidation::LoginSucceeded { username } => throttle.succeeded_elsewhere(&username),
+            what => {
+                if inval_tx.try_send(what).is_err() {
+                    tracing::warn!("too many invalidations waiting: one dropped");
+                }
             }
         }),
     };
     let bus = Arc::new(Cluster::connect(settings, hooks).await?);
     // Weak: the bus holds the registry (its presence), the registry must not keep it alive.
     let weak: Weak<Cluster> = Arc::downgrade(&bus);
-    registry.set_presence_listener(Arc::new(move |uid, online| {
+    registry.set_presence_listener(Arc::new(move |uid, sessions| {
         if let Some(bus) = weak.upgrade() {
-            if online { bus.user_online(uid) } else { bus.user_offline(uid) }
+            bus.user_sessions(uid, sessions);
         }
     }));
     let delivery = ClusterDelivery { cluster: bus.clone(), sequencer: sequencer.clone(), origins };
@@ -120,6 +131,8 @@ async fn apply(app: &App, what: &Invalidation) -> StoreResult<()> {
             }
         }
         Invalidation::Handler { chat_id, agent_uid } => directory.set_handler(chat_id, *agent_uid),
+        // Counted by the hook as they arrive (see `join`); none is queued to here.
+        Invalidation::LoginFailed { .. } | Invalidation::LoginSucceeded { .. } => {}
     }
     Ok(())
 }

@@ -12,9 +12,10 @@ use crate::metrics::Metrics;
 /// Close code of a connection whose token was revoked (logout, an admin) or expired.
 pub const TOKEN_CLOSE: u16 = 4001;
 
-/// Told when a user's first connection opens (`true`) or their last one closes (`false`):
-/// cluster mode's presence. Called right after the change; it must only queue.
-pub type PresenceListener = Arc<dyn Fn(u64, bool) + Send + Sync>;
+/// Told of a user's connection count on this node each time it changes (0: their last one
+/// closed): cluster mode's presence and per-user cap. Called under the user's entry lock, so
+/// that one user's counts are told in the order they happened; it must only queue.
+pub type PresenceListener = Arc<dyn Fn(u64, usize) + Send + Sync>;
 
 pub struct Registry {
     by_uid: DashMap<u64, Vec<Arc<Connection>>>,
@@ -54,10 +55,12 @@ impl Registry {
         }
     }
 
-    /// A place for one more session of `uid`, unless they have `max` already (0: no cap).
-    pub fn reserve_session(self: &Arc<Self>, uid: u64, max: usize) -> Option<UserSlot> {
+    /// A place for one more session of `uid`, unless they have `max` already here and
+    /// `elsewhere` (their sessions on other cluster nodes, 0 on a single node) together
+    /// (0: no cap).
+    pub fn reserve_session(self: &Arc<Self>, uid: u64, max: usize, elsewhere: usize) -> Option<UserSlot> {
         let mut count = self.sessions_of.entry(uid).or_insert(0);
-        if max > 0 && *count >= max {
+        if max > 0 && count.saturating_add(elsewhere) >= max {
             return None;
         }
         *count += 1;
@@ -67,33 +70,31 @@ impl Registry {
     pub fn add(&self, uid: u64, device: &str) -> Arc<Connection> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Connection::new(id, uid, device, self.outbox_bytes));
-        let first = {
+        {
             let mut conns = self.by_uid.entry(uid).or_default();
             conns.push(conn.clone());
-            conns.len() == 1
-        };
-        self.metrics.online_connections.inc();
-        if first && let Some(listener) = self.presence.get() {
-            listener(uid, true);
+            if let Some(listener) = self.presence.get() {
+                listener(uid, conns.len());
+            }
         }
+        self.metrics.online_connections.inc();
         conn
     }
 
     pub fn remove(&self, conn: &Connection) {
         conn.outbox.close();
-        let (mut removed, mut last) = (false, false);
+        let mut removed = false;
         self.by_uid.remove_if_mut(&conn.uid, |_, conns| {
             let before = conns.len();
             conns.retain(|c| c.id != conn.id);
             removed = conns.len() != before;
-            last = conns.is_empty();
-            last
+            if removed && let Some(listener) = self.presence.get() {
+                listener(conn.uid, conns.len());
+            }
+            conns.is_empty()
         });
         if removed {
             self.metrics.online_connections.dec();
-            if last && let Some(listener) = self.presence.get() {
-                listener(conn.uid, false);
-            }
         }
     }
 
@@ -123,6 +124,13 @@ impl Registry {
         closed
     }
 
+    /// Calls `f` with each online user and their number of open connections.
+    pub fn for_each_user(&self, mut f: impl FnMut(u64, usize)) {
+        for entry in self.by_uid.iter() {
+            f(*entry.key(), entry.value().len());
+        }
+    }
+
     /// Calls `f` with every open connection.
     pub fn for_each(&self, mut f: impl FnMut(&Arc<Connection>)) {
         for entry in self.by_uid.iter() {
@@ -132,5 +140,38 @@ impl Registry {
 
     pub fn online_connections(&self) -> usize {
         self.metrics.online_connections.get().max(0) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[test]
+    fn the_cap_counts_sessions_elsewhere_too() {
+        let registry = Arc::new(Registry::new(1 << 10, Arc::new(Metrics::new())));
+        let first = registry.reserve_session(1, 2, 0).expect("one of two");
+        assert!(registry.reserve_session(1, 2, 1).is_none(), "one here and one elsewhere: full");
+        let second = registry.reserve_session(1, 2, 0).expect("none elsewhere: two of two");
+        assert!(registry.reserve_session(1, 2, 0).is_none());
+        drop((first, second));
+        assert!(registry.reserve_session(1, 2, 2).is_none(), "two elsewhere: full without any here");
+        assert!(registry.reserve_session(1, 0, 100).is_some(), "0: no cap");
+    }
+
+    #[test]
+    fn the_listener_hears_every_count_change() {
+        let registry = Registry::new(1 << 10, Arc::new(Metrics::new()));
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let into = heard.clone();
+        registry.set_presence_listener(Arc::new(move |uid, n| into.lock().unwrap().push((uid, n))));
+        let a = registry.add(7, "a");
+        let b = registry.add(7, "b");
+        registry.remove(&a);
+        registry.remove(&a);
+        registry.remove(&b);
+        assert_eq!(*heard.lock().unwrap(), [(7, 1), (7, 2), (7, 1), (7, 0)], "a second remove is no change");
     }
 }

@@ -121,10 +121,10 @@ async fn serve(
         n => n,
     };
     let conns = ConnLimits::new(max_connections, config.max_connections_per_ip);
-    let throttle = Throttle::new(config.login_failures_per_user, config.login_failures_per_ip);
+    let throttle = Arc::new(Throttle::new(config.login_failures_per_user, config.login_failures_per_ip));
     let registry = Arc::new(Registry::new(config.outbox_bytes, metrics.clone()));
     let joined = match cluster_settings {
-        Some(settings) => Some(crate::node::join(settings, &registry, &directory, &metrics).await?),
+        Some(settings) => Some(crate::node::join(settings, &registry, &directory, &metrics, &throttle).await?),
         None => None,
     };
     let fanout = Fanout {

@@ -1,5 +1,7 @@
 //! Login and register throttling: failures per username and per client IP, each at most N a
 //! minute (a generic cell rate: N at once, then one every 60/N s). Over it: 429 + Retry-After.
+//! In cluster mode the names' failures and clearings of the other nodes count here too
+//! (`failed_elsewhere`, `succeeded_elsewhere`); the addresses' stay per node.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -69,8 +71,11 @@ impl<K: Hash + Eq + Clone> Cells<K> {
         }
     }
 
-    fn clear(&self, key: &K) {
-        self.cells.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    /// Forgets `key`'s failures; whether it had more counted than the one attempt being
+    /// settled (which `begin` counted ahead).
+    fn clear(&self, key: &K, now: Instant) -> bool {
+        let removed = self.cells.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        removed.is_some_and(|tat| tat.checked_sub(self.interval()).is_some_and(|before| before > now))
     }
 }
 
@@ -114,18 +119,34 @@ impl Throttle {
 
     /// The outcome of a begun attempt: a failure is counted against the address (the name's
     /// is already); otherwise the name's is given back, and a success clears the name's
-    /// failures (its owner knows the password).
-    pub fn settled(&self, ip: Option<IpAddr>, name: Option<&str>, outcome: Outcome) {
+    /// failures (its owner knows the password). Returns whether a success cleared failures
+    /// (in cluster mode the other nodes are then told to clear theirs).
+    pub fn settled(&self, ip: Option<IpAddr>, name: Option<&str>, outcome: Outcome) -> bool {
         let name = name.map(name_key);
         match outcome {
             Outcome::Failed => {
                 if let Some(ip) = ip {
                     self.by_ip.failed(&ip, Instant::now());
                 }
+                false
             }
-            Outcome::Succeeded => name.iter().for_each(|name| self.by_name.clear(name)),
-            Outcome::Neither => name.iter().for_each(|name| self.by_name.refund(name)),
+            Outcome::Succeeded => name.is_some_and(|name| self.by_name.clear(&name, Instant::now())),
+            Outcome::Neither => {
+                name.iter().for_each(|name| self.by_name.refund(name));
+                false
+            }
         }
+    }
+
+    /// Another cluster node counted a failure of `name`: it counts here too, so that the
+    /// limit holds across the nodes together.
+    pub fn failed_elsewhere(&self, name: &str) {
+        self.by_name.failed(&name_key(name), Instant::now());
+    }
+
+    /// A login under `name` succeeded on another cluster node: its failures are forgotten.
+    pub fn succeeded_elsewhere(&self, name: &str) {
+        self.by_name.clear(&name_key(name), Instant::now());
     }
 }
 
@@ -183,6 +204,30 @@ mod tests {
         assert!(throttle.begin(Some(ip), Some("a")).is_err(), "two unsettled attempts fill the name's rate");
         throttle.settled(Some(ip), Some("a"), Outcome::Neither);
         assert!(throttle.begin(Some(ip), Some("a")).is_ok(), "an attempt given back frees its place");
+    }
+
+    #[test]
+    fn failures_elsewhere_share_the_names_limit() {
+        let throttle = Throttle::new(3, 100);
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        throttle.begin(Some(ip), Some("carol")).unwrap();
+        assert!(!throttle.settled(Some(ip), Some("carol"), Outcome::Failed), "a failure clears nothing");
+        throttle.failed_elsewhere("Carol");
+        throttle.failed_elsewhere("CAROL");
+        assert!(throttle.begin(Some(ip), Some("carol")).is_err(), "one here and two elsewhere: three");
+        assert!(throttle.begin(Some(ip), Some("dave")).is_ok(), "other names are not affected");
+        throttle.succeeded_elsewhere("carol");
+        assert!(throttle.begin(Some(ip), Some("carol")).is_ok(), "a success elsewhere clears the name");
+        // The attempt itself was counted at begin: alone, it is no failure to tell of.
+        assert!(!throttle.settled(Some(ip), Some("carol"), Outcome::Succeeded), "no failures: nothing to tell");
+        throttle.failed_elsewhere("carol");
+        throttle.begin(Some(ip), Some("carol")).unwrap();
+        assert!(throttle.settled(Some(ip), Some("carol"), Outcome::Succeeded), "failures cleared: told");
+        // Off: nothing is counted, from here or elsewhere.
+        let off = Throttle::new(0, 0);
+        (0..10).for_each(|_| off.failed_elsewhere("x"));
+        assert!(off.begin(Some(ip), Some("x")).is_ok());
+        assert!(!off.settled(Some(ip), Some("x"), Outcome::Succeeded));
     }
 
     #[test]

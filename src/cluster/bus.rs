@@ -312,12 +312,20 @@ impl Cluster {
 
     /// `uid`'s first connection on this node opened.
     pub fn user_online(&self, uid: u64) {
-        self.publish_presence(&PresenceNotice::Delta { node: self.node_id.to_string(), uid, online: true });
+        self.user_sessions(uid, 1);
     }
 
     /// `uid`'s last connection on this node closed.
     pub fn user_offline(&self, uid: u64) {
-        self.publish_presence(&PresenceNotice::Delta { node: self.node_id.to_string(), uid, online: false });
+        self.user_sessions(uid, 0);
+    }
+
+    /// `uid` now has `sessions` connections open on this node (0: offline here). Never waits
+    /// (see `publish_batch`); a count lost on the way is repaired by the next heartbeat.
+    pub fn user_sessions(&self, uid: u64, sessions: usize) {
+        let sessions = u32::try_from(sessions).unwrap_or(u32::MAX);
+        let node = self.node_id.to_string();
+        self.publish_presence(&PresenceNotice::Delta { node, uid, online: sessions > 0, sessions: Some(sessions) });
     }
 
     fn publish_presence(&self, notice: &PresenceNotice) {
@@ -470,13 +478,14 @@ struct Heartbeat {
     presence: Arc<Presence>,
 }
 
-/// Every `HEARTBEAT`: this node's whole online set, and the dead nodes forgotten.
+/// Every `HEARTBEAT`: this node's whole online set with its session counts, and the dead
+/// nodes forgotten.
 async fn heartbeat_loop(beat: Heartbeat) {
     let mut ticks = tokio::time::interval(presence::HEARTBEAT);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for round in 1u64.. {
         ticks.tick().await;
-        let users = beat.presence.local_users();
+        let users = beat.presence.local_sessions();
         for notice in PresenceNotice::heartbeat(&beat.node_id, round, &users) {
             publish_notice(&beat.outbound, &beat.subject, &beat.counters, &notice);
         }

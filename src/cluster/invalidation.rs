@@ -1,5 +1,6 @@
 //! Invalidations: a node that changed shared state (a user, a room, a shop, a handler) tells
-//! the others, whose caches reload it from the store. Serde-tagged JSON on `<prefix>.inval`.
+//! the others, whose caches reload it from the store; and the login throttle's per-username
+//! failures, which every node counts. Serde-tagged JSON on `<prefix>.inval`.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,12 @@ pub enum Invalidation {
     Shop { shop_id: u64 },
     /// A service conversation got its handling agent.
     Handler { chat_id: String, agent_uid: u64 },
+    /// A login (or registration) under the throttle key `username` failed on the publishing
+    /// node: the receiver counts it as one of its own (`--login-failures-per-user`).
+    LoginFailed { username: String },
+    /// A login under `username` succeeded on the publishing node after failures: the
+    /// receiver forgets the name's failures, as that node did.
+    LoginSucceeded { username: String },
 }
 
 /// An invalidation with the node that published it.
@@ -50,6 +57,8 @@ mod tests {
             Invalidation::Room { chat_id: "g_9".into() },
             Invalidation::Shop { shop_id: 4 },
             Invalidation::Handler { chat_id: "s_4_1".into(), agent_uid: 8 },
+            Invalidation::LoginFailed { username: "Alice".into() },
+            Invalidation::LoginSucceeded { username: "alice".into() },
         ];
         for what in all {
             let payload = encode("n1", &what).unwrap();

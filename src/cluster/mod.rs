@@ -19,8 +19,11 @@
 //!   sequencer, then `Cluster::publish_batch`; acks go out at once as now, whatever the
 //!   sequencer holds back;
 //! - `CatchUp::spawn` with the store's `ClusterStore` reads and that sequencer;
-//! - the registry's 0->1 and 1->0 per user call `user_online` / `user_offline`, and
-//!   `Presence::is_online` answers "online" for rooms, shops and routing;
+//! - every change of a user's connection count in the registry calls `user_sessions`;
+//!   `Presence::is_online` answers "online" for rooms, shops and routing, and
+//!   `Presence::remote_sessions` adds the other nodes' sessions to the per-user cap;
+//! - a login failure (and a success that cleared failures) is published as an
+//!   `Invalidation`, which the other nodes count in their throttle at once;
 //! - `Hooks::on_invalidation` reloads the directory's entry; a node that changes shared
 //!   state calls `publish_invalidation` after the change commits;
 //! - /health and /metrics: `node_id`, `state`, `Presence::online_nodes`, `ClusterStats`,

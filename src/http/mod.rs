@@ -277,7 +277,7 @@ async fn throttled(
     name: Option<String>,
     handler: impl Future<Output = ApiResult>,
 ) -> ApiResult {
-    if let Err(t) = app.throttle.begin(ip, name.as_deref()) {
+    if let Err(t) = app.begin_login(ip, name.as_deref()) {
         tracing::warn!(
             ip = ip.map(tracing::field::display),
             username = name.as_deref(),
@@ -292,7 +292,7 @@ async fn throttled(
         Err(e) if matches!(e.code, 401 | 409) => Outcome::Failed,
         Err(_) => Outcome::Neither,
     };
-    app.throttle.settled(ip, name.as_deref(), outcome);
+    app.settle_login(ip, name.as_deref(), outcome);
     result
 }
 

@@ -15,7 +15,8 @@ use crate::handoff::{Handoff, Peer, StartSession};
 use crate::metrics::RefusedReason;
 
 /// Answers `GET /?access_token=…`: 403 before the upgrade for a refused Origin, 401 for a bad
-/// token, 429 when the user has `--max-connections-per-user` sessions already, else 101, with
+/// token, 429 when the user has `--max-connections-per-user` sessions already (on every node
+/// together in cluster mode), else 101, with
 /// the upgraded connection handed to `start` (a session, which keeps the connection's place
 /// under the caps).
 pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: Peer, start: StartSession) -> Response<Body> {
@@ -49,7 +50,7 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: Peer, start: Sta
         app.metrics.refused(RefusedReason::Auth);
         return refusal(ApiError::unauthorized("the access token is invalid, expired or revoked"));
     };
-    let Some(slot) = app.registry.reserve_session(claims.uid, app.config.max_connections_per_user) else {
+    let Some(slot) = app.reserve_session(claims.uid) else {
         tracing::warn!(%ip, uid = claims.uid, limit = app.config.max_connections_per_user, "websocket refused: per-user connection cap");
         app.metrics.refused(RefusedReason::PerUser);
         return refusal(ApiError::new(
