@@ -3,13 +3,13 @@
 //! itself and subscribes again; what is lost meanwhile the catch-up repairs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::cluster::ClusterSettings;
@@ -104,20 +104,13 @@ struct Subjects {
     confirm: Subject,
 }
 
-/// What the publishing task is handed, in order.
-enum Outgoing {
-    Publish(Subject, Bytes),
-    /// Answered once every payload queued before it is handed to the client.
-    Mark(oneshot::Sender<()>),
-}
-
 /// This node on the bus; its tasks stop when it is dropped (and so does its heartbeat, so
 /// that the other nodes soon count its users offline).
 pub struct Cluster {
     client: Client,
     node_id: Arc<str>,
     subjects: Arc<Subjects>,
-    outbound: mpsc::Sender<Outgoing>,
+    outbound: mpsc::Sender<(Subject, Bytes)>,
     counters: Arc<Counters>,
     presence: Arc<Presence>,
     /// Hands the queued payloads to the client.
@@ -133,47 +126,33 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// Connects, subscribes to the three subjects and starts publishing and receiving. Fails
-    /// when NATS cannot be reached now; once connected, losing it only makes the client
-    /// reconnect.
+    /// Connects, subscribes to the three subjects and starts publishing and receiving. When
+    /// NATS cannot be reached now (refused, timed out, DNS), the node starts anyway and the
+    /// client keeps connecting in the background: the store is the truth and the catch-up
+    /// brings other nodes' messages meanwhile. A bad URL or credentials fail at once. Once
+    /// connected, losing NATS only makes the client reconnect.
     pub async fn connect(settings: ClusterSettings, hooks: Hooks) -> Result<Cluster, ClusterError> {
         let ClusterSettings { nats_url, prefix, node_id } = settings;
         let counters = Arc::new(Counters::default());
-        let events = counters.clone();
         // Set when the connection is lost: the next `Connected` is a reconnection (the first
         // one, at start, is not).
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let events_node = node_id.clone();
-        let client = async_nats::ConnectOptions::new()
-            .name(format!("imd {node_id}"))
-            // Our own publishes are of no use to us; the node id check stays as the rule.
-            .no_echo()
-            .client_capacity(CLIENT_DEPTH)
-            .subscription_capacity(SUBSCRIPTION_DEPTH)
-            .ping_interval(Duration::from_secs(10))
-            .max_reconnects(None)
-            // Back soon after NATS returns: at most a second between attempts.
-            .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
-            .event_callback(move |event| {
-                let (counters, node, lost) = (events.clone(), events_node.clone(), lost.clone());
-                async move {
-                    match event {
-                        async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
-                            counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%node, "NATS connection back");
-                        }
-                        async_nats::Event::Connected => {}
-                        async_nats::Event::Disconnected => {
-                            lost.store(true, Ordering::Relaxed);
-                            tracing::warn!(%node, "NATS connection lost; reconnecting");
-                        }
-                        other => tracing::info!(%node, "NATS: {other}"),
-                    }
-                }
-            })
-            .connect(nats_url.as_str())
-            .await
-            .map_err(|e| ClusterError::Connect { url: nats_url.clone(), reason: e.to_string() })?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let options = || connect_options(&node_id, &counters, &lost);
+        let connect_error =
+            |e: async_nats::ConnectError| ClusterError::Connect { url: nats_url.clone(), reason: e.to_string() };
+        let (client, connected) = match options().connect(nats_url.as_str()).await {
+            Ok(client) => (client, true),
+            Err(e) if is_unreachable(e.kind()) => {
+                tracing::warn!(
+                    node = %node_id,
+                    nats = %nats_url,
+                    "NATS cannot be reached ({e}): starting without it and connecting in the background; \
+                     other nodes' messages come through the store's catch-up until then"
+                );
+                (options().retry_on_initial_connect().connect(nats_url.as_str()).await.map_err(connect_error)?, false)
+            }
+            Err(e) => return Err(connect_error(e)),
+        };
         let node_id: Arc<str> = Arc::from(node_id);
         let presence = Arc::new(Presence::new(&node_id, hooks.local.clone()));
         let subjects = Arc::new(Subjects {
@@ -188,9 +167,12 @@ impl Cluster {
         // Flushing only writes the subscriptions out, and the server reads each connection
         // apart: another node's publish could still overtake them. Once the server answered a
         // round trip sent after them, they are in place and nothing published is missed.
-        round_trip(&client, &subjects.confirm)
-            .await
-            .map_err(|reason| ClusterError::Subscribe { subject: format!("{prefix}.*"), reason })?;
+        // (Not connected yet: nothing can be missed before the subscriptions are sent.)
+        if connected {
+            round_trip(&client, &subjects.confirm)
+                .await
+                .map_err(|reason| ClusterError::Subscribe { subject: format!("{prefix}.*"), reason })?;
+        }
         let (outbound, queue) = mpsc::channel(OUTBOUND_DEPTH);
         let mut cluster = Cluster {
             client,
@@ -224,37 +206,32 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Leaves the bus for a graceful stop (`leave`), the `Cluster` given up.
-    pub async fn close(self, limit: Duration) {
-        self.leave(limit).await;
-    }
-
     /// Leaves the bus for a graceful stop: the heartbeat stops, and what is queued is
     /// published and handled by the server, waiting at most `limit` (what is left then is
-    /// dropped; the other nodes' catch-up finds it in the store). Publishes queued after this
-    /// began may be lost. Dropping a `Cluster` leaves at once instead.
-    pub async fn leave(&self, limit: Duration) {
-        if let Some(heartbeat) = &self.heartbeat {
+    /// dropped; the other nodes' catch-up finds it in the store). Dropping a `Cluster` leaves
+    /// at once instead.
+    pub async fn close(mut self, limit: Duration) {
+        if let Some(heartbeat) = self.heartbeat.take() {
             heartbeat.abort();
+            // Its end of the queue is dropped with it.
+            let _ = heartbeat.await;
         }
+        // With the last sender gone the publisher ends once the queue is empty.
+        self.outbound = mpsc::channel(1).0;
         let drained = async {
-            // A mark behind the queued payloads: once answered, the client holds them all.
-            let (handed, answered) = oneshot::channel();
-            if self.outbound.send(Outgoing::Mark(handed)).await.is_err() || answered.await.is_err() {
-                return false;
+            // Borrowed, not taken: past the limit, the drop aborts it.
+            if let Some(publisher) = self.publisher.as_mut() {
+                let _ = publisher.await;
             }
             // A flush is not enough: closing the socket with unread input resets it, and the
             // server may lose what it had not read yet. Once it answered a round trip sent
             // after the publishes, it has handled them.
             if let Err(e) = round_trip(&self.client, &self.subjects.confirm).await {
                 tracing::warn!(node = %self.node_id, "leaving the cluster bus: {e}");
-                return false;
             }
-            true
         };
-        match tokio::time::timeout(limit, drained).await {
-            Ok(true) => tracing::info!(node = %self.node_id, "left the cluster bus, every publish handed over"),
-            _ => tracing::warn!(node = %self.node_id, "left the cluster bus with publishes still queued"),
+        if tokio::time::timeout(limit, drained).await.is_err() {
+            tracing::warn!(node = %self.node_id, "left the cluster bus with publishes still queued");
         }
     }
 
@@ -347,6 +324,45 @@ impl Cluster {
     }
 }
 
+/// The client's options: capacities, reconnection without end, and events logged and counted.
+fn connect_options(node_id: &str, counters: &Arc<Counters>, lost: &Arc<AtomicBool>) -> async_nats::ConnectOptions {
+    let (events, events_node, lost) = (counters.clone(), node_id.to_string(), lost.clone());
+    async_nats::ConnectOptions::new()
+        .name(format!("imd {node_id}"))
+        // Our own publishes are of no use to us; the node id check stays as the rule.
+        .no_echo()
+        .client_capacity(CLIENT_DEPTH)
+        .subscription_capacity(SUBSCRIPTION_DEPTH)
+        .ping_interval(Duration::from_secs(10))
+        .max_reconnects(None)
+        // Back soon after NATS returns: at most a second between attempts.
+        .reconnect_delay_callback(|attempts| Duration::from_millis((attempts as u64 * 100).min(1000)))
+        .event_callback(move |event| {
+            let (counters, node, lost) = (events.clone(), events_node.clone(), lost.clone());
+            async move {
+                match event {
+                    async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
+                        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%node, "NATS connection back");
+                    }
+                    async_nats::Event::Connected => tracing::info!(%node, "NATS connected"),
+                    async_nats::Event::Disconnected => {
+                        lost.store(true, Ordering::Relaxed);
+                        tracing::warn!(%node, "NATS connection lost; reconnecting");
+                    }
+                    other => tracing::info!(%node, "NATS: {other}"),
+                }
+            }
+        })
+}
+
+/// A connect error that may pass (NATS down or not up yet), as against a wrong URL or
+/// credentials, which stay wrong.
+fn is_unreachable(kind: async_nats::ConnectErrorKind) -> bool {
+    use async_nats::ConnectErrorKind::{Dns, Io, TimedOut};
+    matches!(kind, Io | TimedOut | Dns)
+}
+
 async fn subscribe(client: &Client, subject: &Subject) -> Result<Subscriber, ClusterError> {
     client
         .subscribe(subject.clone())
@@ -366,13 +382,18 @@ async fn round_trip(client: &Client, subject: &Subject) -> Result<(), String> {
     }
 }
 
-fn enqueue(outbound: &mpsc::Sender<Outgoing>, subject: &Subject, counters: &Counters, payload: Vec<u8>) {
-    if outbound.try_send(Outgoing::Publish(subject.clone(), Bytes::from(payload))).is_err() {
+fn enqueue(outbound: &mpsc::Sender<(Subject, Bytes)>, subject: &Subject, counters: &Counters, payload: Vec<u8>) {
+    if outbound.try_send((subject.clone(), Bytes::from(payload))).is_err() {
         counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-fn publish_notice(outbound: &mpsc::Sender<Outgoing>, subject: &Subject, counters: &Counters, notice: &PresenceNotice) {
+fn publish_notice(
+    outbound: &mpsc::Sender<(Subject, Bytes)>,
+    subject: &Subject,
+    counters: &Counters,
+    notice: &PresenceNotice,
+) {
     match serde_json::to_vec(notice) {
         Ok(payload) => enqueue(outbound, subject, counters, payload),
         Err(e) => {
@@ -383,15 +404,8 @@ fn publish_notice(outbound: &mpsc::Sender<Outgoing>, subject: &Subject, counters
 }
 
 /// Hands the queued payloads to the client, in order.
-async fn publish_loop(client: Client, mut queue: mpsc::Receiver<Outgoing>, counters: Arc<Counters>) {
-    while let Some(outgoing) = queue.recv().await {
-        let (subject, payload) = match outgoing {
-            Outgoing::Publish(subject, payload) => (subject, payload),
-            Outgoing::Mark(handed) => {
-                let _ = handed.send(());
-                continue;
-            }
-        };
+async fn publish_loop(client: Client, mut queue: mpsc::Receiver<(Subject, Bytes)>, counters: Arc<Counters>) {
+    while let Some((subject, payload)) = queue.recv().await {
         match tokio::time::timeout(PUBLISH_WAIT, client.publish(subject, payload)).await {
             Ok(Ok(())) => {
                 counters.published.fetch_add(1, Ordering::Relaxed);
@@ -472,7 +486,7 @@ async fn receive_presence(
 /// What the heartbeat task needs of the `Cluster` (which it must not keep alive).
 struct Heartbeat {
     node_id: Arc<str>,
-    outbound: mpsc::Sender<Outgoing>,
+    outbound: mpsc::Sender<(Subject, Bytes)>,
     subject: Subject,
     counters: Arc<Counters>,
     presence: Arc<Presence>,
