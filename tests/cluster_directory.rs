@@ -92,7 +92,8 @@ async fn an_invitee_writes_at_once_on_another_node() {
     let (guest, guest_token) = a.register("guest").await;
     let (status, body) = a.post_json("/room/create", json!({"private": true}), Some(&owner_token)).await;
     let room = ok(status, &body, "private room")["chat_id"].as_str().expect("chat_id").to_string();
-    let (status, body) = a.post_form("/room/invite", &[("chat_id", &room), ("uid", &guest.to_string())], Some(&owner_token)).await;
+    let (status, body) =
+        a.post_form("/room/invite", &[("chat_id", &room), ("uid", &guest.to_string())], Some(&owner_token)).await;
     ok(status, &body, "invite on A");
     // The invitation is all B could know of: the guest joins on B, and writes there.
     let (mut guest_ws, _) = b.connect(&guest_token).await;
