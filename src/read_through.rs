@@ -13,7 +13,6 @@ use tokio::sync::Semaphore;
 
 use crate::chat_id::{self, ChatId};
 use crate::directory::Directory;
-use crate::store::postgres::PgStore;
 use crate::store::{Store, StoreResult};
 
 /// How long a fact the store did not hold either is refused without asking again. Short: a
@@ -89,8 +88,7 @@ impl ReadThrough {
         if fact.holds(&self.directory) {
             return true;
         }
-        let Some(pg) = self.store.postgres() else { return false };
-        if self.missed_lately(fact) {
+        if !self.active() || self.missed_lately(fact) {
             return false;
         }
         let Ok(_turn) = self.reads.acquire().await else { return false };
@@ -98,7 +96,7 @@ impl ReadThrough {
         if fact.holds(&self.directory) {
             return true;
         }
-        if let Err(e) = self.read(pg, fact).await {
+        if let Err(e) = self.read(fact).await {
             tracing::warn!(?fact, "cannot read through to the store: {e}");
             return false;
         }
@@ -133,7 +131,8 @@ impl ReadThrough {
 
     /// Reads what `fact` names and adds what the directory lacks. Only adds: a whole
     /// replacement could undo a local change committed after the read.
-    async fn read(&self, pg: &PgStore, fact: &Fact) -> StoreResult<()> {
+    async fn read(&self, fact: &Fact) -> StoreResult<()> {
+        let Some(pg) = self.store.postgres() else { return Ok(()) };
         let directory = &self.directory;
         match fact {
             Fact::User { uid, .. } => {
