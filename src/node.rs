@@ -119,7 +119,6 @@ async fn apply(app: &App, what: &Invalidation) -> StoreResult<()> {
                 directory.replace_shop(&shop);
             }
         }
-        Invalidation::Handler { chat_id, agent_uid } => directory.set_handler(chat_id, *agent_uid),
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Invalidations: a node that changed shared state (a user, a room, a shop, a handler) tells
+//! Invalidations: a node that changed shared state (a user, a room, a shop) tells
 //! the others, whose caches reload it from the store. Serde-tagged JSON on `<prefix>.inval`.
 
 use serde::{Deserialize, Serialize};
@@ -16,8 +16,9 @@ pub enum Invalidation {
     Room { chat_id: String },
     /// A shop's owner, agents or invitations changed.
     Shop { shop_id: u64 },
-    /// A service conversation got its handling agent.
-    Handler { chat_id: String, agent_uid: u64 },
+    // No handler notice: every committed service message carries the handler the store
+    // settled (`StoredMessage::agent_uid`) in the batch every node receives, and each node's
+    // sequenced delivery takes it from there, in the conversation's order.
 }
 
 /// An invalidation with the node that published it.
@@ -49,7 +50,6 @@ mod tests {
             Invalidation::TokenGeneration { uid: 2, generation: 5 },
             Invalidation::Room { chat_id: "g_9".into() },
             Invalidation::Shop { shop_id: 4 },
-            Invalidation::Handler { chat_id: "s_4_1".into(), agent_uid: 8 },
         ];
         for what in all {
             let payload = encode("n1", &what).unwrap();
