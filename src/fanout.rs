@@ -60,9 +60,11 @@ pub struct Fanout {
 
 impl Fanout {
     /// Starts the delivery task on the current runtime.
-    pub fn spawn(self) -> OutcomeSender {
+    /// Starts the delivery task on the current runtime; the handle ends once the writer
+    /// stopped and every batch it sent is delivered (and, in cluster mode, queued to publish).
+    pub fn spawn(self) -> (OutcomeSender, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Vec<Outcome>>(DELIVERY_DEPTH);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let watch = self.supervisor.watch(Worker::Fanout);
             while let Some(batch) = rx.recv().await {
                 // IMD_FAULT=fanout-panic (tests only): die on the first batch.
@@ -83,7 +85,7 @@ impl Fanout {
             // The writer dropped its end: it stopped, or died and its own watch says so.
             watch.input_closed();
         });
-        tx
+        (tx, task)
     }
 
     fn apply(&self, outcome: Outcome) {

@@ -130,7 +130,6 @@ async fn apply(app: &App, what: &Invalidation) -> StoreResult<()> {
                 directory.replace_shop(&shop);
             }
         }
-        Invalidation::Handler { chat_id, agent_uid } => directory.set_handler(chat_id, *agent_uid),
         // Counted by the hook as they arrive (see `join`); none is queued to here.
         Invalidation::LoginFailed { .. } | Invalidation::LoginSucceeded { .. } => {}
     }

@@ -28,6 +28,9 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// How long sessions get to close on shutdown before the store is closed regardless.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping node waits for its last publishes to reach NATS (and, before that,
+/// for the fan-out to queue them).
+const CLUSTER_LEAVE: Duration = Duration::from_secs(2);
 /// How long a daemon whose worker died keeps answering 503 before it exits.
 const FAILED_LINGER: Duration = Duration::from_secs(1);
 /// File descriptors kept out of the default connection cap: the database, its WAL, logs,
@@ -143,14 +146,17 @@ async fn serve(
     let settings = WriterSettings { durable: !config.no_store, sync: config.sync };
     // From here on the guard closes the store on every path out of this function, before
     // anything else it started is torn down.
-    let (store, store_guard) = db.start(settings, fanout.spawn(), metrics.clone(), &supervisor)?;
+    let (outcomes, fanout_task) = fanout.spawn();
+    let (store, store_guard) = db.start(settings, outcomes, metrics.clone(), &supervisor)?;
     if config.no_store {
         tracing::warn!("--no-store: messages are NOT written to disk (benchmarks only)");
     }
+    let read_through = Arc::new(crate::read_through::ReadThrough::new(store.clone(), directory.clone()));
     let app = Arc::new(App {
         config,
         store,
         directory,
+        read_through,
         registry,
         metrics,
         auth,
@@ -220,6 +226,16 @@ async fn serve(
     // A worker may also die while the daemon stops (a panic in the last commit).
     if let Some(worker) = app.supervisor.failed() {
         return Err(format!("the {worker} died while stopping").into());
+    }
+    if let Some(node) = &app.cluster {
+        // The writer stopped: the fan-out ends once it has queued the last batches to
+        // publish, which then reach NATS before the connection closes (dropping the client
+        // would lose what it had not sent yet; the other nodes' catch-up would find it only
+        // a poll later).
+        if tokio::time::timeout(CLUSTER_LEAVE, fanout_task).await.is_err() {
+            tracing::warn!("the fan-out did not finish in time");
+        }
+        node.bus.leave(CLUSTER_LEAVE).await;
     }
     tracing::info!("imd stopped");
     Ok(())

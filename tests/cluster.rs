@@ -316,3 +316,39 @@ async fn without_nats_messages_between_nodes_come_through_the_catch_up() {
         assert_delivered_text(&f, ack, alice, "alice", &format!("text {i}"));
     }
 }
+
+#[tokio::test]
+async fn a_node_stopped_right_after_a_burst_hands_every_message_to_the_others() {
+    let Some(mut c) = cluster(2).await else { return };
+    let (alice, alice_token) = c.nodes[0].register("alice").await;
+    let (bob, bob_token) = c.nodes[0].register("bob").await;
+    wait_known(&c.nodes[1], &bob_token).await;
+    let (mut alice_ws, _) = c.nodes[0].connect(&alice_token).await;
+    let (mut bob_ws, _) = c.nodes[1].connect(&bob_token).await;
+    const BURST: usize = 200;
+    for i in 0..BURST {
+        alice_ws.send(text_frame(bob, &format!("b{i}"), "burst")).await;
+    }
+    let mut acked = Vec::new();
+    while acked.len() < BURST {
+        let ack = next_of(&mut alice_ws, "ack").await;
+        assert_eq!(ack["code"], 200, "{ack}");
+        acked.push(ack["seq"].as_u64().expect("seq"));
+    }
+    let dropped = metric_value(&c.nodes[0].metrics().await, "imd_cluster_dropped_total");
+    assert_eq!(dropped, Some(0.0), "nothing dropped before the stop");
+    // SIGTERM right after the last ack: the stop must publish what is queued before it closes
+    // NATS, so B delivers at once instead of waiting for its catch-up to poll the database.
+    let status = c.nodes[0].terminate().await;
+    assert!(status.success(), "a clean stop exits 0: {status:?}");
+    let stopped = tokio::time::Instant::now();
+    let mut delivered = Vec::new();
+    while delivered.len() < BURST {
+        let f = next_of(&mut bob_ws, "single_chat").await;
+        assert_eq!(f["from_uid"], json!(alice), "{f}");
+        delivered.push(f["seq"].as_u64().expect("seq"));
+    }
+    let late = stopped.elapsed();
+    assert_eq!(delivered, acked, "every acked message, once, in order");
+    assert!(late < Duration::from_secs(1), "the last messages came {late:?} after the stop: through the catch-up");
+}

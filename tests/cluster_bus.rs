@@ -189,7 +189,7 @@ async fn invalidations_reach_the_other_node() {
     let sent = [
         Invalidation::Room { chat_id: "g_5".into() },
         Invalidation::TokenGeneration { uid: 3, generation: 2 },
-        Invalidation::Handler { chat_id: "s_1_2".into(), agent_uid: 9 },
+        Invalidation::User { uid: 9 },
     ];
     sent.iter().for_each(|what| a.cluster.publish_invalidation(what));
     wait_for("b gets three invalidations", WAIT, || b.seen.invalidations.lock().unwrap().len() == 3).await;

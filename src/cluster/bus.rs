@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::{Client, Subject, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::cluster::ClusterSettings;
@@ -104,13 +104,20 @@ struct Subjects {
     confirm: Subject,
 }
 
+/// What the publishing task is handed, in order.
+enum Outgoing {
+    Publish(Subject, Bytes),
+    /// Answered once every payload queued before it is handed to the client.
+    Mark(oneshot::Sender<()>),
+}
+
 /// This node on the bus; its tasks stop when it is dropped (and so does its heartbeat, so
 /// that the other nodes soon count its users offline).
 pub struct Cluster {
     client: Client,
     node_id: Arc<str>,
     subjects: Arc<Subjects>,
-    outbound: mpsc::Sender<(Subject, Bytes)>,
+    outbound: mpsc::Sender<Outgoing>,
     counters: Arc<Counters>,
     presence: Arc<Presence>,
     /// Hands the queued payloads to the client.
@@ -206,32 +213,37 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Leaves the bus for a graceful stop (`leave`), the `Cluster` given up.
+    pub async fn close(self, limit: Duration) {
+        self.leave(limit).await;
+    }
+
     /// Leaves the bus for a graceful stop: the heartbeat stops, and what is queued is
     /// published and handled by the server, waiting at most `limit` (what is left then is
-    /// dropped; the other nodes' catch-up finds it in the store). Dropping a `Cluster` leaves
-    /// at once instead.
-    pub async fn close(mut self, limit: Duration) {
-        if let Some(heartbeat) = self.heartbeat.take() {
+    /// dropped; the other nodes' catch-up finds it in the store). Publishes queued after this
+    /// began may be lost. Dropping a `Cluster` leaves at once instead.
+    pub async fn leave(&self, limit: Duration) {
+        if let Some(heartbeat) = &self.heartbeat {
             heartbeat.abort();
-            // Its end of the queue is dropped with it.
-            let _ = heartbeat.await;
         }
-        // With the last sender gone the publisher ends once the queue is empty.
-        self.outbound = mpsc::channel(1).0;
         let drained = async {
-            // Borrowed, not taken: past the limit, the drop aborts it.
-            if let Some(publisher) = self.publisher.as_mut() {
-                let _ = publisher.await;
+            // A mark behind the queued payloads: once answered, the client holds them all.
+            let (handed, answered) = oneshot::channel();
+            if self.outbound.send(Outgoing::Mark(handed)).await.is_err() || answered.await.is_err() {
+                return false;
             }
             // A flush is not enough: closing the socket with unread input resets it, and the
             // server may lose what it had not read yet. Once it answered a round trip sent
             // after the publishes, it has handled them.
             if let Err(e) = round_trip(&self.client, &self.subjects.confirm).await {
                 tracing::warn!(node = %self.node_id, "leaving the cluster bus: {e}");
+                return false;
             }
+            true
         };
-        if tokio::time::timeout(limit, drained).await.is_err() {
-            tracing::warn!(node = %self.node_id, "left the cluster bus with publishes still queued");
+        match tokio::time::timeout(limit, drained).await {
+            Ok(true) => tracing::info!(node = %self.node_id, "left the cluster bus, every publish handed over"),
+            _ => tracing::warn!(node = %self.node_id, "left the cluster bus with publishes still queued"),
         }
     }
 
@@ -382,18 +394,13 @@ async fn round_trip(client: &Client, subject: &Subject) -> Result<(), String> {
     }
 }
 
-fn enqueue(outbound: &mpsc::Sender<(Subject, Bytes)>, subject: &Subject, counters: &Counters, payload: Vec<u8>) {
-    if outbound.try_send((subject.clone(), Bytes::from(payload))).is_err() {
+fn enqueue(outbound: &mpsc::Sender<Outgoing>, subject: &Subject, counters: &Counters, payload: Vec<u8>) {
+    if outbound.try_send(Outgoing::Publish(subject.clone(), Bytes::from(payload))).is_err() {
         counters.dropped.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-fn publish_notice(
-    outbound: &mpsc::Sender<(Subject, Bytes)>,
-    subject: &Subject,
-    counters: &Counters,
-    notice: &PresenceNotice,
-) {
+fn publish_notice(outbound: &mpsc::Sender<Outgoing>, subject: &Subject, counters: &Counters, notice: &PresenceNotice) {
     match serde_json::to_vec(notice) {
         Ok(payload) => enqueue(outbound, subject, counters, payload),
         Err(e) => {
@@ -404,8 +411,15 @@ fn publish_notice(
 }
 
 /// Hands the queued payloads to the client, in order.
-async fn publish_loop(client: Client, mut queue: mpsc::Receiver<(Subject, Bytes)>, counters: Arc<Counters>) {
-    while let Some((subject, payload)) = queue.recv().await {
+async fn publish_loop(client: Client, mut queue: mpsc::Receiver<Outgoing>, counters: Arc<Counters>) {
+    while let Some(outgoing) = queue.recv().await {
+        let (subject, payload) = match outgoing {
+            Outgoing::Publish(subject, payload) => (subject, payload),
+            Outgoing::Mark(handed) => {
+                let _ = handed.send(());
+                continue;
+            }
+        };
         match tokio::time::timeout(PUBLISH_WAIT, client.publish(subject, payload)).await {
             Ok(Ok(())) => {
                 counters.published.fetch_add(1, Ordering::Relaxed);
@@ -486,7 +500,7 @@ async fn receive_presence(
 /// What the heartbeat task needs of the `Cluster` (which it must not keep alive).
 struct Heartbeat {
     node_id: Arc<str>,
-    outbound: mpsc::Sender<(Subject, Bytes)>,
+    outbound: mpsc::Sender<Outgoing>,
     subject: Subject,
     counters: Arc<Counters>,
     presence: Arc<Presence>,

@@ -1,5 +1,5 @@
-//! Invalidations: a node that changed shared state (a user, a room, a shop, a handler) tells
-//! the others, whose caches reload it from the store; and the login throttle's per-username
+//! Invalidations: a node that changed shared state (a user, a room, a shop) tells the
+//! others, whose caches reload it from the store; and the login throttle's per-username
 //! failures, which every node counts. Serde-tagged JSON on `<prefix>.inval`.
 
 use serde::{Deserialize, Serialize};
@@ -17,8 +17,9 @@ pub enum Invalidation {
     Room { chat_id: String },
     /// A shop's owner, agents or invitations changed.
     Shop { shop_id: u64 },
-    /// A service conversation got its handling agent.
-    Handler { chat_id: String, agent_uid: u64 },
+    // No handler notice: every committed service message carries the handler the store
+    // settled (`StoredMessage::agent_uid`) in the batch every node receives, and each node's
+    // sequenced delivery takes it from there, in the conversation's order.
     /// A login (or registration) under the throttle key `username` failed on the publishing
     /// node: the receiver counts it as one of its own (`--login-failures-per-user`).
     LoginFailed { username: String },
@@ -56,7 +57,6 @@ mod tests {
             Invalidation::TokenGeneration { uid: 2, generation: 5 },
             Invalidation::Room { chat_id: "g_9".into() },
             Invalidation::Shop { shop_id: 4 },
-            Invalidation::Handler { chat_id: "s_4_1".into(), agent_uid: 8 },
             Invalidation::LoginFailed { username: "Alice".into() },
             Invalidation::LoginSucceeded { username: "alice".into() },
         ];
