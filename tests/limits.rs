@@ -208,7 +208,15 @@ async fn start_custom(args: &[&str], low_nofile: bool) -> Server {
     }
     let mut child = cmd.spawn().expect("spawn imd");
     let addr = common::listening_address(&mut child).await;
-    Server { child, addr, db, dir: Some(dir), extra_args: args.iter().map(|s| s.to_string()).collect(), pg: None }
+    Server {
+        child,
+        addr,
+        db,
+        dir: Some(dir),
+        extra_args: args.iter().map(|s| s.to_string()).collect(),
+        cluster: None,
+        pg: None,
+    }
 }
 
 #[tokio::test]
