@@ -152,10 +152,15 @@ impl Server {
         }
     }
 
-    /// The address of every node: this one alone, or node 0 and then the cluster's others.
+    /// Every node: this one alone, or node 0 and then the cluster's others.
+    pub fn nodes(&self) -> Vec<&Server> {
+        let others = self.cluster.iter().flat_map(|c| c.nodes.iter());
+        std::iter::once(self).chain(others).collect()
+    }
+
+    /// The address of every node (see [`Server::nodes`]).
     pub fn node_addrs(&self) -> Vec<SocketAddr> {
-        let others = self.cluster.iter().flat_map(|c| c.nodes.iter().map(|n| n.addr));
-        std::iter::once(self.addr).chain(others).collect()
+        self.nodes().iter().map(|node| node.addr).collect()
     }
 
     /// The node the next request or connection goes to: round robin over a cluster's nodes,
@@ -439,6 +444,14 @@ impl Ws {
             Ok((stream, _)) => Ok(Ws { stream }),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
             Err(e) => panic!("websocket connect: {e}"),
+        }
+    }
+
+    /// The address of the server (in a cluster, of the node) this socket is connected to.
+    pub fn server_addr(&self) -> SocketAddr {
+        match self.stream.get_ref() {
+            MaybeTlsStream::Plain(tcp) => tcp.peer_addr().expect("peer address of a connected socket"),
+            _ => unreachable!("tests connect over plain TCP"),
         }
     }
 
