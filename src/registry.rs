@@ -12,6 +12,12 @@ use crate::metrics::Metrics;
 /// Close code of a connection whose token was revoked (logout, an admin) or expired.
 pub const TOKEN_CLOSE: u16 = 4001;
 
+/// The close reason of [`TOKEN_CLOSE`] after the user's own logout.
+pub const LOGGED_OUT: &str = "logged out";
+
+/// The close reason of [`TOKEN_CLOSE`] after a revocation by an admin or a token's expiry.
+pub const TOKEN_REVOKED: &str = "token revoked";
+
 /// Told when a user's first connection opens (`true`) or their last one closes (`false`):
 /// cluster mode's presence. Called right after the change; it must only queue.
 pub type PresenceListener = Arc<dyn Fn(u64, bool) + Send + Sync>;
