@@ -1014,26 +1014,14 @@ async fn register_users(ctx: &Ctx, count: usize) -> Res<(Vec<User>, Duration)> {
 /// from the first connect start to the last `sync_done`.
 async fn connect_all(ctx: &Ctx, tokens: Vec<Rc<str>>, node_of: impl Fn(usize) -> usize) -> Res<(Vec<Ws>, Duration)> {
     let n = tokens.len();
-    let several = ctx.nodes.len() > 1;
     let started = Instant::now();
     let mut results: Vec<Option<Ws>> = (0..n).map(|_| None).collect();
     let mut stream = futures_util::stream::iter(tokens.into_iter().enumerate().map(|(i, token)| {
         let node = node_of(i) % ctx.nodes.len();
         let net = ctx.nodes.nets[node].clone();
-        async move {
-            // With several nodes, a user registered through one reaches the others by an
-            // invalidation moments later: until then another node refuses the token (401).
-            let mut attempts = 0;
-            loop {
-                match net.ws(&token, &format!("lg{i}")).await {
-                    Err(e) if several && attempts < UNKNOWN_USER_RETRIES && e.contains("HTTP 401") => {
-                        attempts += 1;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    r => return (i, node, r),
-                }
-            }
-        }
+        // With several nodes, a user registered through one is known at once on the others:
+        // the node reads a token's unknown user through from the shared database.
+        async move { (i, node, net.ws(&token, &format!("lg{i}")).await) }
     }))
     .buffer_unordered(ctx.concurrency);
     while let Some((i, node, r)) = stream.next().await {
@@ -1045,10 +1033,6 @@ async fn connect_all(ctx: &Ctx, tokens: Vec<Rc<str>>, node_of: impl Fn(usize) ->
     eprintln!("loadgen: {n} connections up in {:.2}s", took.as_secs_f64());
     Ok((results.into_iter().map(|w| w.expect("connected")).collect(), took))
 }
-
-/// How often a connect refused with 401 is tried again (20 ms apart) when there are several
-/// nodes: one second for a new user to reach every node.
-const UNKNOWN_USER_RETRIES: usize = 50;
 
 // ---------------------------------------------------------------------------------------------
 // Scenario: idle

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::conn_limits::ConnLimits;
 use crate::directory::Directory;
 use crate::metrics::Metrics;
+use crate::read_through::{Fact, ReadThrough};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
@@ -21,6 +22,8 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub directory: Arc<Directory>,
+    /// Cluster mode: what the directory lacks is asked of the shared store before a refusal.
+    pub read_through: Arc<ReadThrough>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub auth: Auth,
@@ -49,6 +52,20 @@ impl App {
     /// The claims of a token that is well signed, unexpired and not revoked.
     pub fn authenticate(&self, token: &str) -> Option<Claims> {
         let claims = self.auth.decode(token)?;
+        self.token_still_valid(&claims).then_some(claims)
+    }
+
+    /// As `authenticate`, but a user or token generation the directory does not know yet
+    /// (cluster mode: made on another node a moment ago) is first read from the store.
+    pub async fn authenticate_fresh(&self, token: &str) -> Option<Claims> {
+        let claims = self.auth.decode(token)?;
+        if !self.token_still_valid(&claims) {
+            // Only a well-signed, unexpired token gets here: no store read for garbage.
+            if claims.exp <= crate::auth::now_secs() {
+                return None;
+            }
+            self.read_through.confirm(&Fact::User { uid: claims.uid, generation: claims.tgen }).await;
+        }
         self.token_still_valid(&claims).then_some(claims)
     }
 

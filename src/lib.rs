@@ -27,6 +27,7 @@ pub mod node;
 pub mod notify;
 pub mod passwords;
 pub mod progress;
+pub mod read_through;
 pub mod registry;
 pub mod revocations;
 pub mod rooms;

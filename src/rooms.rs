@@ -1,8 +1,11 @@
 //! Group rooms: creation, invitations and membership, shared by the HTTP routes and the
-//! WebSocket actions. Each change is committed first, then mirrored into the directory.
+//! WebSocket actions. Each change is committed first, then mirrored into the directory. A
+//! check that would refuse asks the read-through first (cluster mode: the room, the user or
+//! the membership may come from another node a moment ago).
 
 use crate::directory::Directory;
 pub use crate::directory::RoomPolicy;
+use crate::read_through::{Fact, ReadThrough};
 use crate::store::{Joined, Store, StoreError};
 
 #[derive(Debug)]
@@ -39,17 +42,21 @@ pub async fn create(
 pub async fn invite(
     store: &Store,
     directory: &Directory,
+    read_through: &ReadThrough,
     chat_id: &str,
     by_uid: u64,
     uid: u64,
 ) -> Result<(), RoomError> {
-    let members = directory.room_members(chat_id).ok_or(RoomError::NoSuchRoom)?;
-    if !members.contains(&by_uid) {
+    if !read_through.confirm(&Fact::Member(chat_id.to_string(), by_uid)).await {
+        if !directory.room_exists(chat_id) {
+            return Err(RoomError::NoSuchRoom);
+        }
         return Err(RoomError::Forbidden(format!("only members of {chat_id} may invite")));
     }
-    if !directory.user_exists(uid) {
+    if !read_through.confirm(&Fact::user(uid)).await {
         return Err(RoomError::NoSuchUser(uid));
     }
+    let members = directory.room_members(chat_id).ok_or(RoomError::NoSuchRoom)?;
     if members.contains(&uid) {
         return Ok(());
     }
@@ -59,8 +66,14 @@ pub async fn invite(
 
 /// Adds `uid` to the room; a private room needs an invitation, which the join uses up (the
 /// store sets the new member's read position: `store::rooms`).
-pub async fn join(store: &Store, directory: &Directory, chat_id: &str, uid: u64) -> Result<(), RoomError> {
-    if !directory.room_exists(chat_id) {
+pub async fn join(
+    store: &Store,
+    directory: &Directory,
+    read_through: &ReadThrough,
+    chat_id: &str,
+    uid: u64,
+) -> Result<(), RoomError> {
+    if !read_through.confirm(&Fact::Room(chat_id.to_string())).await {
         return Err(RoomError::NoSuchRoom);
     }
     let private = directory.room_policy(chat_id).private;
@@ -76,8 +89,14 @@ pub async fn join(store: &Store, directory: &Directory, chat_id: &str, uid: u64)
 }
 
 /// Removes `uid` from the room; leaving a room one is not in is not an error.
-pub async fn leave(store: &Store, directory: &Directory, chat_id: &str, uid: u64) -> Result<(), RoomError> {
-    if !directory.room_exists(chat_id) {
+pub async fn leave(
+    store: &Store,
+    directory: &Directory,
+    read_through: &ReadThrough,
+    chat_id: &str,
+    uid: u64,
+) -> Result<(), RoomError> {
+    if !read_through.confirm(&Fact::Room(chat_id.to_string())).await {
         return Err(RoomError::NoSuchRoom);
     }
     store.leave_room(chat_id.to_string(), uid).await?;

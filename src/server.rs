@@ -147,10 +147,12 @@ async fn serve(
     if config.no_store {
         tracing::warn!("--no-store: messages are NOT written to disk (benchmarks only)");
     }
+    let read_through = Arc::new(crate::read_through::ReadThrough::new(store.clone(), directory.clone()));
     let app = Arc::new(App {
         config,
         store,
         directory,
+        read_through,
         registry,
         metrics,
         auth,

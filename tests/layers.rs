@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // `app` is the context the transports and services share (the issue's next step narrows
     // what each action takes from it).
     // `node`: cluster mode's wiring of the bus to the store, the directory and the delivery.
-    ("services", &["app", "actions", "service", "rooms", "revocations", "auth", "access", "node"]),
+    ("services", &["app", "actions", "service", "rooms", "revocations", "auth", "access", "node", "read_through"]),
     // `cluster`: the NATS bus between nodes (issue 13), beside the delivery it feeds.
     ("store and delivery", &["store", "fanout", "registry", "delivery", "directory", "unread", "cluster"]),
     // `rules`: pure functions (a valid message, which agent, who may read).

@@ -13,6 +13,7 @@ use crate::directory::Directory;
 use crate::fanout::Origin;
 use crate::frames;
 use crate::metrics::Metrics;
+use crate::read_through::{Fact, ReadThrough};
 use crate::registry::{Connection, Registry};
 use crate::rules::message::Content;
 use crate::store::{Kind, NewMessage, Store, StoreError};
@@ -21,6 +22,7 @@ use crate::store::{Kind, NewMessage, Store, StoreError};
 pub struct Ctx<'a> {
     pub store: &'a Store,
     pub directory: &'a Arc<Directory>,
+    pub read_through: &'a Arc<ReadThrough>,
     pub registry: &'a Arc<Registry>,
     pub metrics: &'a Arc<Metrics>,
     pub conn: &'a Arc<Connection>,
@@ -72,6 +74,10 @@ pub enum Step {
     /// Reply once this finishes (a change that must be committed first). The session awaits
     /// it before reading the connection's next frame, which so sees the change.
     Later(Pin<Box<dyn Future<Output = Utf8Bytes> + Send>>),
+    /// Handle the frame again once this finishes: a refusal that may rest on a stale directory
+    /// (cluster mode) is checked against the store first (`Refusal::unless`). The second
+    /// handling refuses for good.
+    Recheck(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
 /// A frame refused with an error code.
@@ -79,16 +85,25 @@ pub enum Step {
 pub struct Refusal {
     pub code: u16,
     pub message: String,
+    /// What the refusal rests on that another node may have changed a moment ago; asked of
+    /// the store before the refusal stands (cluster mode).
+    pub unless: Option<Fact>,
 }
 
 impl Refusal {
     pub fn new(code: u16, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into() }
+        Refusal { code, message: message.into(), unless: None }
     }
 
     /// A message whose content is not valid (`rules::message`).
     pub fn invalid(message: String) -> Refusal {
-        Refusal { code: 400, message }
+        Refusal { code: 400, message, unless: None }
+    }
+
+    /// This refusal, unless the store shows `fact` (which the directory lacked).
+    pub fn unless(mut self, fact: Fact) -> Refusal {
+        self.unless = Some(fact);
+        self
     }
 }
 

@@ -12,6 +12,7 @@ use super::{ClientFrame, Ctx, Refusal, Step, not_stored};
 use crate::directory::Directory;
 use crate::frames;
 use crate::metrics::Metrics;
+use crate::read_through::{Fact, ReadThrough};
 use crate::rooms::{self, RoomError};
 use crate::store::Store;
 
@@ -28,8 +29,8 @@ impl<'f> JoinGroup<'f> {
 
     pub fn apply(self, ctx: &Ctx<'_>) -> Result<Step, Refusal> {
         let uid = ctx.uid;
-        change_membership(ctx, self.action, self.chat_id, move |store, directory, chat_id| async move {
-            rooms::join(&store, &directory, &chat_id, uid).await
+        change_membership(ctx, self.action, self.chat_id, move |store, directory, read_through, chat_id| async move {
+            rooms::join(&store, &directory, &read_through, &chat_id, uid).await
         })
     }
 }
@@ -40,16 +41,17 @@ pub(super) fn change_membership<Change>(
     ctx: &Ctx<'_>,
     action: &str,
     chat_id: &str,
-    change: impl FnOnce(Store, Arc<Directory>, String) -> Change,
+    change: impl FnOnce(Store, Arc<Directory>, Arc<ReadThrough>, String) -> Change,
 ) -> Result<Step, Refusal>
 where
     Change: Future<Output = Result<(), RoomError>> + Send + 'static,
 {
     if !ctx.directory.room_exists(chat_id) {
-        return Err(Refusal::new(404, format!("unknown room: {chat_id}")));
+        let unknown = Refusal::new(404, format!("unknown room: {chat_id}"));
+        return Err(unknown.unless(Fact::Room(chat_id.to_string())));
     }
     let (metrics, action, chat_id) = (ctx.metrics.clone(), action.to_string(), chat_id.to_string());
-    let committed = change(ctx.store.clone(), ctx.directory.clone(), chat_id.clone());
+    let committed = change(ctx.store.clone(), ctx.directory.clone(), ctx.read_through.clone(), chat_id.clone());
     let invalidate = ctx.invalidator();
     Ok(Step::Later(Box::pin(async move {
         let result = committed.await;

@@ -17,8 +17,8 @@ impl<'f> LeaveGroup<'f> {
 
     pub fn apply(self, ctx: &Ctx<'_>) -> Result<Step, Refusal> {
         let uid = ctx.uid;
-        change_membership(ctx, self.action, self.chat_id, move |store, directory, chat_id| async move {
-            rooms::leave(&store, &directory, &chat_id, uid).await
+        change_membership(ctx, self.action, self.chat_id, move |store, directory, read_through, chat_id| async move {
+            rooms::leave(&store, &directory, &read_through, &chat_id, uid).await
         })
     }
 }

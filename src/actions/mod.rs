@@ -88,14 +88,29 @@ impl<'f> Command<'f> {
     }
 }
 
-/// Handles one text frame. Every outcome, refusals included, is a step with a reply.
-pub fn handle(ctx: &Ctx<'_>, text: &str) -> Step {
+/// Whether a refusal may still be checked against the store (`Step::Recheck`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    First,
+    /// After the recheck: refusals stand.
+    Again,
+}
+
+/// Handles one text frame. Every outcome, refusals included, is a step with a reply; a
+/// refusal that may rest on a stale directory (cluster mode) first becomes a recheck.
+pub fn handle(ctx: &Ctx<'_>, text: &str, pass: Pass) -> Step {
     let frame: ClientFrame<'_> = match serde_json::from_str(text) {
         Ok(frame) => frame,
         Err(e) => return Step::Reply(refuse(ctx, 400, &format!("bad frame: {e}"), frame::msg_id_of(text).as_deref())),
     };
     match Command::from_frame(&frame).and_then(|command| command.apply(ctx)) {
         Ok(step) => step,
+        Err(Refusal { unless: Some(fact), .. }) if pass == Pass::First && ctx.read_through.active() => {
+            let read_through = ctx.read_through.clone();
+            Step::Recheck(Box::pin(async move {
+                read_through.confirm(&fact).await;
+            }))
+        }
         Err(refusal) => Step::Reply(refuse(ctx, refusal.code, &refusal.message, frame.msg_id.as_deref())),
     }
 }

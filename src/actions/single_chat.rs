@@ -2,6 +2,7 @@
 
 use super::{ClientFrame, Ctx, Refusal, Step};
 use crate::chat_id;
+use crate::read_through::Fact;
 use crate::rules::message::Content;
 use crate::store::Kind;
 
@@ -23,7 +24,7 @@ impl SingleChat {
             return Err(Refusal::new(400, "cannot send a message to yourself"));
         }
         if !ctx.directory.user_exists(to) {
-            return Err(Refusal::new(404, format!("unknown user: {to}")));
+            return Err(Refusal::new(404, format!("unknown user: {to}")).unless(Fact::user(to)));
         }
         Ok(Step::Store(ctx.message(Kind::Single, chat_id::single(ctx.uid, to), Some(to), self.content)))
     }

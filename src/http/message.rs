@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::chat_id;
 use crate::fanout::Origin;
 use crate::frames;
+use crate::read_through::ReadThrough;
 use crate::rules::reader::{self, NotReadable};
 use crate::store::{Kind, NewMessage, StoredMessage};
 
@@ -67,7 +68,11 @@ pub(super) async fn admin_uid(app: &App, params: &Params) -> Result<u64, ApiErro
 }
 
 /// Whether `uid` may read the conversation (`rules::reader`); 404 for one that cannot exist.
-fn check_reader(app: &App, uid: u64, chat_id: &str) -> Result<(), ApiError> {
+async fn check_reader(app: &App, uid: u64, chat_id: &str) -> Result<(), ApiError> {
+    if reader::may_read(&*app.directory, uid, chat_id).is_err() {
+        // Cluster mode: what the refusal rests on may have changed on another node.
+        app.read_through.confirm_all(&ReadThrough::reader_facts(uid, chat_id)).await;
+    }
     reader::may_read(&*app.directory, uid, chat_id).map_err(|refused| match refused {
         NotReadable::Missing(why) => ApiError::not_found(why),
         NotReadable::Forbidden(why) => ApiError::forbidden(why),
@@ -83,7 +88,7 @@ fn message_json(app: &App, message: &StoredMessage) -> Value {
 pub async fn history(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?.to_string();
-    check_reader(app, claims.uid, &chat_id)?;
+    check_reader(app, claims.uid, &chat_id).await?;
     let before = params.number("before")?.map(|b| b as i64);
     let limit = params.number("limit")?.unwrap_or(50);
     if !(1..=200).contains(&limit) {

@@ -153,7 +153,7 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, peer: Peer, start: Start
     }
     let path = req.uri().path();
     if path == "/" {
-        return upgrade::upgrade(app, req, peer, start);
+        return upgrade::upgrade(app, req, peer, start).await;
     }
     let Some((_, allowed)) = ROUTES.iter().find(|(p, _)| *p == path) else {
         return reply(Err(ApiError::not_found(format!("no such endpoint: {path}"))));
@@ -183,6 +183,11 @@ async fn respond(app: Arc<App>, req: Request<Incoming>, peer: Peer, start: Start
                 Err(e) => return reply(Err(e)),
             };
             params.peer = Some(peer.addr.ip());
+            // Cluster mode: a caller registered (or logged in again) on another node a moment
+            // ago is read into the directory here, once, before any handler checks the token.
+            if let Some(token) = params.token() {
+                app.authenticate_fresh(token).await;
+            }
             reply(route(&app, &path, params).await)
         }
     }
@@ -253,12 +258,12 @@ async fn route(app: &App, path: &str, params: Params) -> ApiResult {
         "/room/create" => room::create(app, params).await,
         "/room/join" => room::join(app, params).await,
         "/room/leave" => room::leave(app, params).await,
-        "/room/members" => room::members(app, params),
+        "/room/members" => room::members(app, params).await,
         "/room/invite" => room::invite(app, params).await,
         "/shop/create" => shop::create(app, params).await,
         "/shop/agent/add" => shop::add_agent(app, params).await,
         "/shop/agent/remove" => shop::remove_agent(app, params).await,
-        "/shop/agents" => shop::agents(app, params),
+        "/shop/agents" => shop::agents(app, params).await,
         "/shop/agent/accept" => shop::accept_agent(app, params).await,
         "/message/sendPublicMessage" => message::broadcast(app, params).await,
         "/admin/user/revoke" => admin::revoke_user(app, params).await,

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use super::envelope::{ApiError, ApiResult};
 use super::params::Params;
 use crate::app::App;
+use crate::read_through::Fact;
 use crate::rooms::{self, RoomError, RoomPolicy};
 
 impl From<RoomError> for ApiError {
@@ -51,7 +52,7 @@ pub async fn invite(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
     let uid = params.require_number("uid")?;
-    rooms::invite(&app.store, &app.directory, chat_id, claims.uid, uid).await?;
+    rooms::invite(&app.store, &app.directory, &app.read_through, chat_id, claims.uid, uid).await?;
     app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
     Ok(json!({"chat_id": chat_id, "uid": uid}))
 }
@@ -59,7 +60,7 @@ pub async fn invite(app: &App, params: Params) -> ApiResult {
 pub async fn join(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
-    rooms::join(&app.store, &app.directory, chat_id, claims.uid).await?;
+    rooms::join(&app.store, &app.directory, &app.read_through, chat_id, claims.uid).await?;
     app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
     Ok(json!({"chat_id": chat_id}))
 }
@@ -67,14 +68,16 @@ pub async fn join(app: &App, params: Params) -> ApiResult {
 pub async fn leave(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
-    rooms::leave(&app.store, &app.directory, chat_id, claims.uid).await?;
+    rooms::leave(&app.store, &app.directory, &app.read_through, chat_id, claims.uid).await?;
     app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
     Ok(json!({"chat_id": chat_id}))
 }
 
-pub fn members(app: &App, params: Params) -> ApiResult {
+pub async fn members(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
+    // Cluster mode: the room or the caller's join may come from another node a moment ago.
+    app.read_through.confirm(&Fact::Member(chat_id.to_string(), claims.uid)).await;
     let members = app.directory.room_members(chat_id).ok_or_else(|| ApiError::not_found("no such room"))?;
     if !members.contains(&claims.uid) {
         return Err(ApiError::forbidden(format!("not a member of {chat_id}")));

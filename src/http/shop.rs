@@ -8,6 +8,7 @@ use super::envelope::{ApiError, ApiResult};
 use super::params::Params;
 use super::room::user_list;
 use crate::app::App;
+use crate::read_through::Fact;
 
 pub async fn create(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
@@ -23,10 +24,12 @@ pub async fn create(app: &App, params: Params) -> ApiResult {
 }
 
 /// The shop and agent named in the request, after checking that the caller owns the shop.
-fn owned_shop_and_agent(app: &App, params: &Params) -> Result<(u64, u64), ApiError> {
+async fn owned_shop_and_agent(app: &App, params: &Params) -> Result<(u64, u64), ApiError> {
     let claims = params.user(app)?;
     let shop_id = params.require_number("shop_id")?;
     let uid = params.require_number("uid")?;
+    // Cluster mode: the shop or the user may come from another node a moment ago.
+    app.read_through.confirm_all(&[Fact::Shop(shop_id), Fact::user(uid)]).await;
     let owner = app.directory.shop_owner(shop_id).ok_or_else(|| ApiError::not_found("no such shop"))?;
     if owner != claims.uid {
         return Err(ApiError::forbidden("only the shop's owner may change its agents"));
@@ -40,7 +43,7 @@ fn owned_shop_and_agent(app: &App, params: &Params) -> Result<(u64, u64), ApiErr
 /// The owner adds `uid`: invited until they accept (`/shop/agent/accept`), except the owner
 /// themselves and an agent who already accepted.
 pub async fn add_agent(app: &App, params: Params) -> ApiResult {
-    let (shop_id, uid) = owned_shop_and_agent(app, &params)?;
+    let (shop_id, uid) = owned_shop_and_agent(app, &params).await?;
     let owner = app.directory.shop_owner(shop_id) == Some(uid);
     let accepted = app.store.add_agent(shop_id, uid, owner).await?;
     if accepted {
@@ -61,8 +64,12 @@ pub async fn accept_agent(app: &App, params: Params) -> ApiResult {
     if app.directory.is_agent(shop_id, uid) {
         return Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": true}));
     }
-    if !app.directory.is_invited_agent(shop_id, uid) {
+    // Cluster mode: the invitation (or the acceptance) may come from another node.
+    if !app.read_through.confirm(&Fact::Invited(shop_id, uid)).await {
         return Err(ApiError::not_found(format!("no invitation to be an agent of shop {shop_id}")));
+    }
+    if app.directory.is_agent(shop_id, uid) {
+        return Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": true}));
     }
     // The owner may have removed them meanwhile.
     if !app.store.accept_agent(shop_id, uid).await? {
@@ -74,7 +81,7 @@ pub async fn accept_agent(app: &App, params: Params) -> ApiResult {
 }
 
 pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
-    let (shop_id, uid) = owned_shop_and_agent(app, &params)?;
+    let (shop_id, uid) = owned_shop_and_agent(app, &params).await?;
     app.directory.remove_agent(shop_id, uid);
     app.store.remove_agent(shop_id, uid).await?;
     app.directory.forget_handler(shop_id, uid);
@@ -86,9 +93,10 @@ pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
 
 /// The shop's accepted agents, for its owner and those agents; the owner also gets the uids
 /// still `invited` (no names: they have not agreed to anything yet).
-pub fn agents(app: &App, params: Params) -> ApiResult {
+pub async fn agents(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let shop_id = params.require_number("shop_id")?;
+    app.read_through.confirm(&Fact::Shop(shop_id)).await;
     let owner = app.directory.shop_owner(shop_id).ok_or_else(|| ApiError::not_found("no such shop"))?;
     let agents = app.directory.shop_agents(shop_id).unwrap_or_default();
     if owner != claims.uid && !agents.contains(&claims.uid) {

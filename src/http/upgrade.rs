@@ -18,7 +18,7 @@ use crate::metrics::RefusedReason;
 /// token, 429 when the user has `--max-connections-per-user` sessions already, else 101, with
 /// the upgraded connection handed to `start` (a session, which keeps the connection's place
 /// under the caps).
-pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: Peer, start: StartSession) -> Response<Body> {
+pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: Peer, start: StartSession) -> Response<Body> {
     let ip = peer.addr.ip();
     let headers = req.headers();
     // A page of another site must not ride a user's token (cross-site WebSocket hijacking).
@@ -43,7 +43,7 @@ pub fn upgrade(app: Arc<App>, mut req: Request<Incoming>, peer: Peer, start: Sta
         app.metrics.refused(RefusedReason::Auth);
         return refusal(ApiError::unauthorized("an access_token is required"));
     };
-    let Some(claims) = app.authenticate(token) else {
+    let Some(claims) = app.authenticate_fresh(token).await else {
         // Never the token itself: it may be a valid one of someone else's, mistyped.
         tracing::warn!(%ip, "websocket refused: invalid, expired or revoked token");
         app.metrics.refused(RefusedReason::Auth);

@@ -7,6 +7,7 @@ use super::envelope::{ApiError, ApiResult};
 use super::params::Params;
 use crate::app::App;
 use crate::passwords;
+use crate::read_through::Fact;
 use crate::store::StoreError;
 use crate::usernames;
 
@@ -65,6 +66,10 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
     if !app.directory.user_exists(user.uid) {
         app.directory.unread.registered(user.uid, 0);
         app.directory.add_user(user.uid, &user.username, user.token_gen);
+    } else {
+        // Cluster mode: a logout on another node may have moved the generation on, and the
+        // token issued now carries the new one.
+        app.directory.set_token_gen(user.uid, user.token_gen);
     }
     let (token, expires_in) = app.auth.issue(user.uid, &user.username, user.token_gen);
     Ok(json!({
@@ -111,7 +116,10 @@ pub async fn lookup(app: &App, params: Params) -> ApiResult {
         (Some(name), _) if !name.is_empty() => {
             app.store.user_for_login(name.to_string()).await?.map(|u| (u.uid, u.username))
         }
-        (_, Some(uid)) => app.directory.username(uid).map(|name| (uid, name.to_string())),
+        (_, Some(uid)) => {
+            app.read_through.confirm(&Fact::user(uid)).await;
+            app.directory.username(uid).map(|name| (uid, name.to_string()))
+        }
         _ => return Err(ApiError::bad_request("give `username` or `uid`")),
     };
     let (uid, username) = user.ok_or_else(|| ApiError::not_found("no such user"))?;

@@ -18,7 +18,7 @@ use super::cork::Cork;
 use super::liveness::{Liveness, Tick};
 use super::positions;
 use super::rate::RateLimit;
-use crate::actions::{self, Step};
+use crate::actions::{self, Pass, Step};
 use crate::app::App;
 use crate::auth::Claims;
 use crate::delivery::outbox::{OutboxState, Queued};
@@ -390,17 +390,31 @@ where
         if !self.allow_frame() {
             return self.refuse(actions::refusal(text, 429, RATE_LIMITED), 429).await;
         }
-        let app = &self.app;
-        let ctx = actions::Ctx {
-            store: &app.store,
-            directory: &app.directory,
-            registry: &app.registry,
-            metrics: &app.metrics,
-            conn: &self.conn,
-            uid: self.claims.uid,
-            cluster: app.cluster.as_ref().map(|node| &node.bus),
+        let mut pass = Pass::First;
+        let step = loop {
+            let app = &self.app;
+            let ctx = actions::Ctx {
+                store: &app.store,
+                directory: &app.directory,
+                read_through: &app.read_through,
+                registry: &app.registry,
+                metrics: &app.metrics,
+                conn: &self.conn,
+                uid: self.claims.uid,
+                cluster: app.cluster.as_ref().map(|node| &node.bus),
+            };
+            match actions::handle(&ctx, text, pass) {
+                // Only on a refusal's path (cluster mode): the store is asked, then the frame
+                // handled once more.
+                Step::Recheck(check) => {
+                    self.while_writing(check).await?;
+                    pass = Pass::Again;
+                }
+                step => break step,
+            }
         };
-        match actions::handle(&ctx, text) {
+        match step {
+            Step::Recheck(_) => Ok(()),
             Step::Reply(frame) => self.reply(frame).await,
             // Never waits for earlier acks: the writer and the fan-out keep messages in order.
             Step::Store(message) => match self.app.store.submit(message).await {
