@@ -15,7 +15,7 @@ use crate::cluster::{
 use crate::directory::Directory;
 use crate::fanout::{ClusterDelivery, LocalOrigins, sequenced_delivery};
 use crate::metrics::Metrics;
-use crate::registry::{Registry, TOKEN_CLOSE};
+use crate::registry::{LOGGED_OUT, Registry, TOKEN_CLOSE, TOKEN_REVOKED};
 use crate::store::{Store, StoreError, StoreResult, StoredMessage};
 use crate::throttle::Throttle;
 
@@ -112,10 +112,18 @@ async fn apply(app: &App, what: &Invalidation) -> StoreResult<()> {
                 directory.add_user(user.uid, &user.username, user.token_gen);
             }
         }
-        Invalidation::TokenGeneration { uid, generation } => {
+        Invalidation::TokenGeneration { uid, generation, logged_out } => {
             directory.set_token_gen(*uid, *generation);
             // As a local logout or revocation does.
-            app.registry.close_user(*uid, TOKEN_CLOSE, "token revoked");
+            let reason = if *logged_out { LOGGED_OUT } else { TOKEN_REVOKED };
+            app.registry.close_user(*uid, TOKEN_CLOSE, reason);
+        }
+        Invalidation::ReadPosition { uid, chat_id, seq } => {
+            let frame =
+                crate::frames::json(serde_json::json!({"action": "read", "code": 200, "chat_id": chat_id, "seq": seq}));
+            app.registry.for_each_of(*uid, |conn| {
+                conn.send(&frame);
+            });
         }
         Invalidation::Room { chat_id } => {
             if let Some(room) = pg.room(chat_id.clone()).await? {

@@ -12,6 +12,12 @@ use crate::metrics::Metrics;
 /// Close code of a connection whose token was revoked (logout, an admin) or expired.
 pub const TOKEN_CLOSE: u16 = 4001;
 
+/// The close reason of [`TOKEN_CLOSE`] after the user's own logout.
+pub const LOGGED_OUT: &str = "logged out";
+
+/// The close reason of [`TOKEN_CLOSE`] after a revocation by an admin or a token's expiry.
+pub const TOKEN_REVOKED: &str = "token revoked";
+
 /// Told of a user's connection count on this node each time it changes (0: their last one
 /// closed): cluster mode's presence and per-user cap. Called under the user's entry lock, so
 /// that one user's counts are told in the order they happened; it must only queue.

@@ -40,7 +40,7 @@ async fn watch(app: Arc<App>) {
         match app.store.token_generations().await {
             Ok(generations) => {
                 for uid in app.directory.reload_token_gens(&generations) {
-                    let closed = app.registry.close_user(uid, TOKEN_CLOSE, "token revoked");
+                    let closed = app.registry.close_user(uid, TOKEN_CLOSE, crate::registry::TOKEN_REVOKED);
                     tracing::info!(uid, closed, "tokens revoked on the database");
                 }
                 seen = count;

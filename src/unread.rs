@@ -119,6 +119,20 @@ impl UnreadHints {
         }
     }
 
+    /// Like [`UnreadHints::check`], but always [`SyncNeed::Query`]: for a cluster node, whose
+    /// hints count only the messages it has delivered itself (another node's commit reaches them
+    /// when its batch arrives, which may be after a connect that must sync it).
+    pub fn query(&self, uid: u64) -> SyncNeed {
+        match self.check(uid) {
+            SyncNeed::Nothing => {
+                let pages = self.pages.read().unwrap_or_else(PoisonError::into_inner);
+                let news = hint(&pages, uid).map_or(u64::MAX, |hint| hint.news.load(SeqCst));
+                SyncNeed::Query(Snapshot { uid, news, shared: self.shared.load(SeqCst) })
+            }
+            need => need,
+        }
+    }
+
     /// The sync that started at `snapshot` found nothing unread. News noted since then still
     /// counts: the counters have moved past the snapshot.
     pub fn synced(&self, snapshot: Snapshot) {
@@ -221,6 +235,14 @@ mod tests {
         hints.note_everyone();
         hints.registered(9, mark);
         must_query(&hints, 9);
+    }
+
+    #[test]
+    fn a_cluster_node_always_queries_even_when_its_hints_say_nothing() {
+        let hints = UnreadHints::new(0);
+        hints.registered(4, hints.shared_mark());
+        assert!(is_clean(&hints, 4));
+        assert!(matches!(hints.query(4), SyncNeed::Query(_)));
     }
 
     #[test]

@@ -35,9 +35,9 @@ async fn broadcast_requires_an_admin_credential_and_text() {
     let (mut ws, synced) = server.connect(&user_t).await;
     assert!(synced.is_empty(), "refused broadcasts were delivered: {synced:?}");
 
-    let (status, body) = server.post_json(PATH, json!({"data": "accepted"}), Some(SECRET)).await;
+    let (status, body) = broadcast_on(server.addr, "accepted").await;
     let data = ok(status, &body, "broadcast with the admin token");
-    assert_eq!(data["delivered"], 1, "{body}");
+    assert_delivered(&data, delivered_by(server.addr, &[&ws]), &body);
     let f = ws.recv_action("public_message").await;
     assert_public(&f, &data, "accepted");
 }
@@ -54,12 +54,18 @@ async fn broadcast_reaches_every_connection() {
     let (w3, _) = server.connect(&t3).await;
     let mut all = [w1a, w1b, w2, w3];
 
+    // 3 users, one with 2 devices: 4 connections (in a cluster, spread over the nodes).
+    let on_node0 = delivered_by(server.addr, &all.iter().collect::<Vec<_>>());
+    if on_cluster() {
+        assert!(0 < on_node0 && on_node0 < 4, "the connections are spread over the nodes: {on_node0} on node 0");
+    }
+
     // Bearer secret, JSON body.
-    let (status, body) = server.post_json(PATH, json!({"data": "hello, everybody"}), Some(SECRET)).await;
+    let (status, body) = broadcast_on(server.addr, "hello, everybody").await;
     let first = ok(status, &body, "broadcast with Authorization: Bearer SECRET");
     assert!(first["id"].as_u64().is_some(), "id: {body}");
     assert!(first["seq"].as_u64().is_some(), "seq: {body}");
-    assert_eq!(first["delivered"], 4, "3 users, one with 2 devices: 4 connections: {body}");
+    assert_delivered(&first, on_node0, &body);
     for ws in all.iter_mut() {
         let f = ws.recv_action("public_message").await;
         assert_public(&f, &first, "hello, everybody");
@@ -70,9 +76,10 @@ async fn broadcast_reaches_every_connection() {
     // form body works.
     let (status, body) = server.post_form(&format!("{PATH}?access_token={SECRET}"), &[("data", "refused")], None).await;
     assert_error(status, &body, 401, "broadcast with ?access_token=SECRET");
-    let (status, body) = server.post_form(PATH, &[("data", "second notice")], Some(SECRET)).await;
+    let form = ("application/x-www-form-urlencoded", "data=second+notice".to_string());
+    let (status, body) = http(server.addr, "POST", PATH, Some(form), Some(SECRET)).await;
     let second = ok(status, &body, "broadcast with a form body");
-    assert_eq!(second["delivered"], 4, "{body}");
+    assert_delivered(&second, on_node0, &body);
     assert_eq!(second["seq"].as_u64(), Some(first["seq"].as_u64().unwrap() + 1), "seq counts up: {body}");
     assert_ne!(second["id"], first["id"], "{body}");
     for ws in all.iter_mut() {
@@ -150,9 +157,9 @@ async fn offline_users_get_broadcasts_through_sync_and_later_users_do_not() {
     late_ws.expect_nothing_pending().await;
 
     // But later broadcasts reach them, live and through sync.
-    let (status, body) = server.post_json(PATH, json!({"data": "welcome"}), Some(SECRET)).await;
+    let (status, body) = broadcast_on(server.addr, "welcome").await;
     let data2 = ok(status, &body, "second broadcast");
-    assert_eq!(data2["delivered"], 2, "{body}");
+    assert_delivered(&data2, delivered_by(server.addr, &[&ws, &late_ws]), &body);
     let f = late_ws.recv_action("public_message").await;
     assert_public(&f, &data2, "welcome");
     let f = ws.recv_action("public_message").await;
@@ -171,8 +178,33 @@ async fn offline_users_get_broadcasts_through_sync_and_later_users_do_not() {
 }
 
 mod util {
+    use std::net::SocketAddr;
+
     use super::common::*;
-    use serde_json::Value;
+    use super::{PATH, SECRET};
+    use serde_json::{Value, json};
+
+    /// Broadcasts `text` as the `--admin-token` admin (JSON body) on the node at `node`.
+    pub async fn broadcast_on(node: SocketAddr, text: &str) -> (u16, Value) {
+        let body = ("application/json", json!({"data": text}).to_string());
+        http(node, "POST", PATH, Some(body), Some(SECRET)).await
+    }
+
+    /// How many of `conns` a broadcast answered by the node at `node` counts as `delivered`:
+    /// all of them on a single node; in a cluster only those on that node, since each node
+    /// delivers to its own connections (the others still get it, live).
+    pub fn delivered_by(node: SocketAddr, conns: &[&Ws]) -> u64 {
+        conns.iter().filter(|ws| !on_cluster() || ws.server_addr() == node).count() as u64
+    }
+
+    /// Asserts the reply's `delivered` and, in a cluster, that it says its count is the node's.
+    #[track_caller]
+    pub fn assert_delivered(data: &Value, want: u64, body: &Value) {
+        assert_eq!(data["delivered"], want, "connections the answering node delivered to: {body}");
+        if on_cluster() {
+            assert_eq!(data["delivered_scope"], "node", "{body}");
+        }
+    }
 
     /// A broadcast frame matching the `data` of the sendPublicMessage reply.
     pub fn assert_public(f: &Value, data: &Value, text: &str) {

@@ -188,7 +188,7 @@ async fn invalidations_reach_the_other_node() {
     let (a, b) = (node(&nats, &prefix, "a").await, node(&nats, &prefix, "b").await);
     let sent = [
         Invalidation::Room { chat_id: "g_5".into() },
-        Invalidation::TokenGeneration { uid: 3, generation: 2 },
+        Invalidation::TokenGeneration { uid: 3, generation: 2, logged_out: false },
         Invalidation::User { uid: 9 },
     ];
     sent.iter().for_each(|what| a.cluster.publish_invalidation(what));

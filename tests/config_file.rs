@@ -93,7 +93,7 @@ async fn imd_config_names_the_file_and_environment_variables_beat_it() {
     let db = dir.path().join("imd.db");
     let mut child = imd_start(&db).env("IMD_CONFIG", &path).env("IMD_TOKEN_TTL", "77").spawn().expect("spawn imd");
     let addr = common::listening_address(&mut child).await;
-    let server = Server { child, addr, db, dir: Some(dir), extra_args: Vec::new(), pg: None };
+    let server = Server { child, addr, db, dir: Some(dir), extra_args: Vec::new(), cluster: None, pg: None };
 
     let (_, ta) = server.register("alice").await;
     let (b, _) = server.register("bob").await;

@@ -79,18 +79,25 @@ async fn allow_names_the_method_of_the_path() {
 #[tokio::test]
 async fn health_reports_ok_pid_uptime_online() {
     let server = Server::start().await;
-    let (status, body) = server.get("/health", None).await;
-    let data = ok(status, &body, "GET /health");
-    assert_eq!(data["status"], "ok", "{body}");
-    assert_eq!(data["pid"].as_u64(), server.child.id().map(u64::from), "{body}");
-    assert!(data["uptime_secs"].as_u64().is_some(), "{body}");
-    assert_eq!(data["online"].as_u64(), Some(0), "{body}");
+    // Each node of a cluster answers for itself: its own pid, its own connections.
+    for node in server.nodes() {
+        let (status, body) = http(node.addr, "GET", "/health", None, None).await;
+        let data = ok(status, &body, "GET /health");
+        assert_eq!(data["status"], "ok", "{body}");
+        assert_eq!(data["pid"].as_u64(), node.child.id().map(u64::from), "{body}");
+        assert!(data["uptime_secs"].as_u64().is_some(), "{body}");
+        assert_eq!(data["online"].as_u64(), Some(0), "{body}");
+    }
 
     let (_, token) = server.register("alice").await;
     let (_ws, _) = server.connect(&token).await;
     let (_ws2, _) = server.connect_device(&token, "mobile").await;
-    let (status, body) = server.get("/health", None).await;
-    assert_eq!(ok(status, &body, "GET /health")["online"].as_u64(), Some(2), "{body}");
+    let mut online = 0;
+    for node in server.nodes() {
+        let (status, body) = http(node.addr, "GET", "/health", None, None).await;
+        online += ok(status, &body, "GET /health")["online"].as_u64().unwrap_or_else(|| panic!("online: {body}"));
+    }
+    assert_eq!(online, 2, "two connections, counted by the node that holds each");
 }
 
 #[tokio::test]
@@ -123,7 +130,8 @@ async fn oversized_body_is_413() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_prometheus_text_and_count_messages() {
-    let server = Server::start().await;
+    // One node: /metrics counts the answering node's own connections and messages.
+    let server = Server::start_single_with(&[]).await;
     let (_, ta) = server.register("alice").await;
     let (b, tb) = server.register("bob").await;
     let (mut wa, _) = server.connect(&ta).await;

@@ -153,7 +153,8 @@ async fn connections_over_the_total_cap_are_refused_with_503() {
 
 #[tokio::test]
 async fn websockets_over_the_per_user_cap_are_refused_with_429() {
-    let server = Server::start_with(&["--max-connections-per-user", "2"]).await;
+    // One node: each node counts only its own sockets of a user (README, "Cluster mode").
+    let server = Server::start_single_with(&["--max-connections-per-user", "2"]).await;
     let (_, alice) = server.register("alice").await;
     let (_, bob) = server.register("bob").await;
     let (first, _) = server.connect_device(&alice, "phone").await;
@@ -208,7 +209,15 @@ async fn start_custom(args: &[&str], low_nofile: bool) -> Server {
     }
     let mut child = cmd.spawn().expect("spawn imd");
     let addr = common::listening_address(&mut child).await;
-    Server { child, addr, db, dir: Some(dir), extra_args: args.iter().map(|s| s.to_string()).collect(), pg: None }
+    Server {
+        child,
+        addr,
+        db,
+        dir: Some(dir),
+        extra_args: args.iter().map(|s| s.to_string()).collect(),
+        cluster: None,
+        pg: None,
+    }
 }
 
 #[tokio::test]

@@ -85,7 +85,7 @@ async fn start(extra: &[&str]) -> (Server, Log) {
     .await
     .expect("imd did not start listening in time");
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    let server = Server { child, addr, db, dir: Some(dir), extra_args: Vec::new(), pg: None };
+    let server = Server { child, addr, db, dir: Some(dir), extra_args: Vec::new(), cluster: None, pg: None };
     (server, Log { lines, seen: Vec::new() })
 }
 

@@ -237,7 +237,8 @@ async fn reconnect(server: &Server, token: &str, want_seqs: &[u64]) -> &'static 
 
 #[tokio::test]
 async fn nothing_unread_is_known_without_the_store_until_a_message_arrives() {
-    let server = Server::start_with(&["--admin-token", "admin-secret-0123456789abcdef-0123"]).await;
+    // One node: it counts the syncs of its own /metrics.
+    let server = Server::start_single_with(&["--admin-token", "admin-secret-0123456789abcdef-0123"]).await;
     let (a, ta) = server.register("alice").await;
     let (b, tb) = server.register("bob").await;
 
@@ -284,7 +285,8 @@ async fn nothing_unread_is_known_without_the_store_until_a_message_arrives() {
 
 #[tokio::test]
 async fn after_a_restart_every_user_asks_the_store_once() {
-    let server = Server::start().await;
+    // One node: it counts the syncs of its own /metrics.
+    let server = Server::start_single_with(&[]).await;
     let (_, ta) = server.register("alice").await;
     assert_eq!(reconnect(&server, &ta, &[]).await, "memory");
     let server = server.restart().await;

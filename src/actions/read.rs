@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::{ClientFrame, Ctx, Refusal, Step, not_stored};
+use crate::cluster::Invalidation;
 use crate::frames;
 
 pub struct Read<'f> {
@@ -20,6 +21,7 @@ impl<'f> Read<'f> {
     pub fn apply(self, ctx: &Ctx<'_>) -> Result<Step, Refusal> {
         let (store, registry, metrics) = (ctx.store.clone(), ctx.registry.clone(), ctx.metrics.clone());
         let (conn, uid, chat_id, seq) = (ctx.conn.clone(), ctx.uid, self.chat_id.to_string(), self.seq);
+        let invalidate = ctx.invalidator();
         Ok(Step::Later(Box::pin(async move {
             match store.mark_read(uid, chat_id.clone(), seq).await {
                 Ok(Some(read_seq)) => {
@@ -30,6 +32,8 @@ impl<'f> Read<'f> {
                             other.send(&frame);
                         }
                     });
+                    // The user's connections on other nodes get the mirror too.
+                    invalidate(Invalidation::ReadPosition { uid, chat_id, seq: read_seq });
                     frame
                 }
                 Ok(None) => {

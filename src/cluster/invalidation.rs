@@ -11,8 +11,14 @@ use serde::{Deserialize, Serialize};
 pub enum Invalidation {
     /// A user was added or changed (name, password).
     User { uid: u64 },
-    /// A user's tokens were revoked: those of older generations are void.
-    TokenGeneration { uid: u64, generation: u64 },
+    /// A user's tokens were revoked: those of older generations are void. `logged_out`: by the
+    /// user's own logout (their sockets close saying so), else by an admin.
+    TokenGeneration {
+        uid: u64,
+        generation: u64,
+        #[serde(default)]
+        logged_out: bool,
+    },
     /// A room's policy or members changed.
     Room { chat_id: String },
     /// A shop's owner, agents or invitations changed.
@@ -26,6 +32,9 @@ pub enum Invalidation {
     /// A login under `username` succeeded on the publishing node after failures: the
     /// receiver forgets the name's failures, as that node did.
     LoginSucceeded { username: String },
+    /// A user's read position in a conversation moved: their connections on the other nodes
+    /// get the same `read` frame as those on the node that stored it.
+    ReadPosition { uid: u64, chat_id: String, seq: i64 },
 }
 
 /// An invalidation with the node that published it.
@@ -54,7 +63,8 @@ mod tests {
     fn invalidations_are_tagged_json_and_come_back() {
         let all = [
             Invalidation::User { uid: 1 },
-            Invalidation::TokenGeneration { uid: 2, generation: 5 },
+            Invalidation::TokenGeneration { uid: 2, generation: 5, logged_out: true },
+            Invalidation::ReadPosition { uid: 2, chat_id: "1_2_3".into(), seq: 7 },
             Invalidation::Room { chat_id: "g_9".into() },
             Invalidation::Shop { shop_id: 4 },
             Invalidation::LoginFailed { username: "Alice".into() },
@@ -64,8 +74,15 @@ mod tests {
             let payload = encode("n1", &what).unwrap();
             assert_eq!(decode(&payload).unwrap(), ("n1".to_string(), what));
         }
-        let text = String::from_utf8(encode("n1", &Invalidation::TokenGeneration { uid: 2, generation: 5 }).unwrap());
-        assert_eq!(text.unwrap(), r#"{"node":"n1","kind":"token_generation","uid":2,"generation":5}"#);
+        let revoked = Invalidation::TokenGeneration { uid: 2, generation: 5, logged_out: false };
+        let text = String::from_utf8(encode("n1", &revoked).unwrap());
+        assert_eq!(
+            text.unwrap(),
+            r#"{"node":"n1","kind":"token_generation","uid":2,"generation":5,"logged_out":false}"#
+        );
+        // From a node that does not say why yet: a revocation.
+        let old = br#"{"node":"n1","kind":"token_generation","uid":2,"generation":5}"#;
+        assert_eq!(decode(old).unwrap(), ("n1".to_string(), revoked));
         assert!(decode(br#"{"node":"n1","kind":"planet","uid":1}"#).is_err());
     }
 }

@@ -16,7 +16,7 @@ pub async fn revoke_user(app: &App, params: Params) -> ApiResult {
         _ => e,
     })?;
     let (uid, username) = target(app, &params).await?;
-    if !revoke(app, uid, "token revoked").await? {
+    if !revoke(app, uid, crate::registry::TOKEN_REVOKED).await? {
         return Err(ApiError::not_found(format!("no user with uid {uid}")));
     }
     tracing::info!(uid, username = %username, "tokens revoked by an admin");

@@ -83,7 +83,7 @@ pub async fn login(app: &App, params: Params) -> ApiResult {
 
 pub async fn logout(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
-    revoke(app, claims.uid, "logged out").await?;
+    revoke(app, claims.uid, crate::registry::LOGGED_OUT).await?;
     Ok(json!({}))
 }
 
@@ -95,7 +95,8 @@ pub(super) async fn revoke(app: &App, uid: u64, reason: &'static str) -> Result<
     };
     // The generation first: a socket joining the registry meanwhile checks it (`ws::session`).
     app.directory.set_token_gen(uid, token_gen);
-    app.invalidate(Invalidation::TokenGeneration { uid, generation: token_gen });
+    let logged_out = reason == crate::registry::LOGGED_OUT;
+    app.invalidate(Invalidation::TokenGeneration { uid, generation: token_gen, logged_out });
     app.registry.close_user(uid, crate::registry::TOKEN_CLOSE, reason);
     Ok(true)
 }

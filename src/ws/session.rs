@@ -199,7 +199,13 @@ where
         let connected =
             json!({"action": "connected", "uid": uid, "username": self.claims.name, "device": &*self.conn.device});
         self.feed(frames::json(connected)).await?;
-        let batch = match self.app.directory.unread.check(uid) {
+        // A cluster node cannot know "nothing unread" from memory: a message committed on
+        // another node reaches its hints only when the batch arrives, maybe after this connect.
+        let need = match self.app.cluster {
+            Some(_) => self.app.directory.unread.query(uid),
+            None => self.app.directory.unread.check(uid),
+        };
+        let batch = match need {
             SyncNeed::Nothing => {
                 self.app.metrics.syncs_from_memory.inc();
                 None

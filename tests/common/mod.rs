@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -37,15 +38,43 @@ pub struct Server {
     /// Keeps the temporary directory (and so the database) alive for the server's life.
     pub dir: Option<tempfile::TempDir>,
     pub extra_args: Vec<String>,
-    /// With `IMD_TEST_BACKEND=postgres`: the server's own database on the shared PostgreSQL
-    /// (`db` is then its URL), dropped after the server.
+    /// With `IMD_TEST_BACKEND=cluster`: the other node and the bus joining them (this server is
+    /// node 0). Declared before `pg`, so the nodes stop before their database is dropped.
+    pub cluster: Option<ClusterPeers>,
+    /// With `IMD_TEST_BACKEND=postgres` or `cluster`: the server's own database on the shared
+    /// PostgreSQL (`db` is then its URL), dropped after the server.
     pub pg: Option<shared_pg::SharedPgDatabase>,
 }
+
+/// Nodes a cluster server has besides node 0 (the `Server` itself), and how requests are
+/// spread over all of them.
+pub struct ClusterPeers {
+    /// Nodes 1.., on the same database, prefix and NATS as node 0.
+    pub nodes: Vec<Server>,
+    /// Counts the requests and connections spread round robin over the nodes.
+    next: AtomicUsize,
+    /// The test's own nats-server when the machine's (127.0.0.1:4222) is not there; dropped
+    /// after the nodes (fields drop in order).
+    own_nats: Option<nats::NatsServer>,
+}
+
+/// How many nodes `IMD_TEST_BACKEND=cluster` starts for each server.
+pub const CLUSTER_NODES: usize = 2;
+
+/// The machine's NATS, which cluster servers share, each with a subject prefix of its own.
+const MACHINE_NATS_PORT: u16 = 4222;
 
 /// Whether servers run on PostgreSQL (`IMD_TEST_BACKEND=postgres`) instead of a temporary
 /// SQLite file, so that the same tests check both backends.
 pub fn on_postgres() -> bool {
     std::env::var("IMD_TEST_BACKEND").is_ok_and(|backend| backend == "postgres")
+}
+
+/// Whether each server is a cluster of [`CLUSTER_NODES`] nodes on one PostgreSQL database,
+/// joined over NATS (`IMD_TEST_BACKEND=cluster`), with requests and connections alternating
+/// between the nodes.
+pub fn on_cluster() -> bool {
+    std::env::var("IMD_TEST_BACKEND").is_ok_and(|backend| backend == "cluster")
 }
 
 impl Server {
@@ -57,7 +86,16 @@ impl Server {
     /// Starts a server with a fresh database and extra command-line options: a temporary
     /// SQLite file, or a new PostgreSQL database under `IMD_TEST_BACKEND=postgres`.
     pub async fn start_with(extra: &[&str]) -> Server {
-        if on_postgres() {
+        if on_cluster() {
+            return Server::start_cluster_with(extra).await;
+        }
+        Server::start_single_with(extra).await
+    }
+
+    /// Starts one server whatever the backend under test (PostgreSQL for `cluster` too): for
+    /// tests that by nature watch one process.
+    pub async fn start_single_with(extra: &[&str]) -> Server {
+        if on_postgres() || on_cluster() {
             let pg = shared_pg::SharedPgDatabase::create()
                 .await
                 .expect("IMD_TEST_BACKEND=postgres, but the shared PostgreSQL cannot be reached");
@@ -66,6 +104,75 @@ impl Server {
             return server;
         }
         Server::start_sqlite_with(extra).await
+    }
+
+    /// [`CLUSTER_NODES`] nodes on a fresh database of the shared PostgreSQL, joined over the
+    /// machine's NATS (or one of the test's own) under a prefix of their own; returns once
+    /// every node's /health lists them all.
+    async fn start_cluster_with(extra: &[&str]) -> Server {
+        let pg = shared_pg::SharedPgDatabase::create()
+            .await
+            .expect("IMD_TEST_BACKEND=cluster, but the shared PostgreSQL cannot be reached");
+        let own_nats = if process::port_accepts(MACHINE_NATS_PORT).await {
+            None
+        } else {
+            Some(nats::NatsServer::start().await.expect("IMD_TEST_BACKEND=cluster, but no NATS can be started"))
+        };
+        let nats_url =
+            own_nats.as_ref().map_or_else(|| format!("nats://127.0.0.1:{MACHINE_NATS_PORT}"), nats::NatsServer::url);
+        let prefix = format!("imdt.c{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let db = pg.url();
+        let mut nodes = Vec::new();
+        for i in 0..CLUSTER_NODES {
+            let node_id = format!("n{i}");
+            let mut args: Vec<&str> = extra.to_vec();
+            args.extend(["--nats", &nats_url, "--cluster-prefix", &prefix, "--node-id", &node_id]);
+            nodes.push(Server::start_on_db(Path::new(&db), &args).await);
+        }
+        let mut server = nodes.remove(0);
+        server.cluster = Some(ClusterPeers { nodes, next: AtomicUsize::new(0), own_nats });
+        server.pg = Some(pg);
+        server.wait_cluster_joined().await;
+        server
+    }
+
+    /// Waits (bounded by [`WAIT`]) until every node's /health lists every node.
+    async fn wait_cluster_joined(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        for addr in self.node_addrs() {
+            loop {
+                let (_, body) = http(addr, "GET", "/health", None, None).await;
+                let nodes = body["data"]["cluster"]["nodes"].as_array().map(Vec::len);
+                if nodes == Some(CLUSTER_NODES) {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "node {addr} never saw the whole cluster: {body}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Every node: this one alone, or node 0 and then the cluster's others.
+    pub fn nodes(&self) -> Vec<&Server> {
+        let others = self.cluster.iter().flat_map(|c| c.nodes.iter());
+        std::iter::once(self).chain(others).collect()
+    }
+
+    /// The address of every node (see [`Server::nodes`]).
+    pub fn node_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes().iter().map(|node| node.addr).collect()
+    }
+
+    /// The node the next request or connection goes to: round robin over a cluster's nodes,
+    /// so that two users of one test land on different nodes; always `addr` on one node.
+    pub fn next_addr(&self) -> SocketAddr {
+        match &self.cluster {
+            Some(cluster) => {
+                let n = cluster.next.fetch_add(1, Ordering::Relaxed) % (cluster.nodes.len() + 1);
+                if n == 0 { self.addr } else { cluster.nodes[n - 1].addr }
+            }
+            None => self.addr,
+        }
     }
 
     /// Starts a server on a temporary SQLite file whatever the backend under test: for tests
@@ -88,50 +195,82 @@ impl Server {
             db: db.to_path_buf(),
             dir: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            cluster: None,
             pg: None,
         }
     }
 
-    /// SIGKILL, as a crash would.
+    /// SIGKILL, as a crash would (every node of a cluster).
     pub async fn kill9(&mut self) {
         self.child.start_kill().expect("kill -9");
         self.child.wait().await.expect("wait");
+        if let Some(cluster) = &mut self.cluster {
+            for node in &mut cluster.nodes {
+                Box::pin(node.kill9()).await;
+            }
+        }
     }
 
-    /// SIGTERM and wait for the exit status.
+    /// SIGTERM and wait for the exit status (of every node of a cluster: the first that is not
+    /// a success, else node 0's).
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().expect("pid") as i32;
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        tokio::time::timeout(WAIT, self.child.wait()).await.expect("server did not exit after SIGTERM").expect("wait")
+        let mut status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("server did not exit after SIGTERM")
+            .expect("wait");
+        if let Some(cluster) = &mut self.cluster {
+            for node in &mut cluster.nodes {
+                let node_status = Box::pin(node.terminate()).await;
+                if status.success() {
+                    status = node_status;
+                }
+            }
+        }
+        status
     }
 
-    /// Starts a new server on the same database (after kill9 or terminate).
+    /// Starts a new server on the same database (after kill9 or terminate): every node of a
+    /// cluster, with the same options, prefix and node ids, joined again.
     pub async fn restart(mut self) -> Server {
         let dir = self.dir.take();
         let pg = self.pg.take();
+        let cluster = self.cluster.take();
         let extra: Vec<String> = self.extra_args.clone();
         let extra: Vec<&str> = extra.iter().map(|s| s.as_str()).collect();
         let mut server = Server::start_on_db(&self.db.clone(), &extra).await;
         server.dir = dir;
         server.pg = pg;
+        if let Some(cluster) = cluster {
+            let mut nodes = Vec::new();
+            for node in cluster.nodes {
+                nodes.push(Box::pin(node.restart()).await);
+            }
+            server.cluster = Some(ClusterPeers { nodes, next: AtomicUsize::new(0), own_nats: cluster.own_nats });
+            server.wait_cluster_joined().await;
+        }
         server
     }
 
+    /// `GET path` on the next node ([`Server::next_addr`]).
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        http(self.addr, "GET", path, None, token).await
+        http(self.next_addr(), "GET", path, None, token).await
     }
 
+    /// `POST path` with a JSON body, on the next node ([`Server::next_addr`]).
     pub async fn post_json(&self, path: &str, body: Value, token: Option<&str>) -> (u16, Value) {
         let body = ("application/json", body.to_string());
-        http(self.addr, "POST", path, Some(body), token).await
+        http(self.next_addr(), "POST", path, Some(body), token).await
     }
 
+    /// `POST path` with a form body, on the next node ([`Server::next_addr`]).
     pub async fn post_form(&self, path: &str, form: &[(&str, &str)], token: Option<&str>) -> (u16, Value) {
         let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-        http(self.addr, "POST", path, Some(("application/x-www-form-urlencoded", body)), token).await
+        http(self.next_addr(), "POST", path, Some(("application/x-www-form-urlencoded", body)), token).await
     }
 
-    /// The Prometheus text of `GET /metrics`.
+    /// The Prometheus text of `GET /metrics` (of node 0: a node counts only its own work).
     pub async fn metrics(&self) -> String {
         let (status, text) = http_raw(self.addr, "GET", "/metrics", None, None).await;
         assert_eq!(status, 200, "/metrics: {text}");
@@ -154,14 +293,14 @@ impl Server {
         data["access_token"].as_str().expect("access_token").to_string()
     }
 
-    /// Opens a WebSocket and consumes `connected` .. `sync_done`; returns the socket and the
-    /// synced messages.
+    /// Opens a WebSocket (on the next node, [`Server::next_addr`]) and consumes `connected` ..
+    /// `sync_done`; returns the socket and the synced messages.
     pub async fn connect(&self, token: &str) -> (Ws, Vec<Value>) {
         self.connect_device(token, "web").await
     }
 
     pub async fn connect_device(&self, token: &str, device: &str) -> (Ws, Vec<Value>) {
-        let mut ws = Ws::connect(self.addr, &format!("/?access_token={token}&device={device}"))
+        let mut ws = Ws::connect(self.next_addr(), &format!("/?access_token={token}&device={device}"))
             .await
             .expect("websocket upgrade");
         let connected = ws.recv().await;
@@ -305,6 +444,14 @@ impl Ws {
             Ok((stream, _)) => Ok(Ws { stream }),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
             Err(e) => panic!("websocket connect: {e}"),
+        }
+    }
+
+    /// The address of the server (in a cluster, of the node) this socket is connected to.
+    pub fn server_addr(&self) -> SocketAddr {
+        match self.stream.get_ref() {
+            MaybeTlsStream::Plain(tcp) => tcp.peer_addr().expect("peer address of a connected socket"),
+            _ => unreachable!("tests connect over plain TCP"),
         }
     }
 
@@ -518,18 +665,25 @@ pub async fn wait_online_in(server: &Server, token: &str, path: &str, list: &str
     }
 }
 
-/// Polls `GET /health` (bounded by [`WAIT`]) until the server counts `want` open connections.
-/// A session saves its connection's delivered positions before it leaves the count, so after
-/// this a reconnect of that device is not sent again what it was sent before.
+/// Polls `GET /health` (bounded by [`WAIT`]) until the server counts `want` open connections
+/// (a cluster: all its nodes together, each counting its own). A session saves its
+/// connection's delivered positions before it leaves the count, so after this a reconnect of
+/// that device is not sent again what it was sent before.
 pub async fn wait_online(server: &Server, want: u64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (status, body) = server.get("/health", None).await;
-        let data = ok(status, &body, "/health");
-        if data["online"].as_u64() == Some(want) {
+        let mut online = Some(0);
+        let mut bodies = Vec::new();
+        for addr in server.node_addrs() {
+            let (status, body) = http(addr, "GET", "/health", None, None).await;
+            let data = ok(status, &body, "/health");
+            online = online.zip(data["online"].as_u64()).map(|(sum, n)| sum + n);
+            bodies.push(body);
+        }
+        if online == Some(want) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "online never became {want}: {body}");
+        assert!(tokio::time::Instant::now() < deadline, "online never became {want}: {bodies:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
