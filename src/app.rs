@@ -19,6 +19,9 @@ use crate::store::Store;
 use crate::supervisor::Supervisor;
 use crate::throttle::{Outcome, Throttle, Throttled};
 
+/// Longest an HTTP change waits for the other nodes to apply its invalidation.
+const INVALIDATION_CONFIRM: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct App {
     pub config: Config,
     pub store: Store,
@@ -109,11 +112,13 @@ impl App {
         }
     }
 
-    /// Tells the other nodes (cluster mode) that shared state changed and committed; nothing
-    /// on a single node.
-    pub fn invalidate(&self, what: Invalidation) {
+    /// Tells the other nodes (cluster mode) that shared state changed and committed, and
+    /// waits (at most `INVALIDATION_CONFIRM`) until each live one has applied it, so that the
+    /// client's next request finds the change on whichever node it reaches; nothing on a
+    /// single node.
+    pub async fn invalidate(&self, what: Invalidation) {
         if let Some(node) = &self.cluster {
-            node.bus.publish_invalidation(&what);
+            node.bus.publish_invalidation_confirmed(&what, INVALIDATION_CONFIRM).await;
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::app::App;
 use crate::cluster::{
-    CatchUp, CatchUpSettings, Cluster, ClusterSettings, ClusterStore, Hooks, Invalidation, Limits, Sequencer,
+    CatchUp, CatchUpSettings, Cluster, ClusterSettings, ClusterStore, ConfirmTo, Hooks, Invalidation, Limits, Sequencer,
 };
 use crate::directory::Directory;
 use crate::fanout::{ClusterDelivery, LocalOrigins, sequenced_delivery};
@@ -29,7 +29,7 @@ pub struct Joined {
     /// For the fan-out task.
     pub delivery: ClusterDelivery,
     /// What other nodes changed; `spawn` applies it.
-    pub invalidations: mpsc::Receiver<Invalidation>,
+    pub invalidations: mpsc::Receiver<(Invalidation, Option<ConfirmTo>)>,
 }
 
 /// Connects to NATS and builds this node's sequencer: committed messages of every node
@@ -52,11 +52,11 @@ pub async fn join(
         on_batch: Arc::new(move |batch: Vec<StoredMessage>| to_sequencer.offer(batch)),
         // Login notices are counted here at once (memory only): queued with the reloads, a
         // spray of failed logins could crowd out the invalidations of real changes.
-        on_invalidation: Arc::new(move |what: Invalidation| match what {
+        on_invalidation: Arc::new(move |what: Invalidation, confirm_to: Option<ConfirmTo>| match what {
             Invalidation::LoginFailed { username } => throttle.failed_elsewhere(&username),
             Invalidation::LoginSucceeded { username } => throttle.succeeded_elsewhere(&username),
             what => {
-                if inval_tx.try_send(what).is_err() {
+                if inval_tx.try_send((what, confirm_to)).is_err() {
                     tracing::warn!("too many invalidations waiting: one dropped");
                 }
             }
@@ -76,13 +76,17 @@ pub async fn join(
 
 /// Starts the catch-up and the task that applies other nodes' invalidations; both stop when
 /// the returned guard is dropped.
-pub fn spawn(app: Arc<App>, mut invalidations: mpsc::Receiver<Invalidation>) -> Option<Running> {
+pub fn spawn(app: Arc<App>, mut invalidations: mpsc::Receiver<(Invalidation, Option<ConfirmTo>)>) -> Option<Running> {
     let node = app.cluster.as_ref()?;
     let catch_up = CatchUp::spawn(Arc::new(app.store.clone()), node.sequencer.clone(), CatchUpSettings::default());
     let applier = tokio::spawn(async move {
-        while let Some(what) = invalidations.recv().await {
+        while let Some((what, confirm_to)) = invalidations.recv().await {
             if let Err(e) = apply(&app, &what).await {
                 tracing::warn!(?what, "cannot reload what another node changed: {e}");
+            }
+            // Applied (or failed: the publisher is not kept waiting for a reload that cannot be).
+            if let (Some(to), Some(node)) = (confirm_to, &app.cluster) {
+                node.bus.confirm(to);
             }
         }
     });

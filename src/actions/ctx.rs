@@ -40,14 +40,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// A function that tells the other nodes (cluster mode) of a committed change.
-    pub fn invalidator(&self) -> impl Fn(Invalidation) + Send + 'static {
-        let cluster = self.cluster.cloned();
-        move |what| {
-            if let Some(cluster) = &cluster {
-                cluster.publish_invalidation(&what);
-            }
-        }
+    /// What tells the other nodes (cluster mode) of a committed change.
+    pub fn invalidator(&self) -> Invalidator {
+        Invalidator { cluster: self.cluster.cloned() }
     }
 
     /// A checked message from this connection's user, acked to this connection once stored.
@@ -112,4 +107,29 @@ pub fn not_stored(metrics: &Metrics, error: &StoreError) -> Utf8Bytes {
     let (code, text) = error.client_reply();
     metrics.error(code);
     frames::error(code, &text, None)
+}
+
+/// Tells the other nodes (cluster mode; nothing on a single node) of a committed change.
+pub struct Invalidator {
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// Longest a membership change's reply waits for the other nodes to apply it.
+const CONFIRM_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Invalidator {
+    /// Publishes `what` and waits until every live node applied it (at most a second), so the
+    /// reply sent next finds the change on any node.
+    pub async fn confirmed(&self, what: Invalidation) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_invalidation_confirmed(&what, CONFIRM_LIMIT).await;
+        }
+    }
+
+    /// Publishes `what` without waiting (for notices nobody's next request depends on).
+    pub fn notify(&self, what: Invalidation) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_invalidation(&what);
+        }
+    }
 }

@@ -56,7 +56,7 @@ where
     Ok(Step::Later(Box::pin(async move {
         let result = committed.await;
         if result.is_ok() {
-            invalidate(Invalidation::Room { chat_id: chat_id.clone() });
+            invalidate.confirmed(Invalidation::Room { chat_id: chat_id.clone() }).await;
         }
         room_reply(&metrics, action, chat_id, result)
     })))

@@ -33,7 +33,7 @@ impl<'f> Read<'f> {
                         }
                     });
                     // The user's connections on other nodes get the mirror too.
-                    invalidate(Invalidation::ReadPosition { uid, chat_id, seq: read_seq });
+                    invalidate.notify(Invalidation::ReadPosition { uid, chat_id, seq: read_seq });
                     frame
                 }
                 Ok(None) => {

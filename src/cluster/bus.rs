@@ -40,7 +40,8 @@ pub struct Hooks {
     /// Committed messages of another node (one batch, in its commit order): for the sequencer.
     pub on_batch: Arc<dyn Fn(Vec<StoredMessage>) + Send + Sync>,
     /// Shared state another node changed: for the directory.
-    pub on_invalidation: Arc<dyn Fn(Invalidation) + Send + Sync>,
+    /// With where to confirm it once applied, when the publisher waits for that.
+    pub on_invalidation: Arc<dyn Fn(Invalidation, Option<Subject>) + Send + Sync>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -299,6 +300,52 @@ impl Cluster {
         }
     }
 
+    /// Publishes `what` and waits, at most `limit`, until every other live node has applied
+    /// it: a reply sent after this finds the change on any node (a logout's old token is
+    /// refused there, a member who left is gone from the list). A node that does not answer
+    /// in time (dying, NATS away) is not waited for longer; the notice or, for messages, its
+    /// catch-up reaches it later.
+    pub async fn publish_invalidation_confirmed(&self, what: &Invalidation, limit: Duration) {
+        let others = self.presence.online_nodes().len().saturating_sub(1);
+        if others == 0 || self.state() != ClusterState::Connected {
+            return self.publish_invalidation(what);
+        }
+        let payload = match invalidation::encode(&self.node_id, what) {
+            Ok(payload) => Bytes::from(payload),
+            Err(e) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                return tracing::error!("cannot encode an invalidation: {e}");
+            }
+        };
+        let inbox = Subject::from(self.client.new_inbox());
+        let confirmed = async {
+            let mut answers = self.client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+            self.client
+                .publish_with_reply(self.subjects.inval.clone(), inbox, payload)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.counters.published.fetch_add(1, Ordering::Relaxed);
+            let mut answered = 0;
+            while answered < others && answers.next().await.is_some() {
+                answered += 1;
+            }
+            Ok::<_, String>(answered)
+        };
+        match tokio::time::timeout(limit, confirmed).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(?what, "cannot publish an invalidation: {e}");
+            }
+            Err(_) => tracing::warn!(?what, "not every node confirmed an invalidation within {limit:?}"),
+        }
+    }
+
+    /// Tells the node that published an invalidation (and waits) that this one applied it.
+    pub fn confirm(&self, to: Subject) {
+        self.enqueue(&to, Vec::new());
+    }
+
     /// `uid`'s first connection on this node opened.
     pub fn user_online(&self, uid: u64) {
         self.user_sessions(uid, 1);
@@ -471,12 +518,12 @@ async fn receive_invalidations(
     mut subscriber: Subscriber,
     this: Arc<str>,
     counters: Arc<Counters>,
-    on_invalidation: Arc<dyn Fn(Invalidation) + Send + Sync>,
+    on_invalidation: Arc<dyn Fn(Invalidation, Option<Subject>) + Send + Sync>,
 ) {
     while let Some(message) = subscriber.next().await {
         match invalidation::decode(&message.payload) {
             Ok((node, _)) if own(&node, &this, &counters) => {}
-            Ok((_, what)) => on_invalidation(what),
+            Ok((_, what)) => on_invalidation(what, message.reply),
             Err(e) => undecodable(&counters, "invalidation", &e),
         }
     }

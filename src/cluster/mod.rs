@@ -38,6 +38,9 @@ pub mod sequencer;
 pub mod wire;
 
 pub use bus::{Cluster, ClusterError, ClusterState, ClusterStats, Hooks};
+
+/// Where a node confirms an invalidation it applied, when its publisher waits for that.
+pub type ConfirmTo = async_nats::Subject;
 pub use catchup::{CatchUp, CatchUpSettings, ClusterStore};
 pub use invalidation::Invalidation;
 pub use presence::{LocalPresence, Presence};

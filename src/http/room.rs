@@ -25,7 +25,7 @@ pub async fn create(app: &App, params: Params) -> ApiResult {
     let name = params.get("name").map(str::to_string);
     let policy = policy(&params)?;
     let chat_id = rooms::create(&app.store, &app.directory, claims.uid, name, policy).await?;
-    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
+    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() }).await;
     let history = if policy.history_from_join { "joined" } else { "shared" };
     Ok(json!({"chat_id": chat_id, "private": policy.private, "history": history}))
 }
@@ -53,7 +53,7 @@ pub async fn invite(app: &App, params: Params) -> ApiResult {
     let chat_id = params.require("chat_id")?;
     let uid = params.require_number("uid")?;
     rooms::invite(&app.store, &app.directory, &app.read_through, chat_id, claims.uid, uid).await?;
-    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
+    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() }).await;
     Ok(json!({"chat_id": chat_id, "uid": uid}))
 }
 
@@ -61,7 +61,7 @@ pub async fn join(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
     rooms::join(&app.store, &app.directory, &app.read_through, chat_id, claims.uid).await?;
-    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
+    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() }).await;
     Ok(json!({"chat_id": chat_id}))
 }
 
@@ -69,7 +69,7 @@ pub async fn leave(app: &App, params: Params) -> ApiResult {
     let claims = params.user(app)?;
     let chat_id = params.require("chat_id")?;
     rooms::leave(&app.store, &app.directory, &app.read_through, chat_id, claims.uid).await?;
-    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() });
+    app.invalidate(Invalidation::Room { chat_id: chat_id.to_string() }).await;
     Ok(json!({"chat_id": chat_id}))
 }
 

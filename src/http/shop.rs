@@ -19,7 +19,7 @@ pub async fn create(app: &App, params: Params) -> ApiResult {
     let owner = claims.uid;
     let shop_id = app.store.create_shop(name, owner).await?;
     app.directory.add_shop(shop_id, owner);
-    app.invalidate(Invalidation::Shop { shop_id });
+    app.invalidate(Invalidation::Shop { shop_id }).await;
     Ok(json!({"shop_id": shop_id}))
 }
 
@@ -51,7 +51,7 @@ pub async fn add_agent(app: &App, params: Params) -> ApiResult {
     } else {
         app.directory.invite_agent(shop_id, uid);
     }
-    app.invalidate(Invalidation::Shop { shop_id });
+    app.invalidate(Invalidation::Shop { shop_id }).await;
     Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": accepted}))
 }
 
@@ -76,7 +76,7 @@ pub async fn accept_agent(app: &App, params: Params) -> ApiResult {
         return Err(ApiError::not_found(format!("no invitation to be an agent of shop {shop_id}")));
     }
     app.directory.accept_agent(shop_id, uid);
-    app.invalidate(Invalidation::Shop { shop_id });
+    app.invalidate(Invalidation::Shop { shop_id }).await;
     Ok(json!({"shop_id": shop_id, "uid": uid, "accepted": true}))
 }
 
@@ -85,7 +85,7 @@ pub async fn remove_agent(app: &App, params: Params) -> ApiResult {
     app.directory.remove_agent(shop_id, uid);
     app.store.remove_agent(shop_id, uid).await?;
     app.directory.forget_handler(shop_id, uid);
-    app.invalidate(Invalidation::Shop { shop_id });
+    app.invalidate(Invalidation::Shop { shop_id }).await;
     // Every agent of the shop may now have those conversations unread.
     app.directory.unread.note_everyone();
     Ok(json!({"shop_id": shop_id, "uid": uid}))

@@ -41,7 +41,7 @@ pub async fn register(app: &App, params: Params) -> ApiResult {
     };
     app.directory.unread.registered(uid, shared_mark);
     app.directory.add_user(uid, &username, 0);
-    app.invalidate(Invalidation::User { uid });
+    app.invalidate(Invalidation::User { uid }).await;
     let (token, expires_in) = app.auth.issue(uid, &username, 0);
     Ok(json!({"uid": uid, "username": username, "access_token": token, "expires_in": expires_in}))
 }
@@ -96,7 +96,7 @@ pub(super) async fn revoke(app: &App, uid: u64, reason: &'static str) -> Result<
     // The generation first: a socket joining the registry meanwhile checks it (`ws::session`).
     app.directory.set_token_gen(uid, token_gen);
     let logged_out = reason == crate::registry::LOGGED_OUT;
-    app.invalidate(Invalidation::TokenGeneration { uid, generation: token_gen, logged_out });
+    app.invalidate(Invalidation::TokenGeneration { uid, generation: token_gen, logged_out }).await;
     app.registry.close_user(uid, crate::registry::TOKEN_CLOSE, reason);
     Ok(true)
 }

@@ -654,14 +654,21 @@ pub fn online_in(data: &Value, list: &str, uid: u64) -> Option<bool> {
 /// `data[list]` is `want`: the server notices a closed socket asynchronously.
 pub async fn wait_online_in(server: &Server, token: &str, path: &str, list: &str, uid: u64, want: bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = server.get(path, Some(token)).await;
-        let data = ok(status, &body, path);
-        if online_in(&data, list, uid) == Some(want) {
-            return;
+    // Every node must say so (a cluster's presence reaches each node moments apart): the
+    // test's next request may go to any of them.
+    for addr in server.node_addrs() {
+        loop {
+            let (status, body) = http(addr, "GET", path, None, Some(token)).await;
+            let data = ok(status, &body, path);
+            if online_in(&data, list, uid) == Some(want) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "online flag of {uid} in {path} never became {want}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "online flag of {uid} in {path} never became {want}: {body}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
