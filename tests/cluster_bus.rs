@@ -109,7 +109,7 @@ async fn node(nats: &Nats, prefix: &str, id: &str) -> Node {
     let hooks = Hooks {
         local: registry.clone(),
         on_batch: Arc::new(move |messages| batches.lock().unwrap().push(messages)),
-        on_invalidation: Arc::new(move |what| invalidations.lock().unwrap().push(what)),
+        on_invalidation: Arc::new(move |what, _| invalidations.lock().unwrap().push(what)),
     };
     let settings = ClusterSettings { nats_url: nats.url(), prefix: prefix.to_string(), node_id: id.to_string() };
     let cluster = Cluster::connect(settings, hooks).await.expect("connect to the test's nats-server");
@@ -350,7 +350,7 @@ async fn what_nats_lost_is_fetched_from_the_store_in_order() {
         let hooks = Hooks {
             local: registry.clone(),
             on_batch: Arc::new(move |messages| feed.offer(messages)),
-            on_invalidation: Arc::new(|_| {}),
+            on_invalidation: Arc::new(|_, _| {}),
         };
         let settings = ClusterSettings { nats_url: nats.url(), prefix: prefix.clone(), node_id: "b".into() };
         Cluster::connect(settings, hooks).await.expect("connect b")
