@@ -19,9 +19,6 @@ use crate::store::Store;
 use crate::supervisor::Supervisor;
 use crate::throttle::{Outcome, Throttle, Throttled};
 
-/// Longest an HTTP change waits for the other nodes to apply its invalidation.
-const INVALIDATION_CONFIRM: std::time::Duration = std::time::Duration::from_secs(1);
-
 pub struct App {
     pub config: Config,
     pub store: Store,
@@ -113,12 +110,12 @@ impl App {
     }
 
     /// Tells the other nodes (cluster mode) that shared state changed and committed, and
-    /// waits (at most `INVALIDATION_CONFIRM`) until each live one has applied it, so that the
+    /// waits (at most a second) until each live one has applied it, so that the
     /// client's next request finds the change on whichever node it reaches; nothing on a
     /// single node.
     pub async fn invalidate(&self, what: Invalidation) {
         if let Some(node) = &self.cluster {
-            node.bus.publish_invalidation_confirmed(&what, INVALIDATION_CONFIRM).await;
+            node.bus.publish_invalidation_confirmed(&what).await;
         }
     }
 

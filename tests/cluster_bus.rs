@@ -176,7 +176,7 @@ async fn a_node_that_closes_publishes_what_it_queued_first() {
     for seq in 1..=1000 {
         a.cluster.publish_batch(&[message("g", seq)]);
     }
-    a.cluster.close(WAIT).await;
+    a.cluster.leave(WAIT).await;
     wait_for("all 1000 on b", WAIT, || b.seen.seqs().len() == 1000).await;
     assert_eq!(b.seen.seqs(), expected("g", 1..=1000), "in order, once each");
 }

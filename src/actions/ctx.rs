@@ -114,15 +114,12 @@ pub struct Invalidator {
     cluster: Option<Arc<Cluster>>,
 }
 
-/// Longest a membership change's reply waits for the other nodes to apply it.
-const CONFIRM_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
-
 impl Invalidator {
     /// Publishes `what` and waits until every live node applied it (at most a second), so the
     /// reply sent next finds the change on any node.
     pub async fn confirmed(&self, what: Invalidation) {
         if let Some(cluster) = &self.cluster {
-            cluster.publish_invalidation_confirmed(&what, CONFIRM_LIMIT).await;
+            cluster.publish_invalidation_confirmed(&what).await;
         }
     }
 

@@ -28,8 +28,10 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 const SUBSCRIPTION_DEPTH: usize = 8192;
 /// Commands the client buffers, notably while it reconnects.
 const CLIENT_DEPTH: usize = 2048;
-/// How long a round trip through the server may take (`connect`, `close`).
+/// How long a round trip through the server may take (`connect`, `leave`).
 const CONFIRM_WAIT: Duration = Duration::from_secs(5);
+/// Longest a change's reply waits for the other nodes to apply its invalidation.
+const CONFIRM_LIMIT: Duration = Duration::from_secs(1);
 
 /// What the node does with what other nodes publish. Each is called on a receiving task and
 /// must only queue or update memory, never wait.
@@ -214,11 +216,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Leaves the bus for a graceful stop (`leave`), the `Cluster` given up.
-    pub async fn close(self, limit: Duration) {
-        self.leave(limit).await;
-    }
-
     /// Leaves the bus for a graceful stop: the heartbeat stops, and what is queued is
     /// published and handled by the server, waiting at most `limit` (what is left then is
     /// dropped; the other nodes' catch-up finds it in the store). Publishes queued after this
@@ -300,12 +297,12 @@ impl Cluster {
         }
     }
 
-    /// Publishes `what` and waits, at most `limit`, until every other live node has applied
+    /// Publishes `what` and waits, at most `CONFIRM_LIMIT`, until every other live node has applied
     /// it: a reply sent after this finds the change on any node (a logout's old token is
     /// refused there, a member who left is gone from the list). A node that does not answer
     /// in time (dying, NATS away) is not waited for longer; the notice or, for messages, its
     /// catch-up reaches it later.
-    pub async fn publish_invalidation_confirmed(&self, what: &Invalidation, limit: Duration) {
+    pub async fn publish_invalidation_confirmed(&self, what: &Invalidation) {
         let others = self.presence.online_nodes().len().saturating_sub(1);
         if others == 0 || self.state() != ClusterState::Connected {
             return self.publish_invalidation(what);
@@ -331,13 +328,13 @@ impl Cluster {
             }
             Ok::<_, String>(answered)
         };
-        match tokio::time::timeout(limit, confirmed).await {
+        match tokio::time::timeout(CONFIRM_LIMIT, confirmed).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(?what, "cannot publish an invalidation: {e}");
             }
-            Err(_) => tracing::warn!(?what, "not every node confirmed an invalidation within {limit:?}"),
+            Err(_) => tracing::warn!(?what, "not every node confirmed an invalidation within {CONFIRM_LIMIT:?}"),
         }
     }
 
